@@ -1,0 +1,205 @@
+"""The ``dirl`` console script. Subcommands mirror the pipeline stages in ``dvc.yaml``.
+
+    dirl data ingest|preprocess|synthesize|verify|show   data stages
+    dirl tune | train | evaluate | register              training and lifecycle stages
+    dirl promote | rollback | compare | predict          deliberate human actions
+    dirl config | summary                                inspect settings and results
+
+Every subcommand reads ``params.yaml`` (``--params``) and accepts ``--set section.key=value``
+overrides, so ``dirl train --set train.epochs=1`` is the same run that ``dvc exp run -S
+train.epochs=1`` makes. Heavy imports (torch, ray, mlflow) happen inside each command so ``--help``
+stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a parameter, e.g. --set train.epochs=1 (repeatable)",
+    )
+    return p
+
+
+def load_cfg(args):
+    from dirl.config import load_config, parse_override
+
+    return load_config(args.params, overrides=dict(parse_override(o) for o in args.overrides))
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_config(args):
+    import yaml
+
+    cfg = load_cfg(args)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+
+
+def cmd_data(args):
+    from dirl.data import stages
+
+    cfg = load_cfg(args)
+    if args.action == "show":
+        path = stages.show(cfg, split=args.split, n=args.n, out=args.out, source=args.source)
+        print(f"contact sheet: {path}")
+    elif args.action == "verify":
+        problems = stages.verify(cfg)
+        if problems:
+            sys.exit(1)
+    else:
+        getattr(stages, args.action)(cfg)
+
+
+def cmd_train(args):
+    from dirl.train.trainer import train
+
+    metrics = train(load_cfg(args), out_dir=args.out)
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_tune(args):
+    from dirl.train.tune import tune
+
+    best = tune(load_cfg(args), out_dir=args.out)
+    print(json.dumps(best, indent=2))
+
+
+def cmd_evaluate(args):
+    from dirl.lifecycle.evaluate import evaluate_stage
+
+    metrics = evaluate_stage(load_cfg(args), model_ref=args.model, out_dir=args.out)
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_register(args):
+    from dirl.lifecycle.registry import register_stage
+
+    info = register_stage(load_cfg(args), out_dir=args.out)
+    print(json.dumps(info, indent=2))
+
+
+def cmd_promote(args):
+    from dirl.lifecycle.registry import promote
+
+    print(json.dumps(promote(load_cfg(args), force=args.force, reason=args.reason), indent=2))
+
+
+def cmd_rollback(args):
+    from dirl.lifecycle.registry import rollback
+
+    print(json.dumps(rollback(load_cfg(args)), indent=2))
+
+
+def cmd_compare(args):
+    from dirl.lifecycle.evaluate import compare
+
+    compare(load_cfg(args), args.models, out_dir=args.out)
+
+
+def cmd_predict(args):
+    from dirl.lifecycle.predict import predict_paths
+
+    predict_paths(load_cfg(args), args.inputs, model_ref=args.model, out_dir=args.out, batch_size=args.batch_size)
+
+
+def cmd_summary(args):
+    from dirl.summary import print_summary
+
+    print_summary(Path("."))
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="dirl",
+        description="Inharmonious region localization (DIRL): data, training, tracking and model lifecycle.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run the whole pipeline with `dvc repro`; each stage is also a subcommand here.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _common(sub.add_parser("config", help="validate params.yaml and print the resolved config"))
+    p.set_defaults(func=cmd_config)
+
+    p = _common(sub.add_parser("data", help="data stages: ingest, preprocess, synthesize, verify, show"))
+    p.add_argument(
+        "action", choices=["ingest", "preprocess", "synthesize", "verify", "show"],
+        help="ingest: fetch/copy the source into data/raw; preprocess: decode, resize and write Arrow "
+        "shards to data/shards; synthesize: new composites into data/synth; verify: re-check shards "
+        "against their manifests; show: contact-sheet PNG (composite | mask | real | overlay)",
+    )
+    p.add_argument("--split", default="train", help="show: split to draw from (train/val/test)")
+    p.add_argument("--source", default="synth", choices=["shards", "synth"], help="show: which shard set")
+    p.add_argument("-n", type=int, default=8, help="show: number of items")
+    p.add_argument("--out", default=None, help="show: output PNG (default results/show/<set>-<split>.png)")
+    p.set_defaults(func=cmd_data)
+
+    p = _common(sub.add_parser("tune", help="Ray Tune hyperparameter search; writes results/tune/best.yaml"))
+    p.add_argument("--out", default="results/tune")
+    p.set_defaults(func=cmd_tune)
+
+    p = _common(sub.add_parser("train", help="Ray Train (DDP) training with checkpoints, resume and MLflow"))
+    p.add_argument("--out", default="results/train")
+    p.set_defaults(func=cmd_train)
+
+    p = _common(sub.add_parser("evaluate", help="AP/F1/IoU on the test split and extra sets, with plots"))
+    p.add_argument("--model", default="results/train/model.pt", help="weights path, run id or models:/ URI")
+    p.add_argument("--out", default="results/evaluate")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = _common(sub.add_parser("register", help="log the trained model to MLflow and register a version"))
+    p.add_argument("--out", default="results/register")
+    p.set_defaults(func=cmd_register)
+
+    p = _common(sub.add_parser("promote", help="move @champion to @challenger if it is better by the margin"))
+    p.add_argument("--force", action="store_true", help="promote even if not better (recorded as a tag)")
+    p.add_argument("--reason", default="", help="why (recorded with --force)")
+    p.set_defaults(func=cmd_promote)
+
+    p = _common(sub.add_parser("rollback", help="restore @champion to the @previous version"))
+    p.set_defaults(func=cmd_rollback)
+
+    p = _common(sub.add_parser("compare", help="compare models (weights, run ids, models:/ URIs) on one set"))
+    p.add_argument("models", nargs="+")
+    p.add_argument("--out", default="results/compare")
+    p.set_defaults(func=cmd_compare)
+
+    p = _common(sub.add_parser("predict", help="predict masks for images or folders"))
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="models:/<name>@champion, a run id, or a weights path")
+    p.add_argument("--out", required=True, help="output folder for <name>_mask.png and <name>_overlay.png")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("summary", help="print the pipeline's latest results and where to look next")
+    p.set_defaults(func=cmd_summary)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dirl.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

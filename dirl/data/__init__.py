@@ -1,0 +1,1 @@
+"""Data: download, ingest, synthesis, shards and loading."""

@@ -1,0 +1,266 @@
+"""Preprocessing: decode, check and resize every item once, in parallel, into a shard folder (``shards.py``).
+
+Each item (a dict or dataclass, see :class:`Item`) names a composite, its mask and optionally the real image.
+Images are stored resized to ``size`` x ``size`` (aspect not kept), as JPEG; masks as 1-bit PNG; the original
+size is kept in ``orig_h``/``orig_w``. Storing squares matches the reference test (plain resize to 224) and is
+the simplest input for the train crop; the one difference is that the train crop's aspect range now applies to
+the squashed image rather than the original (area fractions are unchanged).
+
+A bad item (unreadable or missing file, mask of another size, empty or all-foreground mask, foreground that
+vanishes at ``size``) is recorded in the :class:`~dirl.data.issues.IssueLog` with its id and the reason (the
+reason names the file) and skipped; a non-binary mask is binarised at 127 and noted. The run fails only if the
+bad fraction exceeds ``max_bad_fraction``.
+
+The output folder is rebuilt in a hidden sibling (``.<name>.tmp-<pid>``) and swapped in only once complete
+(manifest written): a failed or killed run leaves the previous output, or nothing, where readers look.
+
+Workers are ``spawn``-started processes (safe beside threads, Ray or torch); as with any spawn pool, a script
+that calls :func:`preprocess` with ``workers != 1`` needs the ``if __name__ == "__main__":`` guard. Output order
+and bytes do not depend on ``workers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+import shutil
+import threading
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from multiprocessing import get_context, parent_process
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import cv2
+from tqdm import tqdm
+
+from dirl.data.images import BadImage, decode_image, decode_mask, encode_jpeg, encode_png, resize_image, resize_pair
+from dirl.data.issues import IssueLog, write_json_atomic
+from dirl.data.shards import SOURCES, SPLITS, ShardWriter, write_manifest
+
+CHUNK = 16  # items per task sent to a worker process
+ISSUES_FILE = "issues.json"
+
+
+@dataclasses.dataclass
+class Item:
+    """One composite to store. ``composite``/``mask``/``real`` are file paths or encoded bytes."""
+
+    id: str
+    subset: str
+    split: str  # train | val | test
+    composite: str | Path | bytes
+    mask: str | Path | bytes | None
+    real: str | Path | bytes | None = None
+    source: str = "composite"  # composite | synthesized
+    synth_method: str | None = None
+    ref_id: str | None = None
+
+
+def _as_dict(item: Any) -> dict[str, Any]:
+    """Validate an item (dict or dataclass) and return it as a plain dict with every :class:`Item` field."""
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        d = {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    elif isinstance(item, Mapping):
+        d = dict(item)
+    else:
+        raise TypeError(f"preprocess items must be dicts or dataclasses, got {type(item).__name__}")
+    for key in ("id", "subset", "split", "composite"):
+        if d.get(key) in (None, ""):
+            fields = [f.name for f in dataclasses.fields(Item)]
+            raise ValueError(f"preprocess item {d.get('id')!r} lacks {key!r} (item fields: {fields})")
+    d.setdefault("mask", None)
+    d.setdefault("real", None)
+    d.setdefault("source", "composite")
+    d.setdefault("synth_method", None)
+    d.setdefault("ref_id", None)
+    if d["split"] not in SPLITS or d["source"] not in SOURCES:
+        raise ValueError(f"preprocess item {d['id']!r}: split {d['split']!r} must be one of {SPLITS}, "
+                         f"source {d['source']!r} one of {SOURCES}")
+    return d
+
+
+def _label(src: Any, what: str) -> str:
+    return str(src) if isinstance(src, (str, Path)) else f"<{what} bytes>"
+
+
+def process_item(item: dict[str, Any], size: int, jpeg_quality: int = 95,
+                 store_real: bool = True) -> tuple[dict | None, list[str], list[str]]:
+    """Decode, check, resize and encode one item. Returns ``(row or None, problems, notes)``.
+
+    ``row`` is a shard row (``shards.SCHEMA``); it is None when a problem makes the item unusable.
+    """
+    notes: list[str] = []
+    try:
+        img = decode_image(item["composite"], _label(item["composite"], "composite"))  # (H, W, 3)
+        if item["mask"] is None:
+            return None, ["no mask given for this composite"], notes
+        mask_name = _label(item["mask"], "mask")
+        mask, binary = decode_mask(item["mask"], mask_name)  # (H, W) {0, 1}
+    except BadImage as e:
+        return None, [str(e)], notes
+    (ih, iw), (mh, mw) = img.shape[:2], mask.shape
+    if (mh, mw) != (ih, iw):
+        return None, [f"{mask_name}: mask is {mh}x{mw} (HxW) but the composite is {ih}x{iw}"], notes
+    if not binary:
+        notes.append(f"{mask_name}: non-binary mask, binarised at 127")
+    fg = float(mask.mean())
+    if fg == 0.0:
+        return None, [f"{mask_name}: empty mask (no foreground pixel)"], notes
+    if fg == 1.0:
+        return None, [f"{mask_name}: mask covers the whole image (no background pixel)"], notes
+    img_s, mask_s = resize_pair(img, mask, size)  # (size, size, 3), (size, size)
+    if not mask_s.any() or mask_s.all():
+        what = "vanishes" if not mask_s.any() else "fills the image"
+        return None, [f"{mask_name}: foreground ({fg:.4%}) {what} once resized to {size}x{size}"], notes
+    real = None
+    if store_real and item["real"] is not None:
+        try:
+            r = decode_image(item["real"], _label(item["real"], "real"))
+            if r.shape != img.shape:
+                notes.append(f"{_label(item['real'], 'real')}: real image is {r.shape[0]}x{r.shape[1]}, composite "
+                             f"{ih}x{iw}; stored without it")
+            else:
+                real = encode_jpeg(resize_image(r, size), jpeg_quality)
+        except BadImage as e:
+            notes.append(f"{e}; stored without the real image")
+    row = {
+        "id": str(item["id"]), "subset": str(item["subset"]), "split": item["split"],
+        "image": encode_jpeg(img_s, jpeg_quality), "mask": encode_png(mask_s), "real": real,
+        "orig_h": ih, "orig_w": iw, "height": size, "width": size, "fg_ratio": fg,
+        "source": item["source"], "synth_method": item["synth_method"], "ref_id": item["ref_id"],
+    }
+    return row, [], notes
+
+
+def _process_chunk(chunk: list[dict], size: int, jpeg_quality: int, store_real: bool) -> list[tuple]:
+    return [process_item(it, size, jpeg_quality, store_real) for it in chunk]
+
+
+def _init_worker() -> None:
+    """Worker set-up: single-threaded OpenCV, and exit as soon as the parent dies (even by SIGKILL)."""
+    cv2.setNumThreads(1)  # one process per core already
+    parent = parent_process()
+    if parent is not None:
+        def exit_with_parent() -> None:
+            wait([parent.sentinel])
+            os._exit(1)
+
+        threading.Thread(target=exit_with_parent, daemon=True).start()
+
+
+def _chunks(items: Iterable[dict], n: int) -> Iterator[list[dict]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
+def _results(items: Iterable[dict], workers: int, args: tuple) -> Iterator[tuple[dict, tuple]]:
+    """Yield ``(item, process_item result)`` in input order; at most ``4 * workers`` chunks in flight."""
+    if workers <= 1:
+        for it in items:
+            yield it, process_item(it, *args)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        pending: deque = deque()
+        try:
+            for chunk in _chunks(items, CHUNK):
+                pending.append((chunk, pool.submit(_process_chunk, chunk, *args)))
+                while len(pending) >= 4 * workers:
+                    chunk0, fut = pending.popleft()
+                    yield from zip(chunk0, fut.result())
+            while pending:
+                chunk0, fut = pending.popleft()
+                yield from zip(chunk0, fut.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """Remove work folders of earlier interrupted runs into the same ``out_dir``."""
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(tmp|old)-\d+")
+    for p in out_dir.parent.iterdir():
+        if p.is_dir() and pattern.fullmatch(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _swap_in(new: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by the complete folder ``new``; the old one is deleted only afterwards."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    os.replace(new, out_dir)
+    fd = os.open(out_dir.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: int = 0,
+               issues: IssueLog | None = None, max_bad_fraction: float = 0.05, jpeg_quality: int = 95,
+               store_real: bool = True, max_shard_bytes: int = 256 << 20, batch_rows: int = 256,
+               progress: bool = True) -> dict:
+    """Build the shard folder ``out_dir`` from ``items``; returns the manifest.
+
+    ``workers``: processes (0 = all cores, 1 = in this process). Shards are named by split (``train-00000.arrow``).
+    ``issues`` collects bad items (default: a new log); it is also written to ``<out_dir>/issues.json``.
+    Raises ``TooManyBadItems`` (from ``issues.check``) above ``max_bad_fraction``; ``out_dir`` is then untouched.
+    """
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
+        raise FileExistsError(f"{out_dir} exists and is not a shard folder (no manifest.json); preprocess "
+                              f"replaces its output folder as a whole: remove it or choose another out_dir")
+    issues = issues if issues is not None else IssueLog("preprocess")
+    workers = workers if workers > 0 else len(os.sched_getaffinity(0))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    writers: dict[str, ShardWriter] = {}
+    total = 0
+    seen: set[str] = set()
+    try:
+        dicts = (_as_dict(it) for it in items)
+        bar = tqdm(total=len(items) if hasattr(items, "__len__") else None, unit="img", desc="preprocess",
+                   disable=not progress)
+        with bar, closing(_results(dicts, workers, (size, jpeg_quality, store_real))) as results:
+            for item, (row, problems, notes) in results:
+                total += 1
+                bar.update(1)
+                for n in notes:
+                    issues.note(item["id"], n)
+                if item["id"] in seen:
+                    problems = [f"duplicate id (an earlier item has it; {_label(item['composite'], 'composite')})"]
+                for p in problems:
+                    issues.add(item["id"], p)
+                if problems or row is None:
+                    continue
+                seen.add(item["id"])
+                split = row["split"]
+                if split not in writers:
+                    writers[split] = ShardWriter(tmp, split, max_shard_bytes, batch_rows)
+                writers[split].write(row)
+        shards = [info for w in writers.values() for info in w.close()]
+        if total == 0:
+            raise ValueError(f"preprocess into {out_dir}: no items given")
+        issues.check(total, max_bad_fraction)
+        write_json_atomic(tmp / ISSUES_FILE, issues.to_dict(total))
+        extra = {"items": total, "bad": len(issues), "notes": len(issues.notes), "stored_size": size,
+                 "jpeg_quality": jpeg_quality, "store_real": store_real}
+        manifest = write_manifest(tmp, shards, extra)
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,396 @@
+"""The data stages of ``dvc.yaml``: ingest -> preprocess -> synthesize, plus verify and show.
+
+    ingest      data.source -> data/raw/            (sample photos, a photo folder, or iHarmony4 archives)
+    preprocess  data/raw    -> data/shards/         (Arrow shards: photos or real composites, split assigned)
+    synthesize  data/shards -> data/synth/          (new composites from real photos + masks)
+
+Each stage writes ``results/<stage>/summary.json`` (DVC metrics) and ``results/<stage>/issues.json`` (every bad
+item with its file and reason) and prints a one-screen summary. A stage fails only when the bad fraction
+exceeds ``data.max_bad_fraction``. Outputs are built in a temporary sibling and swapped in, so a failed or
+killed stage leaves the previous output intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dirl.config import Config
+from dirl.data.issues import IssueLog, write_json_atomic
+
+RAW = Path("data/raw")
+SHARDS = Path("data/shards")
+SYNTH = Path("data/synth")
+RESULTS = Path("results")
+INDEX = "index.json"
+
+
+def _workers(cfg: Config) -> int:
+    return cfg.data.workers or len(os.sched_getaffinity(0))
+
+
+def _finish(stage: str, summary: dict, issues: IssueLog | None = None, total: int = 0) -> dict:
+    out = RESULTS / stage
+    out.mkdir(parents=True, exist_ok=True)
+    if issues is not None:
+        issues.write(out / "issues.json", total=total)
+        if len(issues) or issues.notes:
+            issues.print_summary(total)
+    write_json_atomic(out / "summary.json", summary)
+    print(f"[{stage}] " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+    return summary
+
+
+# ----------------------------------------------------------------------------- ingest
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _ingest_photos(root: Path, dest: Path, issues: IssueLog) -> dict:
+    """Copy (hard-link when possible) a photo folder's images + masks into ``dest`` in the folder layout."""
+    from dirl.data.images import encode_png
+    from dirl.data.sources import load_photo_folder
+
+    photos = load_photo_folder(root, verify=True)
+    for entry in photos.log.issues:
+        issues.add(entry["item"], entry["reason"])
+    for entry in photos.log.notes:
+        issues.note(entry["item"], entry["reason"])
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    categories = {}
+    for item in photos:
+        if item.image_path is not None:
+            _link_or_copy(item.image_path, tmp / "images" / item.image_path.name)
+            stem = item.image_path.stem
+        else:
+            raise ValueError(f"photo {item.id!r} has no file; photo folders must hold image files")
+        mask_name = f"{item.id}.png"
+        if item.mask_path is not None and item.polygons is None and item.mask_path.stem == item.id:
+            _link_or_copy(item.mask_path, tmp / "masks" / mask_name)
+        else:  # COCO polygons or several objects per photo: render this object's mask
+            (tmp / "masks").mkdir(parents=True, exist_ok=True)
+            (tmp / "masks" / mask_name).write_bytes(encode_png(item.load_mask()))
+        categories[item.id] = {"image": f"images/{item.image_path.name}", "category": item.category,
+                               "photo": stem}
+    write_json_atomic(tmp / "objects.json", {k: v["category"] for k, v in categories.items() if v["category"]})
+    write_json_atomic(tmp / "items.json", categories)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return {"photos": len(photos)}
+
+
+def ingest(cfg: Config) -> dict:
+    """Bring the configured source into ``data/raw`` and write ``data/raw/index.json`` describing it."""
+    t0 = time.time()
+    source = cfg.data.source
+    issues = IssueLog("ingest")
+    RAW.mkdir(parents=True, exist_ok=True)
+    if source == "sample":
+        from dirl.data.sources import sample_photos
+
+        items = sample_photos(RAW / "photos", size=cfg.data.stored_size)
+        index = {"kind": "photos", "root": "photos", "subset": "sample"}
+        total = len(items)
+    elif source == "photos":
+        if not cfg.data.photos_dir:
+            raise ValueError("data.source=photos needs data.photos_dir (a folder with images/ + masks/ or a COCO json)")
+        counts = _ingest_photos(Path(cfg.data.photos_dir), RAW / "photos", issues)
+        index = {"kind": "photos", "root": "photos", "subset": Path(cfg.data.photos_dir).name}
+        total = counts["photos"] + len(issues)
+    else:
+        index, total = _ingest_iharmony4(cfg, issues)
+    write_json_atomic(RAW / INDEX, index)
+    issues.check(max(total, 1), cfg.data.max_bad_fraction) if total else None
+    summary = {"source": source, "items": total, "bad": len(issues), "seconds": round(time.time() - t0, 2)}
+    if index["kind"] == "iharmony4":
+        summary["subsets"] = index.get("counts", {})
+    return _finish("ingest", summary, issues, total)
+
+
+def _ingest_iharmony4(cfg: Config, issues: IssueLog) -> tuple[dict, int]:
+    from dirl.data.download import LockFile, archive_stem, fetch, safe_extract
+    from dirl.data.ihd import find_root, verify_layout
+
+    ih = cfg.data.iharmony4
+    roots: list[Path] = []
+    if ih.extracted_dir:
+        roots.append(find_root(Path(ih.extracted_dir)))
+    elif ih.archives:
+        lock = LockFile(Path(ih.lock_file))
+        for src in ih.archives:
+            archive = fetch(src, RAW / "archives", lock)
+            target = safe_extract(archive, RAW / "iharmony4" / archive_stem(archive))
+            roots.append(find_root(target))
+    else:
+        raise ValueError(
+            "data.source=iharmony4 needs data.iharmony4.archives (URLs, paths or s3:// URIs of the archives) "
+            "or data.iharmony4.extracted_dir (an extracted iHarmony4 root)"
+        )
+    counts, total = {}, 0
+    for root in roots:
+        report = verify_layout(root, issues, subsets=ih.subsets)
+        for sub, c in report.get("subsets", {}).items():
+            counts[sub] = c.get("composites", 0)
+            total += c.get("composites", 0)
+    index = {"kind": "iharmony4", "roots": [str(r.resolve()) for r in roots], "counts": counts}
+    return index, total
+
+
+# ----------------------------------------------------------------------------- preprocess
+
+
+def _photo_split(photo: str, cfg: Config) -> str:
+    from dirl.data.ihd import unit_hash
+
+    if unit_hash(photo, cfg.data.seed, "test") < cfg.data.test_fraction:
+        return "test"
+    return "val" if unit_hash(photo, cfg.data.seed, "val") < cfg.data.val_fraction else "train"
+
+
+def _photo_items(raw: Path, index: dict, cfg: Config, issues: IssueLog) -> list[dict]:
+    from dirl.data.sources import load_photo_folder
+
+    photos = load_photo_folder(raw / index["root"], verify=False)
+    for entry in photos.log.issues:
+        issues.add(entry["item"], entry["reason"])
+    meta = {}
+    if (raw / index["root"] / "items.json").is_file():
+        meta = json.loads((raw / index["root"] / "items.json").read_text())
+    items = []
+    for p in photos:
+        photo = meta.get(p.id, {}).get("photo", p.id.split("__")[0])
+        items.append({
+            "id": p.id, "subset": p.category or index.get("subset", "photos"), "split": _photo_split(photo, cfg),
+            "composite": p.image_path, "mask": p.mask_path, "real": None, "source": "photo",
+        })
+    return items
+
+
+def _ihd_items(index: dict, cfg: Config, issues: IssueLog) -> list[dict]:
+    from dirl.data.ihd import assign_splits, official_lists, scan
+
+    ih = cfg.data.iharmony4
+    items = []
+    for root in map(Path, index["roots"]):
+        found = scan(root, issues, subsets=ih.subsets)
+        if ih.split == "official":
+            train, test = official_lists(root)
+            found = assign_splits(found, train, test, val_fraction=cfg.data.val_fraction, seed=cfg.data.seed,
+                                  issues=issues)
+        elif ih.split == "le50" and ih.train_list and ih.test_list:
+            found = assign_splits(found, ih.train_list, ih.test_list, val_fraction=cfg.data.val_fraction,
+                                  seed=cfg.data.seed, issues=issues)
+        else:  # le50 without lists, or "computed": filter <= 50 % foreground ourselves
+            found = assign_splits(found, le50=True, val_fraction=cfg.data.val_fraction, seed=cfg.data.seed,
+                                  issues=issues, test_fraction=cfg.data.test_fraction)
+        items += [{"id": it.id, "subset": it.subset, "split": it.split, "composite": it.composite,
+                   "mask": it.mask, "real": it.real, "source": "composite"} for it in found]
+    return items
+
+
+def preprocess(cfg: Config) -> dict:
+    """Decode, check, resize and shard everything in ``data/raw`` into ``data/shards``."""
+    from dirl.data.preprocess import preprocess as build_shards
+
+    t0 = time.time()
+    index = json.loads((RAW / INDEX).read_text())
+    issues = IssueLog("preprocess")
+    items = _photo_items(RAW, index, cfg, issues) if index["kind"] == "photos" else _ihd_items(index, cfg, issues)
+    manifest = build_shards(items, SHARDS, size=cfg.data.stored_size, workers=_workers(cfg), issues=issues,
+                            max_bad_fraction=cfg.data.max_bad_fraction)
+    seconds = time.time() - t0
+    summary = {"rows": manifest["rows"], "bad": len(issues), "splits": manifest.get("splits", {}),
+               "dataset_hash": manifest.get("dataset_hash"), "seconds": round(seconds, 2),
+               "images_per_s": round(len(items) / max(seconds, 1e-9), 1)}
+    return _finish("preprocess", summary, issues, len(items))
+
+
+# ----------------------------------------------------------------------------- synthesize
+
+
+def _decode_row(row: dict) -> tuple[np.ndarray, np.ndarray]:
+    from dirl.data.images import decode_image, decode_mask
+
+    return decode_image(row["image"]), decode_mask(row["mask"])[0]
+
+
+_REFS: list = []
+
+
+def _init_synth(refs: list) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    global _REFS
+    _REFS = refs
+
+
+def _synth_chunk(args: tuple) -> list[tuple[dict | None, str | None]]:
+    """Make composites for a chunk of real rows; returns (row, None) or (None, problem) per outcome."""
+    from dirl.data.images import encode_jpeg
+    from dirl.data.ihd import unit_hash
+    from dirl.data.synth import make_composites
+
+    rows, per_image, methods, max_tries, seed = args
+    out = []
+    for row in rows:
+        try:
+            image, mask = _decode_row(row)
+        except Exception as e:  # a bad stored row is reported, not fatal
+            out.append((None, f"{row['id']}: {e}"))
+            continue
+        rng = np.random.default_rng([seed, int(unit_hash(row["id"], seed, "synth") * 2**32)])
+        refs = [r for r in _REFS if r.split == row["split"]] or _REFS
+        comps = make_composites(image, mask, per_image, rng, methods=methods, refs=refs, max_tries=max_tries,
+                                category=row.get("subset"), image_id=row["id"])
+        if len(comps) < per_image:
+            out.append((None, f"{row['id']}: only {len(comps)} of {per_image} composites passed the quality check"))
+        real_jpeg = row["real"] or row["image"]
+        for k, c in enumerate(comps):
+            out.append(({
+                "id": f"{row['id']}_s{k}", "subset": row["subset"], "split": row["split"],
+                "image": encode_jpeg(c.image), "mask": row["mask"], "real": real_jpeg,
+                "orig_h": row["orig_h"], "orig_w": row["orig_w"], "height": row["height"], "width": row["width"],
+                "fg_ratio": row["fg_ratio"], "source": "synthesized", "synth_method": c.method, "ref_id": c.ref_id,
+            }, None))
+    return out
+
+
+def _synth_sources(cfg: Config) -> list[dict]:
+    """Rows to synthesize from: real photos, plus iHarmony4 real images when augment_iharmony4 is set."""
+    from dirl.data.shards import iter_rows
+
+    rows, seen_real = [], set()
+    for row in iter_rows(SHARDS):
+        if row["source"] == "photo":
+            rows.append(row)
+        elif cfg.synth.augment_iharmony4 and row["real"] is not None:
+            base = row["id"].rsplit("_", 1)[0]  # c100_1_2 -> c100_1: one real image + mask per object
+            if base not in seen_real:
+                seen_real.add(base)
+                rows.append({**row, "id": base, "image": row["real"]})
+    return rows
+
+
+def _references(rows: list[dict], limit_per_split: int = 256, seed: int = 0):
+    """A deterministic subset of real objects per split, used as colour-transfer references."""
+    from dirl.data.synth import Reference
+
+    rng = np.random.default_rng(seed)
+    refs = []
+    for split in sorted({r["split"] for r in rows}):
+        pool = [r for r in rows if r["split"] == split]
+        pick = rng.permutation(len(pool))[:limit_per_split]
+        for i in sorted(pick):
+            try:
+                image, mask = _decode_row(pool[i])
+            except Exception:
+                continue
+            ref = Reference(pool[i]["id"], image, mask, pool[i].get("subset"))
+            ref.split = split
+            refs.append(ref)
+    return refs
+
+
+def synthesize(cfg: Config) -> dict:
+    """Make ``synth.per_image`` new composites per real image into ``data/synth`` (Arrow shards)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    from dirl.data.preprocess import _swap_in
+    from dirl.data.shards import ShardWriter, write_manifest
+
+    t0 = time.time()
+    sources = _synth_sources(cfg)
+    if not sources:
+        raise ValueError(f"{SHARDS} has no real photos to synthesize from (data.source={cfg.data.source}); "
+                         "use source sample/photos, or set synth.augment_iharmony4: true for iHarmony4")
+    refs = _references(sources, seed=cfg.synth.seed)
+    issues = IssueLog("synthesize")
+    args = [(sources[i:i + 8], cfg.synth.per_image, tuple(cfg.synth.methods), cfg.synth.max_tries, cfg.synth.seed)
+            for i in range(0, len(sources), 8)]
+    tmp = SYNTH.parent / f".{SYNTH.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    writers: dict[str, ShardWriter] = {}
+    methods: dict[str, int] = {}
+    try:
+        workers = min(_workers(cfg), len(args))
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_synth,
+                                 initargs=(refs,)) as pool, tqdm(total=len(sources), unit="img", desc="synthesize") as bar:
+            for chunk, results in zip(args, pool.map(_synth_chunk, args)):
+                bar.update(len(chunk[0]))
+                for row, problem in results:
+                    if problem:
+                        issues.add(problem.split(":")[0], problem)
+                        continue
+                    methods[row["synth_method"]] = methods.get(row["synth_method"], 0) + 1
+                    if row["split"] not in writers:
+                        writers[row["split"]] = ShardWriter(tmp, row["split"])
+                    writers[row["split"]].write(row)
+        shards = [info for w in writers.values() for info in w.close()]
+        issues.check(len(sources), cfg.data.max_bad_fraction)
+        manifest = write_manifest(tmp, shards, {"per_image": cfg.synth.per_image, "methods": methods,
+                                                "seed": cfg.synth.seed})
+        _swap_in(tmp, SYNTH.absolute())
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.time() - t0
+    summary = {"real_images": len(sources), "composites": manifest["rows"], "bad": len(issues),
+               "methods": methods, "splits": manifest.get("splits", {}), "seconds": round(seconds, 2),
+               "composites_per_s": round(manifest["rows"] / max(seconds, 1e-9), 1)}
+    return _finish("synthesize", summary, issues, len(sources))
+
+
+# ----------------------------------------------------------------------------- verify / show
+
+
+def verify(cfg: Config) -> list[str]:
+    """Re-check every shard folder against its manifest; prints and returns the problems."""
+    from dirl.data.shards import verify_shards
+
+    problems = []
+    for folder in (SHARDS, SYNTH):
+        if not (folder / "manifest.json").is_file():
+            print(f"{folder}: no manifest.json (stage not run yet)")
+            continue
+        found = verify_shards(folder)
+        problems += found
+        print(f"{folder}: {'OK' if not found else f'{len(found)} problem(s)'}")
+        for p in found:
+            print(f"  {p}")
+    return problems
+
+
+def show(cfg: Config, split: str = "train", n: int = 8, out: str | None = None, source: str = "synth") -> Path:
+    """Contact sheet PNG, one row per item: composite | mask | real | overlay (with id and method)."""
+    from dirl.data.visual import contact_sheet
+    from dirl.data.shards import iter_rows
+
+    folder = SYNTH if source == "synth" else SHARDS
+    rows = []
+    for row in iter_rows(folder, split=split):
+        rows.append(row)
+        if len(rows) >= n:
+            break
+    if not rows:
+        raise ValueError(f"{folder} has no rows in split {split!r}; run `dvc repro` (or `dirl data preprocess`) first")
+    path = Path(out) if out else RESULTS / "show" / f"{source}-{split}.png"
+    return contact_sheet(rows, path)

@@ -1,0 +1,105 @@
+"""Train and eval transforms of the reference, on numpy arrays (no torchvision).
+
+Train: random resized crop to ``size`` (scale (0.9, 1.0), ratio (3/4, 4/3), bilinear), redrawn until the mask keeps
+more than 10 foreground pixels (an emptier crop is accepted with probability 0.05), then a horizontal flip with
+p = 0.5. No colour or photometric augmentation: the colour mismatch is the signal.
+Eval: plain resize to ``size``.
+Both return an ImageNet-normalised ``(3, H, W)`` float32 image and a ``(1, H, W)`` float32 {0, 1} mask.
+Masks are resized like images and binarised at 0.5 (``images.resize_mask``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from dirl.data.images import resize_image, resize_mask
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+SCALE = (0.9, 1.0)
+RATIO = (3 / 4, 4 / 3)
+MIN_FG_PIXELS = 10  # a train crop must keep more than this many foreground pixels ...
+ACCEPT_EMPTY_P = 0.05  # ... or is accepted anyway with this probability
+MAX_REDRAWS = 20  # after this many rejected crops, the whole image is used (resized, no crop)
+
+
+def crop_params(h: int, w: int, rng: np.random.Generator, scale=SCALE, ratio=RATIO) -> tuple[int, int, int, int]:
+    """A random crop ``(top, left, ch, cw)`` covering ``scale`` of the area with aspect in ``ratio``.
+
+    Same algorithm as torchvision's ``RandomResizedCrop.get_params``: 10 tries, then a centre crop with the
+    aspect clamped into ``ratio``.
+    """
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+_SCALE = (1.0 / (255.0 * STD)).astype(np.float32)
+_SHIFT = (MEAN / STD).astype(np.float32)
+
+
+def normalize(img: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float32, ``(x / 255 - mean) / std`` (ImageNet)."""
+    out = np.empty((3,) + img.shape[:2], np.float32)  # (3, H, W)
+    for c, channel in enumerate(cv2.split(img)):  # 3 x (H, W) uint8
+        out[c] = channel
+        out[c] *= _SCALE[c]
+        out[c] -= _SHIFT[c]
+    return out
+
+
+def denormalize(x) -> np.ndarray:
+    """Inverse of :func:`normalize` for display: ``(3, H, W)`` or ``(B, 3, H, W)`` array or tensor -> uint8
+    ``(H, W, 3)`` or ``(B, H, W, 3)``."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x, np.float32)
+    chw_last = np.moveaxis(x, -3, -1)  # (..., H, W, 3)
+    return np.clip(np.rint((chw_last * STD + MEAN) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _mask_tensor(mask: np.ndarray) -> np.ndarray:
+    return mask.astype(np.float32)[None]  # (H, W) -> (1, H, W)
+
+
+def train_transform(img: np.ndarray, mask: np.ndarray, size: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Reference train augmentation; deterministic given ``rng``. Returns ``(x (3,S,S), m (1,S,S))`` float32.
+
+    The crop is redrawn until the resized mask keeps > ``MIN_FG_PIXELS`` foreground pixels, or accepted anyway
+    with probability ``ACCEPT_EMPTY_P``; after ``MAX_REDRAWS`` rejections the whole image is resized instead.
+    """
+    h, w = mask.shape
+    for _ in range(MAX_REDRAWS):
+        top, left, ch, cw = crop_params(h, w, rng)
+        m = resize_mask(mask[top:top + ch, left:left + cw], size)  # (ch, cw) -> (S, S)
+        if int(m.sum()) > MIN_FG_PIXELS or rng.random() < ACCEPT_EMPTY_P:
+            x = resize_image(img[top:top + ch, left:left + cw], size)  # (ch, cw, 3) -> (S, S, 3)
+            break
+    else:
+        x, m = resize_image(img, size), resize_mask(mask, size)
+    if rng.random() < 0.5:
+        x, m = cv2.flip(x, 1), cv2.flip(m, 1)  # horizontal; contiguous, unlike x[:, ::-1]
+    return normalize(x), _mask_tensor(m)
+
+
+def eval_transform(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain resize to ``size`` x ``size``, normalised. Returns ``(x (3,S,S), m (1,S,S))`` float32."""
+    return normalize(resize_image(img, size)), _mask_tensor(resize_mask(mask, size))

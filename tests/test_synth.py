@@ -1,0 +1,254 @@
+"""Composite synthesis: background untouched, foreground changed, statistics matched, reproducible, filtered."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from dirl.data import synth
+from dirl.data.synth import (
+    METHODS,
+    Composite,
+    Reference,
+    apply_lut,
+    bench_synthesis,
+    make_composites,
+    pick_reference,
+    quality_check,
+    random_lut,
+    synthesize,
+    synthesize_with_params,
+)
+
+SIZE = 128
+
+
+def _photo(img: np.ndarray, centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled real photo at SIZE x SIZE with an elliptic object mask (~25 %)."""
+    img = np.ascontiguousarray(cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA))
+    m = np.zeros((SIZE, SIZE), np.uint8)
+    cv2.ellipse(m, (int(centre[0] * SIZE), int(centre[1] * SIZE)), (int(0.3 * SIZE), int(0.27 * SIZE)), 0, 0, 360,
+                1, -1)
+    return img, m
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {"coffee": _photo(data.coffee(), (0.5, 0.35)), "chelsea": _photo(data.chelsea(), (0.5, 0.5)),
+            "astronaut": _photo(data.astronaut(), (0.4, 0.6))}
+
+
+def _fg_change(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
+    return float(np.abs(a[m.astype(bool)].astype(int) - b[m.astype(bool)].astype(int)).mean())
+
+
+def _ycc_ks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-channel Kolmogorov-Smirnov distance between two (N, 3) RGB pixel sets, in YCrCb."""
+    ya = cv2.cvtColor(a.reshape(-1, 1, 3), cv2.COLOR_RGB2YCrCb).reshape(-1, 3)
+    yb = cv2.cvtColor(b.reshape(-1, 1, 3), cv2.COLOR_RGB2YCrCb).reshape(-1, 3)
+    return np.array([np.abs(synth._cdf(ya[:, c]) - synth._cdf(yb[:, c])).max() for c in range(3)])
+
+
+@pytest.mark.parametrize("with_ref", [True, False], ids=["ref", "random-stats"])
+@pytest.mark.parametrize("method", METHODS)
+def test_background_identical_and_foreground_changed(photos, method, with_ref):
+    image, mask = photos["coffee"]
+    ref, ref_mask = photos["chelsea"] if with_ref else (None, None)
+    before = image.copy()
+    out = synthesize(image, mask, method, np.random.default_rng(3), ref, ref_mask)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.array_equal(image, before), "the input image must not be modified"
+    bg = mask == 0
+    assert np.array_equal(out[bg], image[bg]), "background bytes changed"
+    assert _fg_change(image, out, mask) >= 3.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_bytes_different_seed_differs(photos, method):
+    image, mask = photos["astronaut"]
+    a = synthesize(image, mask, method, np.random.default_rng(7))
+    b = synthesize(image, mask, method, np.random.default_rng(7))
+    c = synthesize(image, mask, method, np.random.default_rng(8))
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+
+
+def test_reference_methods_depend_only_on_the_reference_except_idt(photos):
+    """reinhard / xiao / fecker are deterministic functions of (image, reference); idt's rotations are random."""
+    (image, mask), (ref, ref_mask) = photos["coffee"], photos["chelsea"]
+    for method in ("reinhard", "xiao", "fecker"):
+        a = synthesize(image, mask, method, np.random.default_rng(1), ref, ref_mask)
+        b = synthesize(image, mask, method, np.random.default_rng(2), ref, ref_mask)
+        assert np.array_equal(a, b), method
+    a = synthesize(image, mask, "idt", np.random.default_rng(1), ref, ref_mask)
+    b = synthesize(image, mask, "idt", np.random.default_rng(2), ref, ref_mask)
+    assert not np.array_equal(a, b)
+
+
+def test_reinhard_matches_lab_mean_and_std(photos):
+    (image, mask), (ref, ref_mask) = photos["coffee"], photos["chelsea"]
+    out = synthesize(image, mask, "reinhard", np.random.default_rng(0), ref, ref_mask)
+    lab_out = synth._rgb_to_lab(out[mask.astype(bool)])
+    lab_ref = synth._rgb_to_lab(ref[ref_mask.astype(bool)])
+    lab_src = synth._rgb_to_lab(image[mask.astype(bool)])
+    sd_ref = lab_ref.std(axis=0)
+    assert np.all(np.abs(lab_out.mean(axis=0) - lab_ref.mean(axis=0)) < 0.05 * sd_ref)
+    assert np.allclose(lab_out.std(axis=0) / sd_ref, 1.0, atol=0.05)
+    assert np.any(np.abs(lab_src.mean(axis=0) - lab_ref.mean(axis=0)) > 0.5 * sd_ref)  # it had to move
+
+
+def test_xiao_matches_rgb_mean_and_covariance(photos):
+    (image, mask), (ref, ref_mask) = photos["coffee"], photos["chelsea"]
+    out = synthesize(image, mask, "xiao", np.random.default_rng(0), ref, ref_mask)
+    o, r, s = (x.astype(np.float64) for x in (out[mask == 1], ref[ref_mask == 1], image[mask == 1]))
+    cov_r = np.cov(r, rowvar=False)
+    rel = np.linalg.norm(np.cov(o, rowvar=False) - cov_r) / np.linalg.norm(cov_r)
+    assert rel < 0.05
+    assert np.linalg.norm(np.cov(s, rowvar=False) - cov_r) / np.linalg.norm(cov_r) > 1.0
+    assert np.all(np.abs(o.mean(axis=0) - r.mean(axis=0)) < 1.0)
+
+
+def test_fecker_matches_ycbcr_histograms(photos):
+    (image, mask), (ref, ref_mask) = photos["coffee"], photos["chelsea"]
+    out = synthesize(image, mask, "fecker", np.random.default_rng(0), ref, ref_mask)
+    ks_out = _ycc_ks(out[mask == 1], ref[ref_mask == 1])
+    ks_src = _ycc_ks(image[mask == 1], ref[ref_mask == 1])
+    assert np.all(ks_out < 0.08), ks_out
+    assert np.all(ks_src > 0.3), ks_src
+
+
+def test_idt_moves_the_distribution_to_the_reference(photos):
+    (image, mask), (ref, ref_mask) = photos["coffee"], photos["chelsea"]
+    out = synthesize(image, mask, "idt", np.random.default_rng(0), ref, ref_mask)
+    o, r, s = out[mask == 1], ref[ref_mask == 1], image[mask == 1]
+    ks = np.array([np.abs(synth._cdf(o[:, c]) - synth._cdf(r[:, c])).max() for c in range(3)])
+    ks_src = np.array([np.abs(synth._cdf(s[:, c]) - synth._cdf(r[:, c])).max() for c in range(3)])
+    assert np.all(ks < 0.15) and np.all(ks < 0.5 * ks_src), (ks, ks_src)
+
+
+def test_apply_lut_is_trilinear():
+    """Trilinear interpolation reproduces any affine colour map exactly (up to OpenCV's 1/32-cell weights)."""
+    g = np.linspace(0.0, 1.0, 17)
+    r, gg, b = np.meshgrid(g, g, g, indexing="ij")
+    grid = np.stack([r, gg, b], axis=-1)
+    a = np.array([[0.5, 0.3, 0.0], [0.0, 0.2, 0.6], [-0.4, 0.0, 0.9]])
+    lut = (grid @ a.T + np.array([0.1, 0.05, 0.3])).astype(np.float32)
+    px = np.random.default_rng(0).integers(0, 256, (40000, 3)).astype(np.uint8)  # > 32767 look-ups
+    expected = np.clip(np.rint(255.0 * ((px / 255.0) @ a.T + [0.1, 0.05, 0.3])), 0, 255)
+    assert np.abs(apply_lut(px, lut).astype(int) - expected).max() <= 1
+    identity = apply_lut(px, grid.astype(np.float32))
+    assert np.abs(identity.astype(int) - px).max() <= 1
+
+
+def test_random_lut_is_valid_and_varied():
+    lut1, params = random_lut(np.random.default_rng(0))
+    lut2, _ = random_lut(np.random.default_rng(1))
+    assert lut1.shape == (17, 17, 17, 3) and lut1.min() >= 0.0 and lut1.max() <= 1.0
+    assert abs(sum(params["weights"]) - 1.0) < 1e-9 and params["curves"] in (2, 3)
+    assert np.abs(lut1 - lut2).mean() > 0.01
+    dark, bright = lut1[0, 0, 0].mean(), lut1[-1, -1, -1].mean()
+    assert bright > dark + 0.3  # tone curves are increasing: black stays darker than white
+
+
+def test_quality_check_rejects_degenerate(photos):
+    image, mask = photos["coffee"]
+    m = mask.astype(bool)
+    ok, reason = quality_check(image, image.copy(), mask)
+    assert not ok and "too little change" in reason
+    tiny = image.copy()
+    tiny[m] = np.minimum(image[m].astype(int) + 1, 255).astype(np.uint8)
+    assert not quality_check(image, tiny, mask)[0]
+    clipped = image.copy()
+    clipped[m] = 255
+    ok, reason = quality_check(image, clipped, mask)
+    assert not ok and "clipped" in reason
+    moved_bg = synthesize(image, mask, "lut", np.random.default_rng(0))
+    moved_bg[~m] = 255 - moved_bg[~m]
+    assert quality_check(image, moved_bg, mask) == (False, "background changed")
+    good = synthesize(image, mask, "lut", np.random.default_rng(0))
+    assert quality_check(image, good, mask) == (True, "ok")
+
+
+def test_bad_inputs_are_named():
+    image = np.zeros((8, 8, 3), np.uint8)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 2:5] = 1
+    with pytest.raises(ValueError, match="unknown synthesis method"):
+        synthesize(image, mask, "sepia", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="divide a 0/255 mask"):
+        synthesize(image, mask * 255, "lut", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="mask is empty"):
+        synthesize(image, np.zeros_like(mask), "lut", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        synthesize(image.astype(np.float32), mask, "lut", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="both ref_image and ref_mask"):
+        synthesize(image, mask, "reinhard", np.random.default_rng(0), ref_image=image)
+
+
+def test_pick_reference_prefers_same_category():
+    refs = [Reference(f"r{i}", np.zeros((1, 1, 3), np.uint8), np.ones((1, 1), np.uint8), c)
+            for i, c in enumerate(["cat", "dog", "cat", None])]
+    rng = np.random.default_rng(0)
+    picks = {pick_reference(refs, "cat", rng).id for _ in range(50)}
+    assert picks == {"r0", "r2"}
+    assert len({pick_reference(refs, "horse", rng).id for _ in range(100)}) == 4  # no match: any
+    assert len({pick_reference(refs, None, rng).id for _ in range(100)}) == 4
+    assert pick_reference([], "cat", rng) is None
+
+
+def _refs(photos) -> list[Reference]:
+    return [Reference("coffee", *photos["coffee"], "cup"), Reference("chelsea", *photos["chelsea"], "cat"),
+            Reference("astronaut", *photos["astronaut"], "person")]
+
+
+def test_make_composites_count_provenance_determinism(photos):
+    image, mask = photos["chelsea"]
+    refs = _refs(photos)
+    kw = dict(methods=METHODS, refs=refs, category="cup", image_id="chelsea")
+    comps = make_composites(image, mask, 8, np.random.default_rng(5), **kw)
+    again = make_composites(image, mask, 8, np.random.default_rng(5), **kw)
+    assert len(comps) == 8 and all(isinstance(c, Composite) for c in comps)
+    assert [c.image.tobytes() for c in comps] == [c.image.tobytes() for c in again]
+    assert [c.params for c in comps] == [c.params for c in again]
+    for c in comps:
+        assert c.method in METHODS
+        assert quality_check(image, c.image, mask)[0]
+        if c.method in synth.TRANSFER_METHODS:
+            assert c.ref_id == "coffee"  # same category preferred; the image itself is excluded
+            ref = next(r for r in refs if r.id == c.ref_id)
+            rebuilt = synthesize(image, mask, c.method, np.random.default_rng(c.params["seed"]), ref.image, ref.mask)
+        else:
+            assert c.ref_id is None
+            rebuilt = synthesize(image, mask, c.method, np.random.default_rng(c.params["seed"]))
+        assert np.array_equal(rebuilt, c.image)
+    other = make_composites(image, mask, 8, np.random.default_rng(6), **kw)
+    assert [c.image.tobytes() for c in comps] != [c.image.tobytes() for c in other]
+
+
+def test_make_composites_reports_shortfall(photos, caplog):
+    image, mask = photos["coffee"]
+    with caplog.at_level(logging.WARNING, logger="dirl.data.synth"):
+        comps = make_composites(image, mask, 3, np.random.default_rng(0), methods=["lut"], max_tries=2,
+                                min_change=300.0, image_id="coffee")
+    assert comps == []
+    assert "0 of 3 composites after 6 tries" in caplog.text and "too little change" in caplog.text
+
+
+def test_synthesize_with_params_is_json_ready(photos):
+    import json
+
+    image, mask = photos["astronaut"]
+    for method in METHODS:
+        _, params = synthesize_with_params(image, mask, method, np.random.default_rng(0))
+        json.dumps(params)
+
+
+def test_bench_synthesis_reports_every_method():
+    threads = cv2.getNumThreads()
+    rates = bench_synthesis(size=64, n=2, seed=0)
+    assert set(rates) == set(METHODS) and all(r > 0 for r in rates.values())
+    assert cv2.getNumThreads() == threads
