@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -102,13 +103,16 @@ def cmd_rollback(args):
 def cmd_compare(args):
     from dirl.lifecycle.evaluate import compare
 
-    compare(load_cfg(args), args.models, out_dir=args.out)
+    result = compare(load_cfg(args), args.models, out_dir=args.out)
+    print(result["markdown"])
 
 
 def cmd_predict(args):
     from dirl.lifecycle.predict import predict_paths
 
-    predict_paths(load_cfg(args), args.inputs, model_ref=args.model, out_dir=args.out, batch_size=args.batch_size)
+    summary = predict_paths(load_cfg(args), args.inputs, model_ref=args.model, out_dir=args.out,
+                            batch_size=args.batch_size)
+    print(json.dumps(summary, indent=2, default=str))
 
 
 def cmd_summary(args):
@@ -198,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # expected failures print one clear line; DIRL_TRACEBACK=1 shows the traceback
+        expected = type(e).__module__.startswith("dirl.") or isinstance(e, (ValueError, OSError))
+        if not expected or os.environ.get("DIRL_TRACEBACK"):
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,174 @@
+"""Predict inharmonious-region maps for image files of any size.
+
+    summary = predict_paths(cfg, ["photos/", "a.jpg"], model_ref="models:/dirl@champion", out_dir="pred")
+
+For every readable image ``<stem>.<ext>`` (folders are searched recursively for image files) it writes, at
+the image's own size:
+- ``<stem>_mask.png``: the probability map as 8-bit gray (0..255 = probability 0..1; threshold at 128 for a
+  binary mask, or pass ``threshold`` to write a 0/255 mask instead);
+- ``<stem>_overlay.png``: the image tinted red by the probability, with the 0.5 contour in yellow.
+Two inputs with the same stem get ``<stem>-1``, ``<stem>-2`` ... Unreadable inputs (missing, corrupt,
+truncated, not an image) are reported with the reason and skipped; ``summary.json`` lists them.
+
+Pre- and post-processing (:func:`predict_maps`) is shared with the MLflow pyfunc model: every image is resized
+to the model's square input size (so images of any size batch together), ImageNet-normalised, predicted, and
+the final map is resized back bilinearly to the image's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from dirl.data.images import BadImage, decode_image, resize_image
+from dirl.data.transforms import normalize
+
+if TYPE_CHECKING:
+    from dirl.config import Config
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def predict_maps(model: torch.nn.Module, images: Sequence[np.ndarray], input_size: int, batch_size: int = 8,
+                 device: torch.device | str | None = None) -> list[np.ndarray]:
+    """RGB uint8 images ``(h_i, w_i, 3)`` of any sizes -> probability maps ``(h_i, w_i)`` float32 in [0, 1].
+
+    Each image is resized to ``input_size`` x ``input_size``, normalised, and batched ``batch_size`` at a time;
+    the model's final map (its first output) is resized back to the image's size.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    out: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        x = np.stack([normalize(resize_image(img, input_size)) for img in chunk])  # (B, 3, S, S)
+        probs = model(torch.from_numpy(x).to(device))[0]  # (B, 1, S, S)
+        probs = probs.float().clamp_(0, 1)[:, 0].cpu().numpy()  # (B, S, S)
+        for img, p in zip(chunk, probs):
+            h, w = img.shape[:2]
+            out.append(p if (h, w) == p.shape else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR))
+    return out
+
+
+def to_png8(prob: np.ndarray) -> np.ndarray:
+    """Probability map (h, w) in [0, 1] -> uint8 (h, w), 255 = probability 1."""
+    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
+
+
+def overlay(img: np.ndarray, prob: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """RGB image tinted red by ``prob``, with the 0.5 contour drawn in yellow; (h, w, 3) uint8 RGB."""
+    a = (alpha * prob)[..., None]  # (h, w, 1)
+    red = np.array([255, 0, 0], np.float32)
+    out = (img.astype(np.float32) * (1 - a) + red * a).astype(np.uint8)
+    binary = (prob > 0.5).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    thickness = max(1, round(max(img.shape[:2]) / 300))
+    cv2.drawContours(out, contours, -1, (255, 255, 0), thickness)
+    return out
+
+
+def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
+    """Expand files and folders into image paths; missing inputs come back as problems {file, reason}."""
+    paths: list[Path] = []
+    problems: list[dict] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                problems.append({"file": str(p), "reason": f"folder holds no image files ({', '.join(IMAGE_EXTS)})"})
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            problems.append({"file": str(p), "reason": "no such file or folder"})
+    return paths, problems
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    """Write a PNG atomically (temp file + rename); RGB arrays are converted to OpenCV's BGR."""
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"{path}: OpenCV failed to encode the PNG")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        stems.append(p.stem if n == 0 else f"{p.stem}-{n}")
+    return stems
+
+
+def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref: str, out_dir: str | os.PathLike,
+                  batch_size: int = 8, threshold: float | None = None) -> dict:
+    """Predict a map for every image in ``inputs`` (files or folders) and write masks and overlays.
+
+    Returns ``{"model", "inputs", "written", "failed": [{"file", "reason"}], "out_dir", "seconds",
+    "images_per_s"}`` and writes it to ``<out_dir>/summary.json``.
+    """
+    from tqdm import tqdm
+
+    from dirl.data.issues import write_json_atomic
+    from dirl.lifecycle.resolve import load_model_ref
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    paths, failed = find_images(inputs)
+    for f in failed:
+        log.warning("skipping %s: %s", f["file"], f["reason"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, info = load_model_ref(model_ref, cfg)
+    device = default_device()
+    model.to(device).eval()
+    size = int(info.get("input_size") or cfg.model.input_size)
+    stems = _unique_stems(paths)
+    written = 0
+    t0 = time.perf_counter()
+    with tqdm(total=len(paths), desc="predict", unit="img") as bar:
+        for start in range(0, len(paths), batch_size):
+            batch, names = [], []
+            for path, stem in zip(paths[start:start + batch_size], stems[start:start + batch_size]):
+                try:
+                    batch.append(decode_image(path))  # (h, w, 3) RGB uint8, EXIF-rotated
+                    names.append(stem)
+                except BadImage as e:
+                    failed.append({"file": str(path), "reason": e.reason})
+                    log.warning("skipping %s: %s", path, e.reason)
+            for img, stem, prob in zip(batch, names, predict_maps(model, batch, size, batch_size, device)):
+                mask = (prob > threshold).astype(np.uint8) * 255 if threshold is not None else to_png8(prob)
+                _write_png(out / f"{stem}_mask.png", mask)
+                _write_png(out / f"{stem}_overlay.png", overlay(img, prob))
+                written += 1
+            bar.update(len(paths[start:start + batch_size]))
+    seconds = time.perf_counter() - t0
+    summary = {
+        "model": {"ref": model_ref, "name": info.get("model"), "input_size": size, "label": info.get("label")},
+        "inputs": len(paths), "written": written, "failed": failed, "out_dir": str(out),
+        "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 2) if seconds > 0 else None,
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+

@@ -1,0 +1,388 @@
+"""The MLflow model registry: register a trained model, promote it to champion, roll back.
+
+    info = register_stage(cfg)             # new version of register.model_name, alias @challenger
+    promote(cfg)                           # @champion <- @challenger if better by promote.margin
+    promote(cfg, force=True, reason="...")  # promote anyway; recorded as tags on the version
+    rollback(cfg)                          # @champion <- @previous
+
+Aliases (MLflow's replacement for stages):
+- ``@challenger`` (``register.alias``): the version ``register_stage`` made last;
+- ``@champion``: the version to serve (``models:/<name>@champion``);
+- ``@previous``: the champion before the last promotion or rollback.
+
+Promotion evaluates the challenger and the champion on the same images (the ``evaluate.split`` composites of
+``data/synth`` and ``data/shards``) and moves ``@champion`` only when the challenger's ``promote.metric``
+exceeds the champion's by more than ``promote.margin``; otherwise it raises :class:`PromotionRefused` with both
+numbers. With no champion yet, the challenger becomes champion. ``--force`` promotes regardless and tags the
+version with who, when and why (``promote.forced``, ``promote.forced_by``, ``promote.forced_at``,
+``promote.reason``). Every promotion tags the new champion with both scores.
+
+Rollback swaps the two: ``@champion`` <- the ``@previous`` version and ``@previous`` <- the demoted champion,
+so a second rollback undoes the first (``@previous`` is cleared when there was no champion). Without
+``@previous`` there is nothing to roll back to (an error).
+
+Concurrency. Alias moves happen under a lock, and the champion is re-read after the lock is acquired
+(compare-and-set): if it moved while the scores were being computed, the comparison is redone against the new
+champion. The lock is
+- for a SQLite store: an exclusive ``flock`` on ``<db>.<model name>.lock`` beside the database file (every
+  process using that store runs on the machine that holds the file);
+- for a tracking server or any other store: one registered-model tag ``dirl.lock.<uuid>`` per contender,
+  valued with its expiry. A contender writes its tag, then reads all lock tags; it holds the lock only when
+  its tag is the only live one, otherwise it deletes its tag and retries after a random delay. MLflow has no
+  compare-and-set, but this needs none: of two contenders, the one that reads second always sees the other's
+  tag. A tag past its expiry (``LOCK_TTL_S``: a crashed holder) is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import random
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from dirl.config import Config, tracking_uri
+from dirl.data.issues import write_json_atomic
+from dirl.lifecycle import SHARD_DIRS
+from dirl.lifecycle.resolve import ModelRefError, client_for
+
+log = logging.getLogger(__name__)
+CHAMPION, PREVIOUS = "champion", "previous"
+LOCK_TAG = "dirl.lock"
+LOCK_TTL_S = 600.0
+LOCK_TIMEOUT_S = 900.0
+HOLD_ENV = "DIRL_PROMOTE_HOLD_S"  # seconds to hold the lock before moving aliases (race tests widen the window)
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot proceed; the message says why and what to do."""
+
+
+class PromotionRefused(RegistryError):
+    """The challenger does not beat the champion by the margin; the message holds both numbers."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+# ----------------------------------------------------------------------------- locking
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout: float) -> Iterator[None]:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RegistryError(
+                        f"{path}: another promotion or rollback holds the lock for over {timeout:.0f} s")
+                time.sleep(0.05)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{_who()} pid {os.getpid()} since {_now()}\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _lock_tags(client, name: str) -> dict[str, str]:
+    tags = client.get_registered_model(name).tags or {}
+    return {k: v for k, v in tags.items() if k.startswith(LOCK_TAG + ".")}
+
+
+def _expired(expiry: str) -> bool:
+    try:
+        return float(expiry) < time.time()
+    except ValueError:
+        return True
+
+
+@contextlib.contextmanager
+def _tag_lock(client, name: str, timeout: float) -> Iterator[None]:
+    """Mutual exclusion over a linearizable tag store: write my tag, then read all lock tags.
+
+    I own the lock only when mine is the only live one. If A saw only its own tag, any competitor B wrote
+    after A's read, so B's read (after its write) sees A's tag and B backs off; if both see both, both back
+    off with a random delay and retry. No clock comparison between processes is needed.
+    """
+    mine = f"{LOCK_TAG}.{uuid.uuid4().hex}"
+    deadline = time.monotonic() + timeout
+    while True:
+        client.set_registered_model_tag(name, mine, f"{time.time() + LOCK_TTL_S:.3f}")
+        others = {k: v for k, v in _lock_tags(client, name).items() if k != mine and not _expired(v)}
+        if not others:
+            break
+        client.delete_registered_model_tag(name, mine)
+        if time.monotonic() > deadline:
+            raise RegistryError(f"registered model {name!r}: lock tag(s) {sorted(others)} held for over "
+                                f"{timeout:.0f} s; delete them if their holder is gone")
+        time.sleep(0.1 + random.random() * 0.5)
+    try:
+        yield
+    finally:
+        client.delete_registered_model_tag(name, mine)
+
+
+def registry_lock(client, name: str, uri: str, timeout: float = LOCK_TIMEOUT_S):
+    """The lock that serialises alias moves of model ``name`` (see the module docstring)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        return _file_lock(db.with_name(f"{db.name}.{safe}.lock"), timeout)
+    return _tag_lock(client, name, timeout)
+
+
+def _hold() -> None:
+    seconds = float(os.environ.get(HOLD_ENV, "0") or 0)
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _alias_version(client, name: str, alias: str) -> str | None:
+    """The version number an alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _aliases(client, name: str) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
+    except MlflowException:
+        raise RegistryError(
+            f"no registered model {name!r} in {client.tracking_uri}; run `dirl register` first") from None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise RegistryError(f"{path} not found: {what}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise RegistryError(f"{path}: not valid JSON ({e}); {what}") from None
+
+
+def _sha256(path: Path) -> str:
+    from dirl.data.shards import sha256_file
+
+    return sha256_file(path)
+
+
+# ----------------------------------------------------------------------------- register
+
+
+def register_stage(cfg: Config, out_dir: str | os.PathLike = "results/register",
+                   weights: str | os.PathLike = "results/train/model.pt",
+                   run_json: str | os.PathLike = "results/train/run.json",
+                   metrics_path: str | os.PathLike = "results/evaluate/metrics.json",
+                   shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS) -> dict:
+    """Log the weights as a pyfunc model into the training run, register a version, set ``register.alias``.
+
+    The version is tagged with the evaluation metrics (``metric.test_IoU`` ...), the git commit, the DVC and
+    shard hashes and the weights' sha256. Writes ``<out_dir>/model.json`` {name, version, alias, run_id,
+    model_uri, logged_model_uri, tracking_uri} and returns it.
+    """
+    import mlflow
+
+    from dirl.lifecycle.evaluate import flat_metrics
+    from dirl.lifecycle.pyfunc import log_pyfunc
+    from dirl.tracking import TrackingError, provenance_tags, setup
+    from dirl.weights import read_weights
+
+    weights, run_json = Path(weights), Path(run_json)
+    header = {k: v for k, v in read_weights(weights).items() if k != "state_dict"}  # WeightsError if corrupt
+    run = _read_json(run_json, "run `dirl train` (or `dvc repro train`) first")
+    if not run.get("run_id"):
+        raise RegistryError(f"{run_json}: no run_id; re-run training")
+    metrics = _read_json(Path(metrics_path), "run `dirl evaluate` first") if Path(metrics_path).is_file() else {}
+    if not metrics:
+        log.warning("%s absent: the version is registered without metric tags", metrics_path)
+    setup(cfg)  # tracking URI + reachability (TrackingError names a server that is down)
+    uri = tracking_uri(cfg)
+    client = mlflow.MlflowClient(uri)
+    run_id = run["run_id"]
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise TrackingError(f"training run {run_id} (from {run_json}, tracking URI {run.get('tracking_uri')!r}) is "
+                            f"not in the configured store {uri}; set mlflow.tracking_uri to the store it was "
+                            "trained against") from None
+    name = cfg.register.model_name
+    tags = {
+        **{f"metric.{k}": f"{v:.6g}" for k, v in flat_metrics(metrics).items()},
+        **provenance_tags(data_dirs=shard_dirs),
+        "weights_sha256": _sha256(weights), "model": str(header.get("model")),
+        "input_size": str(header.get("input_size")), "epoch": str(header.get("epoch")),
+        "registered_by": _who(), "registered_at": _now(),
+    }
+    with mlflow.start_run(run_id=run_id):
+        info = log_pyfunc(weights, name="model")
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, cfg.register.alias, mv.version)
+    test = next(iter(metrics.values()), {}) if metrics else {}
+    if test:
+        client.update_model_version(name, mv.version, description=(
+            f"{header.get('model')} at {header.get('input_size')} px: {cfg.evaluate.split} IoU "
+            f"{test['model']['IoU']:.2f} (centre prior {test['centre_prior']['IoU']:.2f})"))
+    result = {"name": name, "version": str(mv.version), "alias": cfg.register.alias, "run_id": run_id,
+              "model_uri": f"models:/{name}/{mv.version}", "logged_model_uri": info.model_uri,
+              "tracking_uri": uri}
+    write_json_atomic(Path(out_dir) / "model.json", result)
+    return result
+
+
+# ----------------------------------------------------------------------------- promote / rollback
+
+
+def score_version(cfg: Config, name: str, version: str,
+                  shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS, evalset=None) -> dict:
+    """Metrics (AP, F1, IoU, n) of registered ``name`` version ``version`` on the ``evaluate.split`` set."""
+    from dirl.lifecycle.evaluate import evaluate_set, shard_set
+    from dirl.lifecycle.predict import default_device
+    from dirl.lifecycle.resolve import load_model_ref
+
+    evalset = evalset or shard_set(shard_dirs, cfg.evaluate.split, cfg.evaluate.split)
+    model, info = load_model_ref(f"models:/{name}/{version}", cfg)
+    model.to(default_device()).eval()
+    res = evaluate_set(model, evalset, int(info.get("input_size") or cfg.model.input_size), cfg.evaluate.batch_size,
+                       progress=False)
+    return {k: res["model"][k] for k in ("n", "AP", "F1", "IoU")}
+
+
+def promote(cfg: Config, force: bool = False, reason: str = "", version: str | None = None,
+            shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS, attempts: int = 3) -> dict:
+    """Move ``@champion`` to the challenger (``register.alias``, or ``version``) if it wins (module docstring).
+
+    Returns ``{"status": "promoted" | "unchanged", "name", "champion", "previous", "metric", "challenger_score",
+    "champion_score", "margin", "forced"}``; raises :class:`PromotionRefused` when the challenger does not win.
+    """
+    name, metric, margin = cfg.register.model_name, cfg.promote.metric, cfg.promote.margin
+    client = client_for(cfg)
+    uri = tracking_uri(cfg)
+    aliases = _aliases(client, name)
+    if version is None:
+        if cfg.register.alias not in aliases:
+            listed = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+            raise ModelRefError(f"model {name!r} has no alias @{cfg.register.alias} to promote (aliases: {listed}); "
+                                "run `dirl register` first")
+        version = aliases[cfg.register.alias]
+    version = str(version)
+    evalset = None
+    cache: dict[str, dict] = {}  # version -> scores (a registered version's files never change)
+
+    def score(v: str) -> dict:
+        nonlocal evalset
+        if v not in cache:
+            from dirl.lifecycle.evaluate import shard_set
+
+            evalset = evalset or shard_set(shard_dirs, cfg.evaluate.split, cfg.evaluate.split)
+            cache[v] = score_version(cfg, name, v, evalset=evalset)
+        return cache[v]
+
+    for _ in range(attempts):
+        champion = _alias_version(client, name, CHAMPION)
+        if champion == version:
+            return {"status": "unchanged", "name": name, "champion": version, "previous": _alias_version(
+                client, name, PREVIOUS), "metric": metric, "forced": force,
+                "message": f"version {version} is already @{CHAMPION}"}
+        scores = {"challenger": score(version), "champion": score(champion)} if champion is not None else {}
+        with registry_lock(client, name, uri):
+            if _alias_version(client, name, CHAMPION) != champion:
+                log.warning("@%s moved while scoring; comparing again", CHAMPION)
+                continue  # compare-and-set failed: redo the comparison against the new champion
+            _hold()
+            result = _decide_and_move(client, name, version, champion, scores, metric, margin, force, reason)
+        return result
+    raise RegistryError(f"@{CHAMPION} of {name!r} kept moving during {attempts} attempts; try again")
+
+
+def _decide_and_move(client, name: str, version: str, champion: str | None, scores: dict, metric: str,
+                     margin: float, force: bool, reason: str) -> dict:
+    """Under the lock: check the margin, move the aliases, tag the versions."""
+    chal = scores.get("challenger", {}).get(metric)
+    champ = scores.get("champion", {}).get(metric)
+    wins = champion is None or chal > champ + margin
+    summary = (f"challenger v{version} {metric} {chal:.4f} vs champion v{champion} {metric} {champ:.4f} "
+               f"(margin {margin}, needs > {champ + margin:.4f}, on {scores['challenger']['n']} images)"
+               if champion is not None else f"no @{CHAMPION} yet: v{version} becomes champion")
+    if not wins and not force:
+        raise PromotionRefused(f"not promoted: {summary}. Use --force --reason '...' to promote anyway.")
+    now, who = _now(), _who()
+    if champion is not None:
+        client.set_registered_model_alias(name, PREVIOUS, champion)
+        client.set_model_version_tag(name, champion, "demoted_at", now)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    tags = {"promoted_at": now, "promoted_by": who, "promote.metric": metric, "promote.margin": str(margin),
+            "promote.summary": summary[:5000]}
+    if champion is not None:
+        tags.update({"promote.previous_champion": champion, f"promote.challenger_{metric}": f"{chal:.6g}",
+                     f"promote.champion_{metric}": f"{champ:.6g}"})
+    if force:
+        tags.update({"promote.forced": "true", "promote.forced_by": who, "promote.forced_at": now,
+                     "promote.reason": reason or "(no reason given)", "promote.would_pass": str(wins).lower()})
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    log.info("promoted %s v%s to @%s: %s", name, version, CHAMPION, summary)
+    return {"status": "promoted", "name": name, "champion": version, "previous": champion, "metric": metric,
+            "challenger_score": chal, "champion_score": champ, "margin": margin,
+            "forced": bool(force), "would_pass": bool(wins), "summary": summary,
+            "scores": scores}
+
+
+def rollback(cfg: Config) -> dict:
+    """``@champion`` <- ``@previous`` and ``@previous`` <- the demoted champion (a second rollback undoes it)."""
+    name = cfg.register.model_name
+    client = client_for(cfg)
+    with registry_lock(client, name, tracking_uri(cfg)):
+        aliases = _aliases(client, name)
+        champion, previous = aliases.get(CHAMPION), aliases.get(PREVIOUS)
+        if previous is None:
+            listed = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+            raise RegistryError(f"model {name!r} has no @{PREVIOUS} version to roll back to (aliases: {listed})")
+        _hold()
+        now, who = _now(), _who()
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        if champion is not None:
+            client.set_registered_model_alias(name, PREVIOUS, champion)
+            client.set_model_version_tag(name, champion, "rolled_back_at", now)
+            client.set_model_version_tag(name, champion, "rolled_back_by", who)
+        else:
+            client.delete_registered_model_alias(name, PREVIOUS)
+        client.set_model_version_tag(name, previous, "restored_at", now)
+        client.set_model_version_tag(name, previous, "restored_by", who)
+    log.info("rolled back %s: @%s v%s -> v%s", name, CHAMPION, champion, previous)
+    return {"status": "rolled_back", "name": name, "champion": previous, "previous": champion}

@@ -1,0 +1,199 @@
+"""The per-worker training function run by ``ray.train.torch.TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU).
+
+Each worker reads its part of the ``train`` Ray Dataset (``get_dataset_shard``), trains one epoch, and every
+``val_every`` epochs (and at the last one) rank 0 validates on the whole held-out ``val`` split. Every epoch
+ends with ``ray.train.report(metrics, checkpoint)``: rank 0 attaches a checkpoint folder (see
+:mod:`dirl.train.checkpoint`) holding the model, optimizer, scheduler, epoch, best validation IoU and the
+epoch history, so a restarted worker group resumes from ``ray.train.get_checkpoint()`` at the next epoch.
+
+MLflow: rank 0 alone logs, into the one run whose id the driver passes in the loop config (never through
+MLFLOW_RUN_ID), with ``step=epoch``. It logs an epoch only after its checkpoint was reported, and skips
+epochs the run already holds, so a restart neither repeats nor loses an epoch: on start, epochs of the
+checkpoint's history missing from the run (a crash between report and logging) are logged first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dirl.config import config_from_dict
+from dirl.losses import DIRLLoss
+from dirl.models import create_model
+from dirl.speed import SpeedConfig, make_grad_scaler
+from dirl.speed import prepare_model as prepare_speed
+from dirl.train.checkpoint import load_checkpoint, save_checkpoint
+from dirl.train.loop import VAL_KEYS, build_optimizer, build_scheduler, evaluate_batches, seed_everything, \
+    train_one_epoch
+
+log = logging.getLogger("dirl.train")
+
+SCORE = "val_iou"  # best checkpoint by validation IoU (the reference's rule)
+SHUFFLE_BUFFER = 64  # rows shuffled locally in each worker on top of the per-epoch file shuffle
+
+
+def model_kwargs(cfg) -> dict:
+    """Options passed to ``create_model`` for ``cfg.model`` (empty pretrained = random init)."""
+    kwargs = {}
+    if cfg.model.pretrained:
+        kwargs["pretrained"] = cfg.model.pretrained
+        if cfg.model.pretrained_sha256:
+            kwargs["pretrained_sha256"] = cfg.model.pretrained_sha256
+    return kwargs
+
+
+def _write_status(path: str | None, **fields) -> None:
+    """Atomically write this worker's status (pid, rank, epoch) as JSON, for monitoring and fault tests."""
+    if not path:
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "time": time.time(), **fields}))
+    os.replace(tmp, p)
+
+
+class MlflowEpochLogger:
+    """Rank 0's MLflow writer: params once, one point per metric and epoch, never the same epoch twice."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        import mlflow
+
+        self.client = mlflow.MlflowClient(tracking_uri)
+        self.run_id = run_id
+        logged = self.client.get_metric_history(run_id, "train_loss")
+        self.logged_epochs = {int(m.step) for m in logged}
+
+    def log_params(self, params: dict) -> None:
+        """Log the config flat, once; values changed since (a resume with more epochs) become tags."""
+        from dirl.tracking import log_params_flat
+
+        changed = log_params_flat(params, run_id=self.run_id, client=self.client)
+        for key, (old, new) in changed.items():
+            self.client.set_tag(self.run_id, f"resumed_with.{key}", f"{old} -> {new}"[:5000])
+
+    def log_epoch(self, row: dict) -> bool:
+        """Log one history row at ``step=row['epoch']``; False when the run already holds that epoch."""
+        from mlflow.entities import Metric
+
+        epoch = int(row["epoch"])
+        if epoch in self.logged_epochs:
+            return False
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, epoch) for k, v in row.items()
+                   if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=metrics)  # one transaction: the whole epoch or nothing
+        self.logged_epochs.add(epoch)
+        return True
+
+    def sync(self, history: list[dict]) -> int:
+        """Log every epoch of ``history`` the run lacks; a tracking-store error is a warning, retried next epoch."""
+        import mlflow
+
+        n = 0
+        try:
+            for row in history:
+                n += self.log_epoch(row)
+        except (mlflow.exceptions.MlflowException, OSError) as e:
+            log.warning("MLflow logging failed (%s); epochs will be logged at the next epoch or restart", e)
+        return n
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train entry point. ``config``: cfg (Config as dict), run_id, tracking_uri, status_dir (optional)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(config["cfg"], "train_loop_config")
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    status = os.path.join(config["status_dir"], f"rank-{rank}.json") if config.get("status_dir") else None
+    _write_status(status, rank=rank, epoch=None, phase="setup")
+
+    seed_everything(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    if not tc.use_gpu:
+        torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
+    device = ray.train.torch.get_device()
+    speed = SpeedConfig(tc.precision, tc.channels_last, tc.compile)
+    if device.type == "cpu" and speed.precision == "fp16":
+        speed = dataclasses.replace(speed, precision="bf16")
+
+    kwargs = model_kwargs(cfg)
+    model = prepare_speed(create_model(cfg.model.name, **kwargs), device, dataclasses.replace(speed, compile=False))
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc)
+    scaler = make_grad_scaler(device, speed)
+    loss_fn = DIRLLoss(lam=tc.lam)
+
+    start_epoch, best, best_epoch, history = 0, -math.inf, None, []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_checkpoint(d, model, optimizer, scheduler, scaler, map_location=device)
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        best = state["best"] if state["best"] is not None else -math.inf
+        best_epoch = state["best_epoch"]
+
+    net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    if speed.compile:
+        net = torch.compile(net)
+
+    logger = None
+    if rank == 0 and config.get("run_id"):
+        logger = MlflowEpochLogger(config["tracking_uri"], config["run_id"])
+        logger.log_params(cfg.to_dict())
+        logger.sync(history)  # back-fill epochs checkpointed but not yet logged
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
+    from dirl.data.raydata import Collate
+
+    collate = Collate()
+    for epoch in range(start_epoch + 1, tc.epochs + 1):
+        _write_status(status, rank=rank, epoch=epoch, phase="train")
+        lr = optimizer.param_groups[0]["lr"]
+        batches = train_shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True, collate_fn=collate,
+                                                 local_shuffle_buffer_size=SHUFFLE_BUFFER, prefetch_batches=2)
+        stats = train_one_epoch(net, batches, loss_fn, optimizer, device, speed, scaler, tc.max_steps_per_epoch)
+        if stats["steps"] == 0:
+            raise ValueError(f"epoch {epoch}: worker {rank} got no full batch of {tc.batch_size} rows; "
+                             f"lower train.batch_size or train.num_workers, or add data")
+        scheduler.step()
+
+        row = {"epoch": epoch, "train_loss": stats["train_loss"], "lr": lr, "epoch_s": stats["seconds"],
+               "images_per_s": stats["images_per_s"] * world, "step_s": stats["step_s"],
+               "epoch_cpu_s": stats["cpu_s"], "steps": stats["steps"]}
+        row.update({k: stats[k] for k in stats if k.startswith("loss_")})
+        row.update({k: float("nan") for k in VAL_KEYS})
+        if rank == 0 and (epoch % tc.val_every == 0 or epoch == tc.epochs):
+            _write_status(status, rank=rank, epoch=epoch, phase="validate")
+            val_batches = val_shard.iter_torch_batches(batch_size=tc.batch_size, collate_fn=collate)
+            val = evaluate_batches(model, val_batches, device, speed, loss_fn)
+            row.update({k: val[k] for k in VAL_KEYS})
+            if val[SCORE] > best:
+                best, best_epoch = val[SCORE], epoch
+        row["best_val_iou"] = best if math.isfinite(best) else float("nan")
+        history.append(row)
+
+        with tempfile.TemporaryDirectory(prefix="dirl-ckpt-") as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(Path(tmp) / "ckpt", model, optimizer, scheduler, scaler, epoch=epoch,
+                                best=best if math.isfinite(best) else None, best_epoch=best_epoch,
+                                history=history, config=cfg.to_dict(), model_name=cfg.model.name,
+                                model_kwargs=kwargs)
+                checkpoint = ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt"))
+            ray.train.report(dict(row), checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch:04d}")
+        if logger is not None:
+            logger.sync(history)
+    _write_status(status, rank=rank, epoch=tc.epochs, phase="done")
+    return {"history": history, "best_val_iou": best if math.isfinite(best) else None, "best_epoch": best_epoch}

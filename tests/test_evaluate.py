@@ -1,0 +1,251 @@
+"""Evaluation stage: metrics beside the centred prior, CSVs, figures, MLflow logging, comparison table.
+
+Also holds the small builders the other lifecycle tests import: a shard folder of composites written through
+``dirl.data.shards``, weights files of real (untrained) models, an MLflow "training run" with its run.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dirl.config import load_config
+from dirl.data.images import encode_jpeg, encode_png, resize_mask
+from dirl.data.shards import ShardWriter, write_manifest
+from dirl.lifecycle.evaluate import compare, evaluate_stage
+from dirl.metrics import baseline_metrics
+from dirl.models import create_model
+from dirl.weights import save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+# ----------------------------------------------------------------------------- builders (shared)
+
+
+def composite(seed: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random photo with a colour-shifted rectangle: (RGB uint8 (h, w, 3), mask {0,1} (h, w))."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (7, 7), 3)
+    mask = np.zeros((h, w), np.uint8)
+    y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+    mask[y:y + h // 3, x:x + w // 3] = 1
+    shifted = np.clip(img.astype(np.int16) + np.array([60, -40, 20]), 0, 255).astype(np.uint8)
+    return np.where(mask[..., None] == 1, shifted, img), mask
+
+
+def write_shards(out: Path, source: str, ids: list[str], split: str = "test", size: int = 48, seed: int = 0) -> Path:
+    """A shard folder of ``split`` composites (plus one train row) through the project's writer."""
+    rows = []
+    for i, item in enumerate(ids + [f"{ids[0]}_train"]):
+        img, mask = composite(seed + i, size, size)
+        rows.append({
+            "id": item, "subset": "unit", "split": split if i < len(ids) else "train", "image": encode_jpeg(img),
+            "mask": encode_png(mask), "real": None, "orig_h": size, "orig_w": size, "height": size, "width": size,
+            "fg_ratio": float(mask.mean()), "source": source,
+            "synth_method": "reinhard" if source == "synthesized" else None, "ref_id": None,
+        })
+    with ShardWriter(out, "all") as w:
+        for r in rows:
+            w.write(r)
+    write_manifest(out, w.shards)
+    return out
+
+
+def make_workspace(root: Path, n_synth: int = 4, n_real: int = 2) -> list[Path]:
+    """data/synth (synthesized) and data/shards (composite) test rows under ``root``; returns both dirs."""
+    synth = write_shards(root / "data" / "synth", "synthesized", [f"s{i:02d}" for i in range(n_synth)], seed=0)
+    shards = write_shards(root / "data" / "shards", "composite", [f"r{i:02d}" for i in range(n_real)], seed=100)
+    return [synth, shards]
+
+
+def make_ihd(root: Path, n: int = 3) -> Path:
+    """An iHarmony4-layout folder (HFlickr) of ``n`` non-square composites with masks."""
+    for sub in ("composite_images", "masks"):
+        (root / "HFlickr" / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img, mask = composite(500 + i, 40, 56)
+        cv2.imwrite(str(root / "HFlickr" / "composite_images" / f"f{i}_1_1.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "HFlickr" / "masks" / f"f{i}_1.png"), mask * 255)
+    return root
+
+
+def make_weights(path: Path, name: str = "unet", size: int = 32, seed: int = 0, constant: bool = False) -> Path:
+    """A weights file of an untrained model; ``constant`` zeroes a UNet's head so every map is flat (IoU 0)."""
+    torch.manual_seed(seed)
+    model = create_model(name)
+    if name == "unet":
+        with torch.no_grad():
+            if constant:
+                model.head.weight.zero_()
+                model.head.bias.fill_(-2.0)
+            else:  # spread the (untrained) output over (0, 1) so that the 0.5 threshold selects a region
+                model.head.weight.mul_(200.0)
+    return save_weights(path, model, name, size, metrics={"val_iou": 0.0}, epoch=1)
+
+
+def make_cfg(tmp: Path, size: int = 32, name: str = "unet", **over):
+    overrides = {"model.name": name, "model.input_size": size, "evaluate.batch_size": 4, "evaluate.grid_items": 3,
+                 "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "register.model_name": "dirl-test"}
+    overrides.update(over)
+    return load_config(ROOT / "params.yaml", overrides=overrides)
+
+
+def make_training_run(cfg, train_dir: Path) -> str:
+    """An MLflow run standing for a training run, and its run.json beside the weights."""
+    import mlflow
+
+    from dirl.config import tracking_uri
+    from dirl.tracking import setup
+
+    exp_id = setup(cfg)
+    run = mlflow.MlflowClient(tracking_uri(cfg)).create_run(exp_id, run_name="train")
+    (train_dir / "run.json").write_text(json.dumps(
+        {"run_id": run.info.run_id, "experiment_id": exp_id, "tracking_uri": tracking_uri(cfg)}))
+    return run.info.run_id
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A project-like folder (data/synth, data/shards) as the current directory."""
+    monkeypatch.chdir(tmp_path)
+    make_workspace(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny inputs on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention (~50x here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_evaluate_stage_outputs_beside_centre_prior_and_logged(workspace):
+    import mlflow
+
+    ihd = make_ihd(workspace / "sets" / "ihd_mini")
+    cfg = make_cfg(workspace, size=64, name="dirl_lite", **{"evaluate.extra_sets": [str(ihd), str(workspace / "nope")]})
+    train = workspace / "results" / "train"
+    make_weights(train / "model.pt", "dirl_lite", 64, seed=1)
+    run_id = make_training_run(cfg, train)
+
+    metrics = evaluate_stage(cfg, model_ref=str(train / "model.pt"), out_dir="results/evaluate")
+    out = workspace / "results" / "evaluate"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert set(metrics) == {"test", "ihd_mini"}  # the absent extra set is skipped with a note
+    assert "does not exist" in " ".join(json.loads((out / "info.json").read_text())["notes"])
+    assert metrics["test"]["model"]["n"] == metrics["test"]["centre_prior"]["n"] == 6  # 4 synthesized + 2 composite
+    assert metrics["ihd_mini"]["model"]["n"] == 3 and set(metrics["ihd_mini"]["model"]["subsets"]) == {"HFlickr"}
+
+    # the centred prior is the same baseline that dirl.metrics computes on the same masks at the model size
+    from dirl.lifecycle.evaluate import shard_set
+
+    test = shard_set(["data/synth", "data/shards"], "test")
+    gts = np.stack([resize_mask(test.load(i)[1], 64) for i in range(len(test))])[:, None]
+    expect = baseline_metrics(gts, test.ids)
+    for k in ("AP", "F1", "IoU"):
+        assert metrics["test"]["centre_prior"][k] == pytest.approx(expect[k], abs=1e-9)
+
+    rows = read_csv(out / "per_image.csv")
+    assert len(rows) == 9 and {r["set"] for r in rows} == {"test", "ihd_mini"}
+    test_rows = [r for r in rows if r["set"] == "test"]
+    mean_iou = np.mean([float(r["iou"]) for r in test_rows]) * 100
+    assert mean_iou == pytest.approx(metrics["test"]["model"]["IoU"], abs=1e-3)
+    pr = read_csv(out / "pr_curve.csv")
+    assert list(pr[0]) == ["threshold", "precision", "recall"] and len(pr) == 101
+    recall = [float(r["recall"]) for r in pr]
+    assert recall[0] == pytest.approx(1.0) and all(a >= b - 1e-12 for a, b in zip(recall, recall[1:]))
+    grid, mda = cv2.imread(str(out / "grid.png")), cv2.imread(str(out / "mda.png"))
+    assert grid is not None and mda is not None
+    assert mda.shape[1] > grid.shape[1]  # 8 columns (image, GT, A0..A4, final) against 4
+    assert (out / "config.yaml").is_file()
+
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    logged = client.get_run(run_id).data.metrics
+    assert logged["test_IoU"] == pytest.approx(metrics["test"]["model"]["IoU"])
+    assert logged["ihd_mini_prior_AP"] == pytest.approx(metrics["ihd_mini"]["centre_prior"]["AP"])
+    names = {f.path for f in client.list_artifacts(run_id, "evaluate")}
+    assert {"evaluate/metrics.json", "evaluate/grid.png", "evaluate/mda.png", "evaluate/pr_curve.csv"} <= names
+
+
+def test_model_without_attention_maps_gets_note_figure_and_no_run(workspace):
+    cfg = make_cfg(workspace)
+    make_weights(workspace / "w" / "unet.pt")
+    metrics = evaluate_stage(cfg, model_ref=str(workspace / "w" / "unet.pt"), out_dir="out")
+    info = json.loads((workspace / "out" / "info.json").read_text())
+    assert any("no attention maps" in n for n in info["notes"]) and info["mlflow"]["run_id"] is None
+    assert cv2.imread(str(workspace / "out" / "mda.png")) is not None
+    assert set(metrics) == {"test"}
+
+
+def test_flat_model_scores_zero_iou_and_evaluate_model_matches_accumulator(workspace):
+    from dirl.lifecycle.evaluate import evaluate_model, shard_set
+    from dirl.weights import load_weights
+
+    model, _ = load_weights(make_weights(workspace / "flat.pt", constant=True))
+    test = shard_set(["data/synth", "data/shards"], "test")
+    metrics, per_image, pr = evaluate_model(model, test.batches(32, 4))
+    assert metrics["n"] == 6 and metrics["IoU"] == 0.0 and metrics["F1"] == 0.0  # a flat map selects nothing
+    # AP of a flat map = the foreground fraction of each image (one threshold: precision = prevalence)
+    gts = [resize_mask(test.load(i)[1], 32) for i in range(len(test))]
+    assert metrics["AP"] == pytest.approx(np.mean([g.mean() for g in gts]) * 100, rel=1e-6)
+    assert [r["id"] for r in per_image] == test.ids and len(pr) == 101
+
+
+def test_no_composites_is_a_clear_error(tmp_path, monkeypatch):
+    from dirl.lifecycle.evaluate import EvaluationError
+
+    monkeypatch.chdir(tmp_path)
+    make_weights(tmp_path / "m.pt")
+    with pytest.raises(EvaluationError, match="no 'test' composites in data/synth, data/shards"):
+        evaluate_stage(make_cfg(tmp_path), model_ref=str(tmp_path / "m.pt"), out_dir="out")
+
+
+def test_compare_table_has_every_model_and_the_prior(workspace):
+    cfg = make_cfg(workspace)
+    good, flat = make_weights(workspace / "good.pt"), make_weights(workspace / "flat.pt", constant=True)
+    res = compare(cfg, [str(good), str(flat)], out_dir="cmp")
+    methods = [r["method"] for r in res["rows"]]
+    assert methods == ["good.pt (unet)", "flat.pt (unet)", "centre prior"]
+    assert res["rows"][1]["IoU"] == 0.0 and all(r["n"] == 6 for r in res["rows"])
+    md = (workspace / "cmp" / "comparison.md").read_text()
+    assert "| test | centre prior | 32 | 6 |" in md and "flat.pt (unet)" in md
+    assert len(read_csv(workspace / "cmp" / "comparison.csv")) == 3
+    assert cv2.imread(str(workspace / "cmp" / "grid.png")) is not None
+
+
+def test_real_ihd_dev_set_beside_centre_prior(shared_data, tmp_path):
+    """The genuine iHarmony4 composites of ../shared/data/ihd_dev as an extra set."""
+    from dirl.lifecycle.evaluate import evaluate_set, ihd_set
+    from dirl.weights import load_weights
+
+    root = shared_data / "ihd_dev"
+    if not root.is_dir():
+        pytest.skip(f"{root} absent")
+    s = ihd_set(root)
+    assert s.name == "ihd_dev" and len(s) == 31
+    img, mask = s.load(s.subsets.index("HAdobe5k"))
+    assert img.shape[:2] == mask.shape and img.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    model, _ = load_weights(make_weights(tmp_path / "flat.pt", constant=True))
+    res = evaluate_set(model, s, 32, 8, progress=False)
+    assert set(res["model"]["subsets"]) == {"HAdobe5k", "HCOCO", "HFlickr"}
+    assert res["model"]["n"] == res["centre_prior"]["n"] == 31 and res["model"]["IoU"] == 0.0
+    assert 0.0 < res["centre_prior"]["IoU"] < 100.0  # the prior finds some of the (mostly central) regions

@@ -1,0 +1,100 @@
+"""Prediction on image files of any size, and the MLflow pyfunc model (load_model(...).predict)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_evaluate import composite, make_cfg, make_weights, one_torch_thread  # noqa: F401
+
+from dirl.data.images import decode_image, encode_jpeg
+from dirl.lifecycle.predict import predict_maps, predict_paths
+from dirl.weights import load_weights
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def test_predict_folder_any_size_reports_bad_files(tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    img, _ = composite(1, 37, 53)  # non-square, not a multiple of 16
+    cv2.imwrite(str(src / "wide.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(src / "gray.png"), img[..., 0].T.copy())  # 53 x 37 grayscale
+    cv2.imwrite(str(src / "sub" / "wide.png"), cv2.cvtColor(img[:20], cv2.COLOR_RGB2BGR))  # same stem, 20 x 53
+    (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (src / "truncated.jpg").write_bytes(encode_jpeg(img)[:-300])  # cut inside the scan data
+    (src / "notes.txt").write_text("not an image: ignored in a folder")
+    weights = make_weights(tmp_path / "unet.pt")
+    out = tmp_path / "out"
+
+    summary = predict_paths(make_cfg(tmp_path), [str(src), str(tmp_path / "missing.jpg")], model_ref=str(weights),
+                            out_dir=str(out), batch_size=2)
+    assert summary["inputs"] == 5 and summary["written"] == 3
+    failed = {os.path.basename(f["file"]): f["reason"] for f in summary["failed"]}
+    assert set(failed) == {"corrupt.jpg", "truncated.jpg", "missing.jpg"}
+    assert "truncated JPEG" in failed["truncated.jpg"] and "no such file" in failed["missing.jpg"]
+    assert json.loads((out / "summary.json").read_text())["failed"] == summary["failed"]
+    for stem, shape in (("wide", (20, 53)), ("gray", (53, 37)), ("wide-1", (37, 53))):  # in/sub/wide.png sorts first
+        mask = cv2.imread(str(out / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        over = cv2.imread(str(out / f"{stem}_overlay.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == shape and mask.dtype == np.uint8 and over.shape == shape + (3,)
+    assert not list(out.glob("*.tmp")) and not (out / "notes_mask.png").exists()
+
+    # the written map is the model's map at the input size (batched with other sizes makes no difference)
+    model, info = load_weights(weights)
+    alone = predict_maps(model, [decode_image(src / "wide.jpg")], info["input_size"])[0]
+    written = cv2.imread(str(out / "wide-1_mask.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
+    assert alone.shape == (37, 53) and np.abs(written - alone).max() <= 0.5 / 255 + 1e-6
+
+
+def test_predict_threshold_writes_binary_masks(tmp_path):
+    img, _ = composite(2, 40, 40)
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    weights = make_weights(tmp_path / "unet.pt")
+    predict_paths(make_cfg(tmp_path), [str(tmp_path / "a.png")], str(weights), str(tmp_path / "o"), threshold=0.5)
+    mask = cv2.imread(str(tmp_path / "o" / "a_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(mask)) <= {0, 255}
+    with pytest.raises(ValueError, match="threshold must be in"):
+        predict_paths(make_cfg(tmp_path), [str(tmp_path)], str(weights), str(tmp_path / "o"), threshold=2.0)
+
+
+def test_pyfunc_round_trip_any_size(tmp_path):
+    import mlflow
+
+    from dirl.lifecycle.pyfunc import decode_maps, log_pyfunc, pip_requirements, rest_payload
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.MlflowClient().create_experiment("pyfunc", artifact_location=(tmp_path / "art").as_uri())
+    weights = make_weights(tmp_path / "unet.pt")
+    with mlflow.start_run(experiment_id=exp):
+        info = log_pyfunc(weights)
+    reqs = pip_requirements()
+    assert any(r.startswith("torch==") and "+" not in r for r in reqs) and len(reqs) == 5
+    local = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_path / "dl"))
+    assert sorted(open(os.path.join(local, "requirements.txt")).read().split()) == sorted(reqs)
+    assert os.path.isfile(os.path.join(local, "code", "dirl", "weights.py"))
+
+    pm = mlflow.pyfunc.load_model(info.model_uri)
+    a, _ = composite(3, 45, 70)
+    b, _ = composite(4, 90, 31)
+    ok_a, buf_a = cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGB2BGR))
+    out = pm.predict(pd.DataFrame({"image": [buf_a.tobytes(), encode_jpeg(b)]}))
+    maps = decode_maps(out)
+    assert [m.shape for m in maps] == [(45, 70), (90, 31)] and list(out["height"]) == [45, 90]
+    model, winfo = load_weights(weights)
+    assert np.abs(maps[0] - predict_maps(model, [a], winfo["input_size"])[0]).max() <= 0.5 / 255 + 1e-6
+
+    # the REST body format is what the scoring server parses with this signature
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    body = rest_payload([buf_a.tobytes()])
+    parsed = infer_and_parse_data(body, pm.metadata.get_input_schema())
+    assert parsed["image"][0] == buf_a.tobytes()
+
+    with pytest.raises(Exception, match="row 0 is not a readable image"):
+        pm.predict(pd.DataFrame({"image": [b"not an image"]}))

@@ -1,0 +1,406 @@
+"""Training: loop pieces, checkpoints, Ray Data over shards, and the Ray Train stage end to end on local Ray.
+
+The end-to-end tests share one local Ray (2 CPUs) and one tiny shard set (synthetic 64x64 composites: a
+textured background with a rectangle whose colour is shifted). A run trains the UNet baseline at 32x32 for
+a couple of 2-step epochs: seconds of compute, plus Ray Train's fixed start-up cost per ``fit()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from dirl.config import ConfigError, load_config
+from dirl.losses import DIRLLoss
+from dirl.models import create_model
+from dirl.speed import SpeedConfig
+from dirl.weights import load_weights
+from dirl.train.checkpoint import export_model, load_checkpoint, save_checkpoint
+from dirl.train.loop import build_optimizer, build_scheduler, evaluate_batches, seed_everything, train_one_epoch
+
+FP32 = SpeedConfig("fp32", False, False)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def make_shards(out_dir: Path, n_train: int = 24, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """Synthetic composites in the shard format: one colour-shifted rectangle per image is the mask."""
+    from dirl.data.images import encode_jpeg, encode_png
+    from dirl.data.shards import ShardWriter, write_manifest
+
+    rng = np.random.default_rng(seed)
+    infos = []
+    for split, n in (("train", n_train), ("val", n_val)):
+        with ShardWriter(out_dir, split, batch_rows=8) as w:
+            for i in range(n):
+                xx = np.arange(size)[None, :, None]
+                img = rng.integers(40, 200, size=3) + 30 * np.sin(xx / 5.0) + rng.normal(0, 8, (size, size, 3))
+                h, ww = rng.integers(size // 4, size // 2, size=2)
+                t, l = rng.integers(0, size - h), rng.integers(0, size - ww)
+                mask = np.zeros((size, size), np.uint8)
+                mask[t:t + h, l:l + ww] = 1
+                img[mask > 0] += rng.choice([-1, 1], size=3) * rng.integers(40, 80, size=3)
+                w.write({"id": f"{split}_{i:03d}", "subset": "toy", "split": split,
+                         "image": encode_jpeg(np.clip(img, 0, 255).astype(np.uint8)), "mask": encode_png(mask),
+                         "orig_h": size, "orig_w": size, "height": size, "width": size,
+                         "fg_ratio": float(mask.mean()), "source": "composite"})
+        infos += w.shards
+    write_manifest(out_dir, infos)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return make_shards(tmp_path_factory.mktemp("shards") / "shards")
+
+
+def tiny_train_cfg(params_path: Path, tmp: Path, **overrides):
+    """params.yaml shrunk to a seconds-long CPU run under ``tmp``."""
+    base = {
+        "model.name": "unet", "model.input_size": 32,
+        "train.epochs": 2, "train.batch_size": 2, "train.max_steps_per_epoch": 2, "train.lr": 1e-3,
+        "train.precision": "fp32", "train.channels_last": False, "train.use_tune_best": False,
+        "train.num_workers": 1, "train.cpus_per_worker": 0.5, "train.max_failures": 1,
+        "train.storage_path": str(tmp / "ray_results"),
+        "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "mlflow.experiment": "dirl-test",
+    }
+    base.update(overrides)
+    return load_config(params_path, overrides=base)
+
+
+def fixed_batch(n: int = 2, size: int = 32, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, :, size // 4: size // 2, size // 4: 3 * size // 4] = 1.0
+    image = torch.randn(n, 3, size, size, generator=g) + 2.0 * mask  # the region is shifted
+    return {"image": image, "mask": mask, "id": [f"b{i}" for i in range(n)]}
+
+
+# ----------------------------------------------------------------------------- loop pieces
+
+
+def test_optimizer_is_adam_with_l2_and_lr_halves_at_milestones(params_path):
+    cfg = load_config(params_path, overrides={"train.milestones": [2, 4], "train.gamma": 0.5, "train.lr": 1e-3,
+                                              "train.weight_decay": 1e-4})
+    model = nn.Conv2d(3, 1, 3)
+    opt = build_optimizer(model, cfg)
+    assert type(opt) is torch.optim.Adam  # coupled L2, not AdamW
+    assert opt.param_groups[0]["weight_decay"] == 1e-4 and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    sched = build_scheduler(opt, cfg.train)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
+    cfg.train.betas = [0.9]
+    with pytest.raises(ValueError, match="train.betas"):
+        build_optimizer(model, cfg)
+
+
+def test_train_one_epoch_decreases_loss_on_a_fixed_batch(params_path):
+    seed_everything(0)
+    cfg = load_config(params_path, overrides={"train.lr": 1e-3})
+    model = create_model("unet")
+    opt = build_optimizer(model, cfg)
+    loss_fn = DIRLLoss()
+    batch = fixed_batch()
+    first = train_one_epoch(model, [batch], loss_fn, opt, "cpu", FP32)
+    assert first["steps"] == 1 and first["images"] == 2 and math.isfinite(first["train_loss"])
+    stats = train_one_epoch(model, [batch] * 10, loss_fn, opt, "cpu", FP32, max_steps=4)
+    assert stats["steps"] == 4 and stats["images"] == 8
+    assert {"loss_bce", "loss_ssim", "loss_iou", "step_s", "images_per_s"} <= set(stats)
+    last = train_one_epoch(model, [batch], loss_fn, opt, "cpu", FP32)
+    assert last["train_loss"] < 0.9 * first["train_loss"]
+
+
+class MaskEcho(nn.Module):
+    """A network that outputs its first input channel squashed to [0, 1]: a perfect localiser here."""
+
+    def forward(self, x):
+        return [torch.sigmoid(20 * (x[:, :1] - 0.5))]
+
+
+def test_evaluate_batches_scores_a_perfect_and_an_inverted_prediction():
+    batch = fixed_batch(3)
+    batch["image"][:, 0] = batch["mask"][:, 0]  # channel 0 is the mask
+    good = evaluate_batches(MaskEcho(), [batch], "cpu", FP32, DIRLLoss())
+    assert good["val_n"] == 3
+    assert good["val_iou"] == pytest.approx(100.0, abs=1e-3) and good["val_ap"] == pytest.approx(100.0, abs=1e-3)
+    assert good["val_f1"] == pytest.approx(1.0, abs=1e-4) and good["val_loss"] < 0.5
+    batch["image"][:, 0] = 1 - batch["mask"][:, 0]
+    bad = evaluate_batches(MaskEcho(), [batch], "cpu", FP32)
+    assert bad["val_iou"] == pytest.approx(0.0, abs=1e-3) and math.isnan(bad["val_loss"])
+    with pytest.raises(ValueError, match="validation split is empty"):
+        evaluate_batches(MaskEcho(), [], "cpu", FP32)
+
+
+def test_checkpoint_round_trip_restores_everything(params_path, tmp_path):
+    cfg = load_config(params_path, overrides={"train.lr": 1e-3, "train.milestones": [1]})
+    seed_everything(1)
+    model = create_model("unet")
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg)
+    train_one_epoch(model, [fixed_batch()], DIRLLoss(), opt, "cpu", FP32)
+    sched.step()
+    history = [{"epoch": 1, "train_loss": 2.0, "val_iou": 10.0}]
+    path = save_checkpoint(tmp_path / "ckpt", model, opt, sched, epoch=1, best=10.0, best_epoch=1, history=history,
+                           config=cfg.to_dict(), model_name="unet", model_kwargs={"pretrained": "x.pth"})
+    # overwrite in place: the folder is replaced atomically, no temporary left behind
+    save_checkpoint(path, model, opt, sched, epoch=1, best=10.0, best_epoch=1, history=history,
+                    config=cfg.to_dict(), model_name="unet", model_kwargs={"pretrained": "x.pth"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    expected_draw = (torch.rand(3), np.random.rand(), random.random())
+
+    seed_everything(99)
+    model2 = create_model("unet")
+    opt2 = build_optimizer(model2, cfg)
+    sched2 = build_scheduler(opt2, cfg)
+    state = load_checkpoint(path, model2, opt2, sched2)
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(5e-4) and sched2.last_epoch == 1
+    assert len(opt2.state) == len(opt.state) > 0
+    assert state["epoch"] == 1 and state["best"] == 10.0 and state["history"] == history
+    assert state["config"]["train"]["lr"] == 1e-3 and state["meta"]["model_kwargs"] == {}  # init-only kwargs dropped
+    draw = (torch.rand(3), np.random.rand(), random.random())
+    assert torch.equal(draw[0], expected_draw[0]) and draw[1:] == expected_draw[1:]
+
+    exported, info = load_weights(export_model(path, tmp_path / "out" / "model.pt", {"val_iou": 10.0}))
+    assert info["model"] == "unet" and info["options"] == {} and info["epoch"] == 1
+    assert info["input_size"] == cfg.model.input_size and info["metrics"] == {"val_iou": 10.0}
+    x = fixed_batch()["image"]
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(exported(x)[0], model(x)[0])
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
+        load_checkpoint(tmp_path / "out")
+
+
+def test_mlflow_epoch_logger_never_logs_an_epoch_twice(params_path, tmp_path, monkeypatch):
+    """A restarted rank 0 back-fills the epochs its checkpoint holds and the run lacks, and repeats none."""
+    import mlflow
+
+    from dirl import tracking
+    from dirl.train.worker import MlflowEpochLogger
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    cfg = tiny_train_cfg(params_path, tmp_path)
+    exp_id = tracking.setup(cfg)
+    uri = cfg.mlflow.tracking_uri
+    run_id = mlflow.MlflowClient(uri).create_run(exp_id).info.run_id
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_iou": float("nan") if e == 2 else 10.0 * e, "lr": 1e-3}
+               for e in (1, 2, 3)]
+    first = MlflowEpochLogger(uri, run_id)
+    first.log_params(cfg.to_dict())
+    assert first.sync(history[:1]) == 1 and first.sync(history[:2]) == 1  # epoch 1 once, then epoch 2
+    restarted = MlflowEpochLogger(uri, run_id)  # e.g. after a crash between report and logging epoch 3
+    assert restarted.sync(history) == 1
+    assert _mlflow_history(uri, run_id, "train_loss") == [1, 2, 3]
+    assert _mlflow_history(uri, run_id, "val_iou") == [1, 3]  # an epoch without validation logs no val_iou
+    cfg.train.epochs = 7
+    restarted.log_params(cfg.to_dict())
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert run.data.params["train.epochs"] == "2" and run.data.tags["resumed_with.train.epochs"] == "2 -> 7"
+
+
+def test_apply_tune_best_accepts_flat_nested_and_dotted(params_path, tmp_path):
+    from dirl.train.trainer import apply_tune_best
+
+    cfg = load_config(params_path)
+    best = tmp_path / "best.yaml"
+    best.write_text("lr: 0.0003\nweight_decay: 0.0\nval_iou: 55.0\n")
+    new, merged = apply_tune_best(cfg, best)
+    assert new.train.lr == 3e-4 and new.train.weight_decay == 0.0 and merged == {"train.lr": 3e-4,
+                                                                                  "train.weight_decay": 0.0}
+    assert cfg.train.lr == 1e-4  # the input config is untouched
+    best.write_text("config: {train: {batch_size: 4}, model.input_size: 96}\n")
+    new, _ = apply_tune_best(cfg, best)
+    assert new.train.batch_size == 4 and new.model.input_size == 96
+    best.write_text("lr: -1\n")
+    with pytest.raises(ConfigError, match="train.lr"):
+        apply_tune_best(cfg, best)
+
+
+def test_plan_workers_fits_the_cluster(params_path):
+    from dirl.train.trainer import plan_workers
+
+    cfg = load_config(params_path, overrides={"train.num_workers": 4, "train.cpus_per_worker": 1.0})
+    p = plan_workers(cfg, {"CPU": 2.0})
+    assert p.num_workers == 1 and p.cpus_per_worker == 1.0 and p.notes  # 2 - 0.5 reserved for Ray Data
+    assert p.num_workers * p.cpus_per_worker <= 2.0 - 0.5
+    cfg = load_config(params_path, overrides={"train.num_workers": 3, "train.min_workers": 1,
+                                              "train.cpus_per_worker": 0.5})
+    p = plan_workers(cfg, {"CPU": 2.0})
+    assert p.num_workers == (1, 3) and not p.notes and p.threads_per_worker == 1
+    cfg = load_config(params_path, overrides={"train.num_workers": 8, "train.min_workers": 4,
+                                              "train.cpus_per_worker": 1.0})
+    p = plan_workers(cfg, {"CPU": 2.0})
+    assert p.num_workers == (1, 8) and p.notes  # the elastic minimum fits now; Ray may grow the group later
+    cfg = load_config(params_path, overrides={"train.cpus_per_worker": 4.0})
+    p = plan_workers(cfg, {"CPU": 2.0})
+    assert p.cpus_per_worker <= 1.5 and p.num_workers == 1
+    cfg = load_config(params_path, overrides={"train.use_gpu": True})
+    with pytest.raises(ConfigError, match="train.use_gpu"):
+        plan_workers(cfg, {"CPU": 2.0})
+
+
+def test_run_name_ignores_length_but_not_hyperparameters(params_path, shards):
+    from dirl.train.trainer import run_name
+
+    cfg = load_config(params_path)
+    name = run_name(cfg, [shards])
+    assert name == run_name(load_config(params_path, overrides={"train.epochs": 50, "train.num_workers": 2}),
+                            [shards])
+    assert name != run_name(load_config(params_path, overrides={"train.lr": 3e-4}), [shards])
+    assert name.startswith(cfg.model.name + "-")
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.shutdown()
+    ray.init(num_cpus=2, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_dataset_reads_one_split_decoded(ray_local, shards):
+    from dirl.data.raydata import Collate, shard_dataset, shard_files, split_rows
+
+    assert [Path(f).name for f in shard_files([shards], "val")] == ["val-00000.arrow"]
+    assert split_rows([shards], "train") == 24
+    ds = shard_dataset([shards], "val", size=32, train=False)
+    batches = list(ds.iter_torch_batches(batch_size=3, collate_fn=Collate()))
+    ids = [i for b in batches for i in b["id"]]
+    assert sorted(ids) == [f"val_{i:03d}" for i in range(4)]
+    b = batches[0]
+    assert b["image"].shape == (3, 3, 32, 32) and b["image"].dtype == torch.float32
+    assert b["mask"].shape == (3, 1, 32, 32) and set(b["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert shard_dataset([shards], "train", size=32, train=True).count() == 24
+    with pytest.raises(ValueError, match="split 'test'"):
+        shard_dataset([shards], "test", size=32, train=False)
+
+
+def _mlflow_history(tracking_uri: str, run_id: str, key: str) -> list[int]:
+    import mlflow
+
+    return sorted(int(m.step) for m in mlflow.MlflowClient(tracking_uri).get_metric_history(run_id, key))
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, shards, tmp_path_factory):
+    """One 2-epoch run, then the same settings with 3 epochs (resumes the Ray run)."""
+    from dirl.train.trainer import train
+
+    tmp = tmp_path_factory.mktemp("train")
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    first = train(tiny_train_cfg(params, tmp), out_dir=tmp / "out", data_dirs=[shards], root=tmp)
+    first_files = {p.name: p.stat().st_mtime_ns for p in (tmp / "out").iterdir()}
+    second = train(tiny_train_cfg(params, tmp, **{"train.epochs": 3}), out_dir=tmp / "out2", data_dirs=[shards],
+                   root=tmp)
+    return {"tmp": tmp, "first": first, "second": second, "first_files": first_files}
+
+
+def test_train_writes_outputs_and_one_mlflow_run(trained):
+    tmp, first = trained["tmp"], trained["first"]
+    out = tmp / "out"
+    assert set(trained["first_files"]) >= {"model.pt", "metrics.json", "history.csv", "run.json", "config.yaml",
+                                           "learning_curve.png"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 1 <= metrics["best_epoch"] <= 2
+    assert 0.0 <= metrics["val_iou"] <= 100.0 and metrics["val_iou"] == metrics["best_val_iou"]
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0] == "epoch,train_loss,val_loss,val_ap,val_f1,val_iou,lr"
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"] and all(r.split(",")[5] for r in rows[1:])
+    run = json.loads((out / "run.json").read_text())
+    assert run["run_id"] == first["run_id"] and run["tracking_uri"] == f"sqlite:///{tmp / 'mlflow.db'}"
+    assert Path(run["checkpoint"]).name == "epoch-0002" and Path(run["checkpoint"]).is_dir()
+    assert load_config(out / "config.yaml").model.name == "unet"
+
+    model, info = load_weights(out / "model.pt")
+    assert info["model"] == "unet" and info["epoch"] == metrics["best_epoch"] and info["input_size"] == 32
+    with torch.no_grad():
+        assert model(fixed_batch()["image"])[0].shape == (2, 1, 32, 32)
+
+    import mlflow
+
+    client = mlflow.MlflowClient(run["tracking_uri"])
+    runs = client.search_runs([run["experiment_id"]])
+    assert [r.info.run_id for r in runs] == [run["run_id"]]
+    got = client.get_run(run["run_id"])
+    assert got.data.params["model.name"] == "unet" and got.data.params["train.batch_size"] == "2"
+    assert got.data.tags["ray_run_name"] == first["name"]
+    arts = {a.path for a in client.list_artifacts(run["run_id"])}
+    assert {"config.yaml", "history.csv", "learning_curve.png", "metrics.json"} <= arts
+
+
+def test_resume_continues_from_the_last_epoch(trained):
+    first, second, tmp = trained["first"], trained["second"], trained["tmp"]
+    assert second["name"] == first["name"] and second["resumed"]
+    assert second["run_id"] == first["run_id"]  # the same MLflow run goes on
+    assert [r["epoch"] for r in second["history"]] == [1, 2, 3]
+    assert second["history"][:2] == first["history"]  # epochs 1-2 come from the checkpoint, not re-run
+    uri = second["tracking_uri"]
+    for key in ("train_loss", "val_iou", "lr"):
+        assert _mlflow_history(uri, second["run_id"], key) == [1, 2, 3]
+    import mlflow
+
+    run = mlflow.MlflowClient(uri).get_run(second["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2" and run.data.tags["resumed_with.train.epochs"] == "2 -> 3"
+    assert json.loads((tmp / "out2" / "metrics.json").read_text())["epochs"] == 3
+    kept = sorted(p.name for p in (tmp / "ray_results" / first["name"]).glob("epoch-*"))
+    assert "epoch-0003" in kept and len(kept) <= 3  # num_to_keep=2 by val_iou, plus the latest
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_last_checkpoint(ray_local, shards, tmp_path, params_path):
+    """SIGKILL the training worker mid-run: Ray restarts the group, which resumes at the next epoch."""
+    from dirl.train.trainer import train
+
+    status = tmp_path / "status"
+    cfg = tiny_train_cfg(params_path, tmp_path, **{"train.epochs": 4, "train.max_steps_per_epoch": 6})
+    killed = {}
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            try:
+                st = json.loads((status / "rank-0.json").read_text())
+            except (OSError, ValueError):
+                st = {}
+            if st.get("epoch") == 3 and st.get("phase") == "train":
+                time.sleep(0.5)  # inside epoch 3's steps
+                os.kill(st["pid"], signal.SIGKILL)
+                killed.update(st)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    out = train(cfg, out_dir=tmp_path / "out", data_dirs=[shards], root=tmp_path, status_dir=status)
+    thread.join(timeout=5)
+    assert killed, "the worker never reached epoch 3"
+    final = json.loads((status / "rank-0.json").read_text())
+    assert final["pid"] != killed["pid"] and final["phase"] == "done"  # a new worker finished the run
+    assert [r["epoch"] for r in out["history"]] == [1, 2, 3, 4]
+    for key in ("train_loss", "val_iou"):
+        assert _mlflow_history(out["tracking_uri"], out["run_id"], key) == [1, 2, 3, 4]
