@@ -10,8 +10,10 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+PROFILE ?= smoke
 
-.PHONY: install run test test-slow test-all bench mlflow-ui plots clean help
+.PHONY: install run test test-slow test-all bench mlflow-ui plots profile clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
@@ -44,6 +46,14 @@ bench: $(STAMP)  ## run the benchmarks (see benchmarks/RESULTS.md)
 
 mlflow-ui: $(STAMP)  ## browse experiments at http://127.0.0.1:5000 (default SQLite store)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+plots: $(STAMP)  ## render DVC plots offline into dvc_plots/index.html (vega inlined)
+	$(VENV)/bin/dvc plots show
+
+profile: $(STAMP)  ## use params/$(PROFILE).yaml as params.yaml (PROFILE=smoke | iharmony4-gpu), validated
+	$(PY) -m dirl.cli config --params params/$(PROFILE).yaml > /dev/null
+	cp params/$(PROFILE).yaml params.yaml
+	@echo "params.yaml <- params/$(PROFILE).yaml; now run: make run (or dvc repro)"
 
 clean:  ## remove pipeline outputs (keeps .venv)
 	rm -rf results data/raw data/shards data/synth ray_results mlflow.db mlartifacts

@@ -63,8 +63,8 @@ def cmd_data(args):
 def cmd_train(args):
     from dirl.train.trainer import train
 
-    metrics = train(load_cfg(args), out_dir=args.out)
-    print(json.dumps(metrics, indent=2))
+    summary = train(load_cfg(args), out_dir=args.out)
+    print(json.dumps({k: summary[k] for k in ("run_id", "name", "resumed", "metrics")}, indent=2, default=str))
 
 
 def cmd_tune(args):

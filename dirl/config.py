@@ -105,9 +105,11 @@ class TrainConfig:
     num_workers: int = _f(1, ge=1, doc="Ray Train workers (max of the elastic range)")
     min_workers: int = _f(0, ge=0, doc="elastic minimum; 0 = fixed size num_workers")
     cpus_per_worker: float = _f(0.5, gt=0.0, doc="leave CPU for Ray Data on small machines")
+    threads_per_worker: int = _f(0, ge=0, doc="torch threads per worker; 0 = the CPUs it reserves, at least 1")
     use_gpu: bool = _f(False)
     max_failures: int = _f(2, ge=-1, doc="worker-group restarts before the run fails (-1 = forever)")
-    storage_path: str = _f("", doc="absolute path or URI for Ray checkpoints; empty = <workspace>/ray_results")
+    storage_path: str = _f("", doc="absolute path or URI for Ray checkpoints; empty = $DIRL_STORAGE_PATH, "
+                           "else <workspace>/ray_results")
     precision: str = _f("fp32", choices=("fp32", "bf16", "fp16"))
     channels_last: bool = _f(False)
     compile: bool = _f(False)
@@ -157,7 +159,7 @@ class ClusterConfig:
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str = _f("", doc="empty = sqlite:///<workspace>/mlflow.db; or http://host:port")
+    tracking_uri: str = _f("", doc="empty = $MLFLOW_TRACKING_URI, else sqlite:///<workspace>/mlflow.db")
     experiment: str = _f("dirl")
 
 
@@ -353,4 +355,6 @@ def tracking_uri(cfg: Config, root: str | os.PathLike | None = None) -> str:
     """The MLflow tracking URI: the configured one, or an absolute SQLite store in the workspace."""
     if cfg.mlflow.tracking_uri:
         return cfg.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(Path(root) if root else workspace_root()).resolve() / 'mlflow.db'}"

@@ -61,3 +61,12 @@ def test_overrides_and_resolved_roundtrip(params_path, tmp_path):
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_every_profile_validates():
+    from pathlib import Path
+
+    profiles = sorted((Path(__file__).resolve().parents[1] / "params").glob("*.yaml"))
+    assert {p.stem for p in profiles} >= {"smoke", "iharmony4-gpu"}
+    for p in profiles:
+        load_config(p)

@@ -122,7 +122,7 @@ def run_name(cfg: Config, data_dirs: Sequence[str | os.PathLike]) -> str:
 
 def storage_path(cfg: Config, root: Path) -> str:
     """Absolute storage path (or URI) for Ray checkpoints; default ``<workspace>/ray_results``."""
-    sp = cfg.train.storage_path
+    sp = cfg.train.storage_path or os.environ.get("DIRL_STORAGE_PATH", "")
     if not sp:
         return str((root / "ray_results").resolve())
     if "://" in sp:
@@ -158,6 +158,9 @@ def init_ray(cfg: Config) -> bool:
                                   f"start it with `ray start --head` or set cluster.address to \"\" for a "
                                   f"local Ray") from None
     else:
+        if os.environ.pop("RAY_ADDRESS", None):  # "" means a private local Ray, even in a cluster shell
+            print("cluster.address is empty: starting a local Ray (ignoring $RAY_ADDRESS; set cluster.address: auto "
+                  "to use that cluster)", file=sys.stderr)
         ray.init(num_cpus=cfg.cluster.num_cpus or None)
     return True
 
@@ -212,7 +215,7 @@ def plan_workers(cfg: Config, resources: dict[str, float]) -> Placement:
     # torch threads = the CPUs the worker reserved (at least 1): more threads than reserved CPUs oversubscribe
     # the cores that Ray Data decodes on, and OpenMP threads that wait for a core spin (measured on 2 busy
     # cores: 2 threads ran a UNet step 4-20x slower than 1)
-    threads = int(getattr(tc, "threads_per_worker", 0) or max(1, int(per)))
+    threads = int(tc.threads_per_worker or max(1, int(per)))
     return Placement(num_workers, per, tc.use_gpu, threads, notes)
 
 
@@ -481,5 +484,6 @@ def _write_outputs(cfg: Config, result, out_dir: Path, client, run_id: str, exp_
     client.set_tag(run_id, "best_epoch", str(metrics["best_epoch"]))
     for f in ("config.yaml", "history.csv", "learning_curve.png", "metrics.json"):
         client.log_artifact(run_id, str(out_dir / f))
+    client.log_artifact(run_id, str(out_dir / "model.pt"), "weights")  # `dirl predict --model <run id>` works
     return {**run_info, "metrics": metrics, "history": history, "out_dir": str(out_dir), "fit_s": fit_s,
             "setup_s": setup_s}
