@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,28 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def toy_shards(out_dir: Path, n: int = 96, size: int = 64, seed: int = 0) -> Path:
     """Synthetic composites (a colour-shifted rectangle on a textured background) in the shard format."""
-    from dirl.data.images import encode_jpeg, encode_png
-    from dirl.data.shards import ShardWriter, write_manifest
+    from dirl.data.toy import toy_shards as write
 
-    rng = np.random.default_rng(seed)
-    infos = []
-    for split, count in (("train", n), ("val", max(4, n // 8))):
-        with ShardWriter(out_dir, split, batch_rows=32) as w:
-            for i in range(count):
-                xx = np.arange(size)[None, :, None]
-                img = rng.integers(40, 200, size=3) + 30 * np.sin(xx / 5.0) + rng.normal(0, 8, (size, size, 3))
-                h, ww = rng.integers(size // 4, size // 2, size=2)
-                t, l = rng.integers(0, size - h), rng.integers(0, size - ww)
-                mask = np.zeros((size, size), np.uint8)
-                mask[t:t + h, l:l + ww] = 1
-                img[mask > 0] += rng.choice([-1, 1], size=3) * rng.integers(40, 80, size=3)
-                w.write({"id": f"{split}_{i:04d}", "subset": "toy", "split": split,
-                         "image": encode_jpeg(np.clip(img, 0, 255).astype(np.uint8)), "mask": encode_png(mask),
-                         "orig_h": size, "orig_w": size, "height": size, "width": size,
-                         "fg_ratio": float(mask.mean()), "source": "composite"})
-        infos += w.shards
-    write_manifest(out_dir, infos)
-    return out_dir
+    return write(out_dir, n_train=n, n_val=max(4, n // 8), size=size, seed=seed, batch_rows=32)
 
 
 def bare_loop(cfg, data: Path, threads: int) -> dict:

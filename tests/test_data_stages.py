@@ -1,7 +1,6 @@
 """The data stages end to end through the `dirl data ...` CLI, in a temporary workspace."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 

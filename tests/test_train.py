@@ -37,28 +37,9 @@ FP32 = SpeedConfig("fp32", False, False)
 
 def make_shards(out_dir: Path, n_train: int = 24, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
     """Synthetic composites in the shard format: one colour-shifted rectangle per image is the mask."""
-    from dirl.data.images import encode_jpeg, encode_png
-    from dirl.data.shards import ShardWriter, write_manifest
+    from dirl.data.toy import toy_shards
 
-    rng = np.random.default_rng(seed)
-    infos = []
-    for split, n in (("train", n_train), ("val", n_val)):
-        with ShardWriter(out_dir, split, batch_rows=8) as w:
-            for i in range(n):
-                xx = np.arange(size)[None, :, None]
-                img = rng.integers(40, 200, size=3) + 30 * np.sin(xx / 5.0) + rng.normal(0, 8, (size, size, 3))
-                h, ww = rng.integers(size // 4, size // 2, size=2)
-                t, l = rng.integers(0, size - h), rng.integers(0, size - ww)
-                mask = np.zeros((size, size), np.uint8)
-                mask[t:t + h, l:l + ww] = 1
-                img[mask > 0] += rng.choice([-1, 1], size=3) * rng.integers(40, 80, size=3)
-                w.write({"id": f"{split}_{i:03d}", "subset": "toy", "split": split,
-                         "image": encode_jpeg(np.clip(img, 0, 255).astype(np.uint8)), "mask": encode_png(mask),
-                         "orig_h": size, "orig_w": size, "height": size, "width": size,
-                         "fg_ratio": float(mask.mean()), "source": "composite"})
-        infos += w.shards
-    write_manifest(out_dir, infos)
-    return out_dir
+    return toy_shards(out_dir, n_train, n_val, size, seed)
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +271,7 @@ def test_ray_dataset_reads_one_split_decoded(ray_local, shards):
     ds = shard_dataset([shards], "val", size=32, train=False)
     batches = list(ds.iter_torch_batches(batch_size=3, collate_fn=Collate()))
     ids = [i for b in batches for i in b["id"]]
-    assert sorted(ids) == [f"val_{i:03d}" for i in range(4)]
+    assert sorted(ids) == [f"val_{i:04d}" for i in range(4)]
     b = batches[0]
     assert b["image"].shape == (3, 3, 32, 32) and b["image"].dtype == torch.float32
     assert b["mask"].shape == (3, 1, 32, 32) and set(b["mask"].unique().tolist()) <= {0.0, 1.0}
