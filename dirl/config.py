@@ -105,6 +105,8 @@ class TrainConfig:
     num_workers: int = _f(1, ge=1, doc="Ray Train workers (max of the elastic range)")
     min_workers: int = _f(0, ge=0, doc="elastic minimum; 0 = fixed size num_workers")
     cpus_per_worker: float = _f(0.5, gt=0.0, doc="leave CPU for Ray Data on small machines")
+    placement_strategy: str = _f("PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+                                 doc="how Ray places the workers; STRICT_SPREAD = one worker per node")
     threads_per_worker: int = _f(0, ge=0, doc="torch threads per worker; 0 = the CPUs it reserves, at least 1")
     use_gpu: bool = _f(False)
     max_failures: int = _f(2, ge=-1, doc="worker-group restarts before the run fails (-1 = forever)")

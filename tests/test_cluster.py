@@ -313,6 +313,25 @@ def _http_status(url: str, token: str | None) -> int:
         return e.code
 
 
+TRAIN_ON_CLUSTER = """
+import json, sys
+from pathlib import Path
+from dirl.config import load_config
+from dirl.data.toy import toy_shards
+from dirl.train.trainer import train
+tmp, storage = Path(sys.argv[1]), sys.argv[2]
+data = toy_shards(tmp / "toy", n_train=16, n_val=4, size=32)
+cfg = load_config("params.yaml", overrides={
+    "model.name": "unet", "model.input_size": 32, "train.epochs": 1, "train.batch_size": 2,
+    "train.max_steps_per_epoch": 2, "train.num_workers": 2, "train.cpus_per_worker": 1.0,
+    "train.placement_strategy": "STRICT_SPREAD", "train.precision": "fp32", "train.channels_last": False,
+    "train.storage_path": storage, "train.use_tune_best": False, "cluster.address": "auto",
+    "mlflow.tracking_uri": "sqlite:///" + str(tmp / "mlflow.db")})
+out = train(cfg, out_dir=tmp / "out", data_dirs=[data], root=tmp, status_dir=tmp / "status")
+print(json.dumps({"checkpoint": out["checkpoint"], "run_id": out["run_id"]}))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(sys.platform != "linux", reason="local.sh needs Linux (setsid, /proc)")
@@ -322,7 +341,7 @@ def test_local_cluster_spreads_torch_trainer_over_two_nodes(tmp_path):
     state, other = tmp_path / "cluster", tmp_path / "other"
     try:
         t0 = time.perf_counter()
-        out = _local("start", "--workers", "1", "--cpus-per-node", "1", state=state)
+        out = _local("start", "--workers", "1", "--cpus-per-node", "2", state=state)
         start_s = time.perf_counter() - t0
         assert out.returncode == 0, out.stdout + out.stderr
         out_other = _local("start", "--workers", "0", state=other)
@@ -351,6 +370,16 @@ def test_local_cluster_spreads_torch_trainer_over_two_nodes(tmp_path):
         assert ckpt.is_dir() and storage in ckpt.parents
         assert (ckpt / "model.pt").stat().st_size > 0
         assert json.loads((ckpt / "nodes.json").read_text()) == res["node_ids"]
+
+        # The pipeline's own training: `train()` with 2 workers, one per node, checkpoints on shared storage.
+        run = subprocess.run([sys.executable, "-c", TRAIN_ON_CLUSTER, str(tmp_path), str(storage)],
+                             env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        status = [json.loads(p.read_text()) for p in sorted((tmp_path / "status").glob("rank-*.json"))]
+        assert len(status) == 2 and len({s["node_id"] for s in status}) == 2, status
+        assert {s["node_id"] for s in status} <= set(res["alive_node_ids"])
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        assert storage in Path(result["checkpoint"]).parents and Path(result["checkpoint"]).is_dir()
 
         pids, other_pids = _node_pids(state), _node_pids(other)
         temp_dir = next(line.split("=", 1)[1] for line in (state / "cluster.info").read_text().splitlines()

@@ -242,7 +242,8 @@ def build_trainer(cfg: Config, data_dirs: Sequence[str | os.PathLike], placement
 
     resources = {"CPU": placement.cpus_per_worker}
     scaling = ray.train.ScalingConfig(num_workers=placement.num_workers, use_gpu=placement.use_gpu,
-                                      resources_per_worker=resources)
+                                      resources_per_worker=resources,
+                                      placement_strategy=cfg.train.placement_strategy)
     run_config = ray.train.RunConfig(
         name=name,
         storage_path=storage,

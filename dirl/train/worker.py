@@ -57,7 +57,10 @@ def _write_status(path: str | None, **fields) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "time": time.time(), **fields}))
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    tmp.write_text(json.dumps({"pid": os.getpid(), "node_id": node, "time": time.time(), **fields}))
     os.replace(tmp, p)
 
 
