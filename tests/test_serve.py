@@ -117,3 +117,33 @@ def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
     assert served.shape == (61, 90) and body["predictions"][0]["height"] == 61
     model, info = load_weights(good)
     assert np.abs(served - predict_maps(model, [img], info["input_size"])[0]).max() <= 0.5 / 255 + 1e-6
+
+
+def test_training_logs_into_a_real_mlflow_server(tmp_path, request):
+    """`train()` with `mlflow.tracking_uri` pointing at `mlflow server`: one run, each epoch once, weights logged."""
+    from dirl.config import load_config
+    from dirl.data.toy import toy_shards
+    from dirl.train.trainer import train
+
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    port = free_port()
+    server = start([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1",
+                    "--port", str(port), "--workers", "1"], tmp_path / "server.log", env, request)
+    uri = f"http://127.0.0.1:{port}"
+    wait_http(f"{uri}/health", server, tmp_path / "server.log", 120)
+    data = toy_shards(tmp_path / "toy", n_train=16, n_val=4, size=32)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml", overrides={
+        "model.name": "unet", "model.input_size": 32, "train.epochs": 2, "train.batch_size": 2,
+        "train.max_steps_per_epoch": 2, "train.precision": "fp32", "train.channels_last": False,
+        "train.storage_path": str(tmp_path / "ray_results"), "train.use_tune_best": False,
+        "mlflow.tracking_uri": uri, "mlflow.experiment": "server-test", "cluster.num_cpus": 2})
+    out = train(cfg, out_dir=tmp_path / "out", data_dirs=[data], root=tmp_path)
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["model.name"] == "unet"
+    steps = [m.step for m in client.get_metric_history(out["run_id"], "val_iou")]
+    assert steps == [1, 2]
+    assert "weights/model.pt" in {a.path for a in client.list_artifacts(out["run_id"], "weights")}
