@@ -58,3 +58,14 @@ def tiny_cfg(params_path, tmp_path):
             "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         },
     )
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray with 2 CPUs for the tests of one module."""
+    import ray
+
+    ray.shutdown()
+    ray.init(num_cpus=2, log_to_driver=False)
+    yield ray
+    ray.shutdown()

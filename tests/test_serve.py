@@ -64,6 +64,17 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
     pytest.fail(f"{url} not up after {timeout} s:\n{log.read_text()[-4000:]}")
 
 
+def mlflow_server(tmp_path: Path, env: dict, request) -> str:
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store in tmp_path; returns its URI once healthy."""
+    port = free_port()
+    server = start([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1",
+                    "--port", str(port), "--workers", "1"], tmp_path / "server.log", env, request)
+    uri = f"http://127.0.0.1:{port}"
+    wait_http(f"{uri}/health", server, tmp_path / "server.log", 120)
+    return uri
+
+
 def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
     from dirl.lifecycle.pyfunc import decode_maps, rest_payload
     from dirl.lifecycle.predict import predict_maps
@@ -73,12 +84,7 @@ def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
            "OMP_NUM_THREADS": "1",  # the scoring server runs `uvicorn` from PATH: the venv's bin must be on it
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    port = free_port()
-    server = start([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                    "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1",
-                    "--port", str(port), "--workers", "1"], tmp_path / "server.log", env, request)
-    uri = f"http://127.0.0.1:{port}"
-    wait_http(f"{uri}/health", server, tmp_path / "server.log", 120)
+    uri = mlflow_server(tmp_path, env, request)
 
     monkeypatch.chdir(tmp_path)
     dirs = [str(d) for d in make_workspace(tmp_path)]
@@ -126,12 +132,7 @@ def test_training_logs_into_a_real_mlflow_server(tmp_path, request):
     from dirl.train.trainer import train
 
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    port = free_port()
-    server = start([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                    "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1",
-                    "--port", str(port), "--workers", "1"], tmp_path / "server.log", env, request)
-    uri = f"http://127.0.0.1:{port}"
-    wait_http(f"{uri}/health", server, tmp_path / "server.log", 120)
+    uri = mlflow_server(tmp_path, env, request)
     data = toy_shards(tmp_path / "toy", n_train=16, n_val=4, size=32)
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml", overrides={
         "model.name": "unet", "model.input_size": 32, "train.epochs": 2, "train.batch_size": 2,

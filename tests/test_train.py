@@ -252,17 +252,6 @@ def test_run_name_ignores_length_but_not_hyperparameters(params_path, shards):
 # ----------------------------------------------------------------------------- Ray
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.shutdown()
-    ray.init(num_cpus=2, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_dataset_reads_one_split_decoded(ray_local, shards):
     from dirl.data.raydata import Collate, shard_dataset, shard_files, split_rows
 

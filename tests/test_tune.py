@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -151,17 +150,6 @@ def test_disabled_tune_writes_current_values_without_ray(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- real searches on local Ray
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.shutdown()
-    ray.init(num_cpus=2, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
