@@ -189,7 +189,7 @@ def _remove_stale(out_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _swap_in(new: Path, out_dir: Path) -> None:
+def swap_in(new: Path, out_dir: Path) -> None:
     """Replace ``out_dir`` by the complete folder ``new``; the old one is deleted only afterwards."""
     old = None
     if out_dir.exists():
@@ -257,7 +257,7 @@ def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: in
         extra = {"items": total, "bad": len(issues), "notes": len(issues.notes), "stored_size": size,
                  "jpeg_quality": jpeg_quality, "store_real": store_real}
         manifest = write_manifest(tmp, shards, extra)
-        _swap_in(tmp, out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         for w in writers.values():
             w.abort()

@@ -113,7 +113,8 @@ def ingest(cfg: Config) -> dict:
     else:
         index, total = _ingest_iharmony4(cfg, issues)
     write_json_atomic(RAW / INDEX, index)
-    issues.check(max(total, 1), cfg.data.max_bad_fraction) if total else None
+    if total:
+        issues.check(total, cfg.data.max_bad_fraction)
     summary = {"source": source, "items": total, "bad": len(issues), "seconds": round(time.time() - t0, 2)}
     if index["kind"] == "iharmony4":
         summary["subsets"] = index.get("counts", {})
@@ -312,7 +313,7 @@ def synthesize(cfg: Config) -> dict:
 
     from tqdm import tqdm
 
-    from dirl.data.preprocess import _swap_in
+    from dirl.data.preprocess import swap_in
     from dirl.data.shards import ShardWriter, write_manifest
 
     t0 = time.time()
@@ -346,7 +347,7 @@ def synthesize(cfg: Config) -> dict:
         issues.check(len(sources), cfg.data.max_bad_fraction)
         manifest = write_manifest(tmp, shards, {"per_image": cfg.synth.per_image, "methods": methods,
                                                 "seed": cfg.synth.seed})
-        _swap_in(tmp, SYNTH.absolute())
+        swap_in(tmp, SYNTH.absolute())
     except BaseException:
         for w in writers.values():
             w.abort()
