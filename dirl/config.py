@@ -23,12 +23,20 @@ from typing import Any, Union, get_args, get_origin
 
 import yaml
 
-MODEL_NAMES = ("dirl", "dirl_lite", "unet", "deeplabv3")
+MODEL_NAMES = ("dirl", "dirl_lite", "dirl_tiny", "unet", "deeplabv3")
 SYNTH_METHODS = ("reinhard", "xiao", "fecker", "idt", "lighting", "lut")
 
 
 class ConfigError(ValueError):
     """A params.yaml problem; the message names the file, the key and what is allowed."""
+
+
+# The keys the tune stage may search, with what a null falls back to. In params.yaml such a key is null
+# ("use the tune stage's value", read from results/tune/best.yaml by dirl.train.trainer.resolve_tuned) or a
+# number, which wins: an explicit value is neither searched nor replaced. A null key takes the number here
+# when tune is disabled, train.use_tune_best is false or best.yaml has no value for it. To make another
+# train key searchable, add it here and let its TrainConfig field be ``<type> | None``.
+TUNED_DEFAULTS: dict[str, float] = {"train.lr": 1e-4, "train.weight_decay": 1e-4, "train.lam": 1.0}
 
 
 def _f(default: Any = dataclasses.MISSING, *, gt=None, ge=None, le=None, lt=None, choices=None, doc="", **kw):
@@ -73,6 +81,10 @@ class SynthConfig:
     methods: list[str] = _f(list(SYNTH_METHODS), choices=SYNTH_METHODS)
     per_image: int = _f(4, ge=1, le=1000, doc="accepted composites per real image")
     max_tries: int = _f(20, ge=1)
+    recolour: float = _f(0.0, ge=0.0, le=1.0, doc="probability that a composite starts from the photo globally "
+                         "recoloured by a random LUT (no colour stays specific to one photo)")
+    free_form: int = _f(0, ge=0, le=1000, doc="extra composites per real image whose region is a random free-form "
+                        "blob instead of the object mask")
     augment_iharmony4: bool = _f(False, doc="also synthesize from iHarmony4 real images + masks")
     seed: int = _f(0)
 
@@ -87,18 +99,28 @@ class ModelConfig:
     def __post_init__(self):
         if self.input_size % 16:
             raise ConfigError(f"model.input_size = {self.input_size} must be a multiple of 16")
+        if self.name == "dirl_tiny" and self.input_size % 32:
+            raise ConfigError(f"model.input_size = {self.input_size} must be a multiple of 32 for dirl_tiny "
+                              f"(its fifth stage sits at 1/32 of the input)")
 
 
 @dataclass
 class TrainConfig:
     epochs: int = _f(60, ge=1)
-    batch_size: int = _f(8, ge=1)
-    lr: float = _f(1e-4, gt=0.0)
-    weight_decay: float = _f(1e-4, ge=0.0)
+    batch_size: int = _f(8, ge=1, doc="global batch: split evenly over the workers (each takes batch_size / "
+                         "num_workers); the lr is not rescaled")
+    lr: float | None = _f(TUNED_DEFAULTS["train.lr"], gt=0.0,
+                          doc="null = the tune stage's value (results/tune/best.yaml); a number wins")
+    weight_decay: float | None = _f(TUNED_DEFAULTS["train.weight_decay"], ge=0.0,
+                                    doc="null = the tune stage's value (results/tune/best.yaml); a number wins")
     betas: list[float] = _f([0.9, 0.999])
     milestones: list[int] = _f([30, 40, 50, 55], doc="epochs at which lr is multiplied by gamma")
+    schedule: str = _f("multistep", choices=("multistep", "cosine"),
+                       doc="multistep (the reference: x gamma at each milestone) or cosine (to 0 at the last epoch)")
+    warmup_steps: int = _f(0, ge=0, doc="linear lr warm-up over this many optimizer steps")
     gamma: float = _f(0.5, gt=0.0, le=1.0)
-    lam: float = _f(1.0, ge=0.0, doc="weight of the attention-map losses")
+    lam: float | None = _f(TUNED_DEFAULTS["train.lam"], ge=0.0,
+                           doc="weight of the attention-map losses; null = the tune stage's value")
     seed: int = _f(42)
     val_every: int = _f(1, ge=1, doc="validate every N epochs; best checkpoint by validation IoU")
     max_steps_per_epoch: int = _f(0, ge=0, doc="0 = full epoch; >0 caps steps (smoke runs)")
@@ -115,7 +137,8 @@ class TrainConfig:
     precision: str = _f("fp32", choices=("fp32", "bf16", "fp16"))
     channels_last: bool = _f(False)
     compile: bool = _f(False)
-    use_tune_best: bool = _f(True, doc="take hyperparameters from results/tune/best.yaml when present")
+    use_tune_best: bool = _f(True, doc="fill the null tuned keys (TUNED_DEFAULTS: train.lr, ...) from "
+                             "results/tune/best.yaml; false = ignore best.yaml, null keys take their defaults")
 
 
 @dataclass
@@ -129,8 +152,23 @@ class TuneConfig:
     metric: str = _f("val_iou", choices=("val_iou", "val_f1", "val_ap", "val_loss"))
     search_space: dict = _f(
         {"lr": {"loguniform": [3e-5, 3e-4]}, "weight_decay": {"choice": [0.0, 1e-4]}},
-        doc="key -> {loguniform|uniform: [lo, hi]} or {choice: [...]}",
+        doc="key -> {loguniform|uniform: [lo, hi]} or {choice: [...]}; keys: those of TUNED_DEFAULTS "
+            "(train.lr, train.weight_decay, train.lam), searched only where params.yaml leaves them null",
     )
+
+    def __post_init__(self):
+        if not isinstance(self.search_space, dict):
+            return  # the type check reports it
+        for key in self.search_space:
+            full = str(key)
+            if "." not in full:  # a bare key names a model field when ModelConfig has it, else a train field
+                section = "model" if full in {f.name for f in dataclasses.fields(ModelConfig)} else "train"
+                full = f"{section}.{full}"
+            if full not in TUNED_DEFAULTS:
+                raise ConfigError(
+                    f"tune.search_space.{key}: {full} cannot be searched: the searchable keys are "
+                    f"{', '.join(TUNED_DEFAULTS)} (a tuned key is null in params.yaml, meaning 'use the tune "
+                    f"stage's value'; see TUNED_DEFAULTS in dirl/config.py)")
 
 
 @dataclass

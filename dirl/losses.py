@@ -35,22 +35,51 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tenso
     return torch.outer(g, g)  # (size, size)
 
 
+_BANDS: dict[tuple, Tensor] = {}
+
+
+def _band(n: int, window_size: int, sigma: float, like: Tensor) -> Tensor:
+    """(n, n) banded matrix K with K[i, j] = g[j - i + k//2] (the 1-D Gaussian window g, zero outside the band).
+
+    ``K @ x`` is the 1-D Gaussian filter of ``x`` along its first axis with zero padding k//2, exactly.
+    """
+    key = (n, window_size, sigma, like.device, like.dtype)
+    if key not in _BANDS:
+        k, r = window_size, window_size // 2
+        g = gaussian_window(k, sigma)[r]
+        g = g / g.sum()  # the 1-D window (the 2-D one is its outer product)
+        band = torch.zeros(n, n, dtype=torch.float64)
+        for d in range(-r, r + 1):
+            band += torch.diag(torch.full((n - abs(d),), float(g[d + r])), d)
+        _BANDS[key] = band.to(like.device, like.dtype)
+    return _BANDS[key]
+
+
+def _ssim_map(pred: Tensor, target: Tensor, window_size: int, sigma: float) -> Tensor:
+    """Per-pixel SSIM of (N, 1, H, W) maps -> (N, H, W): Gaussian-weighted local statistics, zero padding k//2.
+
+    The 11x11 Gaussian window is separable, so each local mean is ``K_h @ x @ K_w^T`` with banded matrices
+    (:func:`_band`): the same sums as the 2-D convolution with zero padding, 3x faster on CPU than a grouped conv.
+    """
+    h, w = pred.shape[-2:]
+    kh, kw = _band(h, window_size, sigma, pred), _band(w, window_size, sigma, pred)
+    # the five local moments: E[P], E[G], E[P^2], E[G^2], E[PG]
+    x = torch.cat([pred, target, pred * pred, target * target, pred * target], dim=1)  # (N, 5, H, W)
+    m = kh @ x @ kw.T  # (N, 5, H, W)
+    mu1, mu2, e11, e22, e12 = m.unbind(dim=1)  # each (N, H, W)
+    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    sigma1_sq, sigma2_sq, sigma12 = e11 - mu1_sq, e22 - mu2_sq, e12 - mu12
+    num = (2 * mu12 + SSIM_C1) * (2 * sigma12 + SSIM_C2)
+    den = (mu1_sq + mu2_sq + SSIM_C1) * (sigma1_sq + sigma2_sq + SSIM_C2)
+    return num / den
+
+
 def ssim(pred: Tensor, target: Tensor, window_size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
     """Mean SSIM of two (B, 1, H, W) maps: Gaussian-weighted local statistics, zero padding window//2."""
     b, c, h, w = pred.shape
     if c != 1:
         raise ValueError(f"ssim expects single-channel maps (B, 1, H, W), got {tuple(pred.shape)}")
-    win = gaussian_window(window_size, sigma).to(pred.device, pred.dtype)
-    win = win.expand(5, 1, window_size, window_size)  # (5, 1, k, k): one copy per statistic
-    # the five local moments in one grouped convolution: E[P], E[G], E[P^2], E[G^2], E[PG]
-    x = torch.cat([pred, target, pred * pred, target * target, pred * target], dim=1)  # (B, 5, H, W)
-    m = F.conv2d(x, win, padding=window_size // 2, groups=5)  # (B, 5, H, W)
-    mu1, mu2, e11, e22, e12 = m.unbind(dim=1)  # each (B, H, W)
-    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    sigma1_sq, sigma2_sq, sigma12 = e11 - mu1_sq, e22 - mu2_sq, e12 - mu12
-    num = (2 * mu12 + SSIM_C1) * (2 * sigma12 + SSIM_C2)
-    den = (mu1_sq + mu2_sq + SSIM_C1) * (sigma1_sq + sigma2_sq + SSIM_C2)
-    return (num / den).mean()
+    return _ssim_map(pred, target, window_size, sigma).mean()
 
 
 def iou_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -109,11 +138,25 @@ class DIRLLoss(nn.Module):
                     "the loss compares full-resolution maps; up-sample the output or resize the mask"
                 )
         target = mask.float()
-        final = map_loss(maps[0], target, self.use_ssim, self.use_iou)
-        aux_maps = maps[1:] if self.aux else []
-        aux_total = final["total"].new_zeros(())
-        for m in aux_maps:
-            aux_total = aux_total + map_loss(m, target, self.use_ssim, self.use_iou)["total"]
+        maps = maps if self.aux else maps[:1]
+        with torch.autocast(device_type=target.device.type, enabled=False):
+            # every map in one pass: (M, B, 1, H, W) -> per-map losses (M,)
+            p = torch.stack([m.float() for m in maps])
+            n, b = p.shape[0], p.shape[1]
+            g = target.unsqueeze(0).expand_as(p)
+            per_bce = F.binary_cross_entropy(p, g, reduction="none").flatten(1).mean(1)  # (M,)
+            zero = p.new_zeros(n)
+            per_ssim = (1.0 - _ssim_map(p.flatten(0, 1), g.flatten(0, 1), SSIM_WINDOW, SSIM_SIGMA)
+                        .view(n, -1).mean(1)) if self.use_ssim else zero  # (M,)
+            if self.use_iou:
+                inter = (p * g).flatten(2).sum(2)  # (M, B)
+                union = g.flatten(2).sum(2) + p.flatten(2).sum(2) - inter  # (M, B)
+                per_iou = (1.0 - inter / union.clamp_min(IOU_EPS)).mean(1)  # (M,)
+            else:
+                per_iou = zero
+            per_map = per_bce + per_ssim + per_iou  # (M,)
+            final = {"bce": per_bce[0], "ssim": per_ssim[0], "iou": per_iou[0], "total": per_map[0]}
+            aux_total = per_map[1:].sum()
         total = final["total"] + self.lam * aux_total
         names = ["bce", "ssim", "iou", "final", "aux", "total"]
         values = torch.stack([final["bce"], final["ssim"], final["iou"], final["total"], aux_total, total])

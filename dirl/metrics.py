@@ -8,9 +8,14 @@ Per image, at the test resolution:
 2. AP equals scikit-learn's ``average_precision_score(gt.ravel(), pred.ravel())``: the step-wise sum over the
    distinct prediction values t (descending) of (R(t) - R(t_prev)) * P(t), where P, R count pixels >= t.
    An image without foreground (an empty mask, or an all-foreground mask after normalisation) gets AP = 0.0,
-   which is what scikit-learn 1.9 returns there (with a "No positive class found in y_true" warning).
+   which is what scikit-learn 1.9 returns there (with a "No positive class found in y_true" warning; recall
+   is set to 1 at every threshold, so the step sum is 0). scikit-learn before 1.1 (PR #19085) returned NaN
+   there, which would turn the reported mean into NaN; we follow current scikit-learn. Such an image is still
+   counted: it arises when a tiny foreground vanishes at the test resolution (e.g. 3 pixels of a 1000 x 800
+   composite, resized bilinear + cut at 0.5 to 224), and it scores AP = F1 = IoU = 0 rather than being dropped.
 3. The normalised prediction is binarised at > 0.5: P = TP/(#pred + 1e-6), R = TP/(#gt + 1e-6),
-   F1 = 2PR/(P + R + 1e-6), IoU = TP/(union + 1e-6). An empty GT therefore gives F1 = 0 and IoU = 0.
+   F1 = 2PR/(P + R + 1e-6), IoU = TP/(union + 1e-6). An empty GT therefore gives F1 = 0 and IoU = 0 (finite,
+   no NaN: the 1e-6 terms keep every denominator positive), whatever the prediction.
 
 Reported means: AP x 100, F1 in [0, 1], IoU x 100, overall and per sub-dataset (first letter of the file name).
 Vectorised with numpy: two sorts per image (all scores, the positives' scores), no per-pixel Python.

@@ -249,3 +249,69 @@ def test_real_ihd_dev_set_beside_centre_prior(shared_data, tmp_path):
     assert set(res["model"]["subsets"]) == {"HAdobe5k", "HCOCO", "HFlickr"}
     assert res["model"]["n"] == res["centre_prior"]["n"] == 31 and res["model"]["IoU"] == 0.0
     assert 0.0 < res["centre_prior"]["IoU"] < 100.0  # the prior finds some of the (mostly central) regions
+
+
+# ----------------------------------------------------------------------------- test composites stored at original size
+
+
+def preprocessed_originals(root: Path) -> tuple[Path, dict[str, tuple[Path, Path]]]:
+    """``root/data/shards`` built by ``dirl.data.preprocess`` (stored size 64) from JPEG files written here:
+    two test composites (one 3-pixel foreground in 1000 x 800) and a train one. Returns it and {id: (jpg, png)}."""
+    from dirl.data.preprocess import preprocess
+
+    files = {}
+    for seed, (name, (h, w), split) in enumerate((("c1_1_1", (300, 420), "test"), ("c2_1_1", (1000, 800), "test"),
+                                                  ("c3_1_1", (200, 200), "train"))):
+        img, mask = composite(700 + seed, h, w)
+        if name == "c2_1_1":
+            mask[:] = 0
+            mask[500, 400:403] = 1  # 3 pixels: vanish at any input size of a few hundred pixels or less
+        jpg, png = root / "src" / f"{name}.jpg", root / "src" / f"{name}.png"
+        jpg.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(jpg), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(png), mask * 255)
+        files[name] = (jpg, png, split)
+    items = [{"id": k, "subset": "HCOCO", "split": s, "composite": j, "mask": m} for k, (j, m, s) in files.items()]
+    out = root / "data" / "shards"
+    manifest = preprocess(items, out, 64, workers=1, max_bad_fraction=0.0, progress=False)
+    assert manifest["splits"] == {"test": 2, "train": 1}
+    return out, {k: v[:2] for k, v in files.items() if v[2] == "test"}
+
+
+def test_eval_input_of_a_test_row_is_one_resize_of_the_original(tmp_path):
+    from dirl.data.images import decode_image, decode_mask, resize_image
+    from dirl.data.transforms import normalize
+    from dirl.lifecycle.evaluate import shard_set
+
+    shards, files = preprocessed_originals(tmp_path)
+    s = shard_set([shards], "test")
+    assert s.ids == ["c1_1_1", "c2_1_1"]
+    size = 48
+    batch = next(s.batches(size, 2))
+    for i, name in enumerate(s.ids):
+        jpg, png = files[name]
+        orig = decode_image(jpg)
+        orig_mask, _ = decode_mask(png)
+        img, mask = s.item(i, size)
+        np.testing.assert_array_equal(img, resize_image(orig, size))  # original -> input size, nothing between
+        np.testing.assert_array_equal(mask, resize_mask(orig_mask, size))
+        np.testing.assert_array_equal(batch["image"][i].numpy(), normalize(resize_image(orig, size)))
+        twice = resize_image(decode_image(encode_jpeg(resize_image(orig, 64))), size)  # the former 64-px JPEG path
+        assert not np.array_equal(img, twice)
+
+
+def test_tiny_test_foreground_is_scored_like_the_reference(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    preprocessed_originals(tmp_path)
+    cfg = make_cfg(tmp_path, size=32)
+    make_weights(tmp_path / "w" / "unet.pt")
+    metrics = evaluate_stage(cfg, model_ref=str(tmp_path / "w" / "unet.pt"), out_dir="out", log_mlflow=False)
+    assert metrics["test"]["model"]["n"] == metrics["test"]["centre_prior"]["n"] == 2  # nothing dropped
+    rows = {r["id"]: r for r in read_csv(tmp_path / "out" / "per_image.csv")}
+    assert set(rows) == {"c1_1_1", "c2_1_1"}
+    tiny = {k: float(v) for k, v in rows["c2_1_1"].items() if k not in ("set", "id", "subset")}
+    assert all(np.isfinite(v) for v in tiny.values())
+    # its foreground vanishes at 32 x 32: an all-negative GT, AP 0 as scikit-learn >= 1.1, F1 = IoU = 0
+    assert tiny == {"ap": 0.0, "f1": 0.0, "iou": 0.0, "prior_ap": 0.0, "prior_f1": 0.0, "prior_iou": 0.0}
+    other = float(rows["c1_1_1"]["ap"])
+    assert metrics["test"]["model"]["AP"] == pytest.approx((other + 0.0) / 2 * 100, abs=1e-3)  # the 0 is averaged in

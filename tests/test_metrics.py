@@ -136,6 +136,31 @@ def test_empty_mask_matches_sklearn_zero():
     np.testing.assert_array_equal(m["iou"], 0.0)
 
 
+def test_foreground_vanished_at_input_size_is_scored_not_dropped():
+    """A 3-pixel object of a 1000 x 800 composite is gone at 224 (bilinear + 0.5): the image still counts."""
+    from dirl.data.images import resize_mask
+
+    tiny = np.zeros((1000, 800), np.uint8)
+    tiny[500, 400:403] = 1
+    gone = resize_mask(tiny, 224)
+    assert not gone.any()
+    rng = np.random.default_rng(8)
+    normal = random_masks(rng, 1, 224, 224)[0]
+    g = np.stack([normal, gone])
+    preds = [noisy_predictions(rng, g),  # some pixels > 0.5 on the empty image: F1 = IoU = 0, not NaN
+             np.zeros(g.shape, np.float32)]  # a flat map (range < 1e-2): only shifted
+    for p in preds:
+        acc = MetricAccumulator()
+        acc.update(p[:, None], g[:, None], ["c1_1_1", "c2_1_1"])
+        rows = acc.per_image()
+        assert [r["id"] for r in rows] == ["c1_1_1", "c2_1_1"]
+        assert rows[1] == {"id": "c2_1_1", "ap": 0.0, "f1": 0.0, "iou": 0.0}
+        assert rows[1]["ap"] == sklearn_ap(p[1], g[1])  # scikit-learn 1.9: 0.0 (with a warning), not NaN
+        res = acc.compute()
+        assert res["n"] == 2 and np.isfinite([res["AP"], res["F1"], res["IoU"]]).all()
+        assert res["AP"] == pytest.approx(100 * (rows[0]["ap"] + 0.0) / 2)
+
+
 def test_all_foreground_mask_is_zeroed_like_the_reference():
     g = np.ones((1, 6, 6), np.uint8)
     p = np.random.default_rng(5).random((1, 6, 6)).astype(np.float32) * 0.5 + 0.5

@@ -110,7 +110,19 @@ def weight_files(tmp_path_factory):
     return sd, root / "resnet34.pth", old, root / "old.pth"
 
 
-@pytest.mark.parametrize("name", MODELS)
+RESNET34_MODELS = [m for m in MODELS if m != "dirl_tiny"]  # dirl_tiny is narrower: no ImageNet weights fit
+
+
+def test_dirl_tiny_refuses_imagenet_weights_and_is_small(weight_files):
+    _, path, _, _ = weight_files
+    with pytest.raises(ValueError, match="leave model.pretrained empty"):
+        create_model("dirl_tiny", pretrained=str(path))
+    tiny = create_model("dirl_tiny")
+    assert sum(p.numel() for p in tiny.parameters()) < 2_000_000
+    assert tiny.size_divisor == 32 and tiny(torch.randn(2, 3, 64, 64))[0].shape == (2, 1, 64, 64)
+
+
+@pytest.mark.parametrize("name", RESNET34_MODELS)
 def test_pretrained_backbone_loads_into_layers(name, weight_files):
     sd, path, old_sd, old_path = weight_files
     torch.manual_seed(0)
@@ -183,7 +195,7 @@ def test_weights_from_url_are_cached_with_hash_check(tmp_path, weight_files):
 @pytest.mark.parametrize("name", MODELS)
 def test_bad_input_size_is_refused(name):
     model = get_model(name)
-    with pytest.raises(ValueError, match="not a multiple of 16"):
+    with pytest.raises(ValueError, match=f"not a multiple of {model.size_divisor}"):
         model(torch.randn(1, 3, 72, 64))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(torch.randn(1, 1, 64, 64))

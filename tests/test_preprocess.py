@@ -239,3 +239,87 @@ def test_real_ihd_composites(tmp_path):
     reals = [r for r, s in zip(table.column("real").to_pylist(), table.column("subset").to_pylist()) if s == "HCOCO"]
     assert all(r is not None for r in reals)
     assert all(0 < f <= 0.5 for f in table.column("fg_ratio").to_pylist())  # le50 composites
+
+
+# ----------------------------------------------------------------------------- test composites at original size
+
+
+def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    return cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (7, 7), 3)
+
+
+def originals(root: Path) -> dict[str, Item]:
+    """One JPEG composite (with its real image) per split, a PNG test composite and a tiny-foreground test one."""
+    rng = np.random.default_rng(7)
+    items = {}
+    mask = np.zeros((60, 90), np.uint8)
+    mask[10:40, 20:70] = 255
+    for split in ("train", "val", "test"):
+        comp = write_image(root / f"{split}.jpg", smooth_image(rng, 60, 90))
+        real = write_image(root / f"{split}_real.jpg", smooth_image(rng, 60, 90))
+        items[split] = Item(id=split, subset="unit", split=split, composite=comp,
+                            mask=write_image(root / f"{split}_mask.png", mask), real=real)
+    png = write_image(root / "png.png", smooth_image(rng, 50, 70))
+    items["png"] = Item(id="png", subset="unit", split="test", composite=png,
+                        mask=write_image(root / "png_mask.png", mask[:50, :70]))
+    tiny = np.zeros((1000, 800), np.uint8)
+    tiny[500, 400:403] = 255  # 3 pixels: gone at any stored size of a few hundred pixels
+    items["tiny"] = Item(id="tiny", subset="unit", split="test", composite=write_image(root / "tiny.jpg",
+                         smooth_image(rng, 1000, 800)), mask=write_image(root / "tiny_mask.png", tiny))
+    return items
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def test_test_composites_keep_original_bytes_and_size(tmp_path):
+    items = originals(tmp_path / "src")
+    manifest, issues = run(list(items.values()), tmp_path / "out", max_bad_fraction=0.0)
+    assert len(issues) == 0 and manifest["splits"] == {"test": 3, "train": 1, "val": 1}
+    assert manifest["extra"]["keep_test_originals"] is True
+    rows = {r["id"]: r for r in read_table(tmp_path / "out").to_pylist()}
+    test = rows["test"]
+    assert test["image"] == Path(items["test"].composite).read_bytes()  # the JPEG file itself, not re-encoded
+    assert test["real"] == Path(items["test"].real).read_bytes()
+    assert (test["height"], test["width"], test["orig_h"], test["orig_w"]) == (60, 90, 60, 90)
+    mask = cv2.imdecode(np.frombuffer(test["mask"], np.uint8), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(mask, cv2.imread(str(items["test"].mask), cv2.IMREAD_GRAYSCALE))
+    png = rows["png"]  # not a JPEG: stored as a lossless PNG of the decoded image
+    assert png["image"][:8] == b"\x89PNG\r\n\x1a\n" and (png["height"], png["width"]) == (50, 70)
+    np.testing.assert_array_equal(decode_rgb(png["image"]), decode_rgb(Path(items["png"].composite).read_bytes()))
+    assert verify_shards(tmp_path / "out") == []
+
+
+def test_tiny_test_foreground_is_kept_train_rows_still_resized(tmp_path):
+    items = originals(tmp_path / "src")
+    run(list(items.values()), tmp_path / "out", max_bad_fraction=0.0)
+    rows = {r["id"]: r for r in read_table(tmp_path / "out").to_pylist()}
+    tiny = rows["tiny"]
+    assert tiny["split"] == "test" and (tiny["height"], tiny["width"]) == (1000, 800)
+    assert tiny["fg_ratio"] == pytest.approx(3 / 800_000)
+    assert np.count_nonzero(cv2.imdecode(np.frombuffer(tiny["mask"], np.uint8), cv2.IMREAD_GRAYSCALE)) == 3
+    for split in ("train", "val"):  # train/val rows: resized to SIZE and re-encoded, as before
+        r = rows[split]
+        assert (r["height"], r["width"], r["orig_h"], r["orig_w"]) == (SIZE, SIZE, 60, 90)
+        assert decode_rgb(r["image"]).shape == (SIZE, SIZE, 3) and decode_rgb(r["real"]).shape == (SIZE, SIZE, 3)
+        assert r["image"] != Path(items[split].composite).read_bytes()
+
+
+def test_keep_test_originals_off_resizes_test_rows_and_drops_a_vanished_foreground(tmp_path):
+    items = originals(tmp_path / "src")
+    manifest, issues = run(list(items.values()), tmp_path / "out", keep_test_originals=False)
+    assert [(i["item"], "vanishes once resized" in i["reason"]) for i in issues.issues] == [("tiny", True)]
+    rows = {r["id"]: r for r in read_table(tmp_path / "out").to_pylist()}
+    assert (rows["test"]["height"], rows["test"]["width"]) == (SIZE, SIZE) and "tiny" not in rows
+    assert manifest["extra"]["keep_test_originals"] is False
+
+
+def test_synthesized_and_photo_test_rows_are_resized(tmp_path):
+    items = originals(tmp_path / "src")
+    t = items["test"]
+    others = [Item(id=f"t_{src}", subset="unit", split="test", composite=t.composite, mask=t.mask, source=src)
+              for src in ("synthesized", "photo")]
+    run(others, tmp_path / "out", max_bad_fraction=0.0)
+    for r in read_table(tmp_path / "out").to_pylist():
+        assert (r["height"], r["width"]) == (SIZE, SIZE), r["id"]

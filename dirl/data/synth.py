@@ -395,6 +395,45 @@ def quality_check(image: np.ndarray, composite: np.ndarray, mask: np.ndarray, mi
     return True, "ok"
 
 
+def recolour_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The whole image through one random smooth colour LUT (:func:`random_lut`): a new, still harmonious photo.
+
+    Used before compositing (``synth.recolour``) so that no colour is specific to one photo: a model cannot
+    find the region by remembering a training photo's true colours, only by comparing the region with its
+    surroundings.
+    """
+    lut, _ = random_lut(rng)
+    return apply_lut(image.reshape(-1, 3), lut).reshape(image.shape)
+
+
+FREE_FORM_AREA = (0.05, 0.4)  # free-form regions cover this fraction of the image
+
+
+def free_form_mask(h: int, w: int, rng: np.random.Generator, area: tuple[float, float] = FREE_FORM_AREA) -> np.ndarray:
+    """A random free-form region (one smooth, connected blob anywhere in the frame): (h, w) uint8 {0, 1}.
+
+    Low-frequency noise (a random 3-6 cell grid, bicubically up-sampled) plus a Gaussian bump at a random
+    centre is thresholded at the quantile that gives an area drawn from ``area``; the largest connected
+    component is kept and its holes filled. Lets any photo, even one without an object mask, yield composites
+    whose inharmonious region is not where a centred prior would look.
+    """
+    cells = int(rng.integers(3, 7))
+    noise = cv2.resize(rng.normal(0.0, 1.0, (cells, cells)).astype(np.float32), (w, h),
+                       interpolation=cv2.INTER_CUBIC)  # (h, w)
+    cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+    sy, sx = rng.uniform(0.15, 0.35) * h, rng.uniform(0.15, 0.35) * w
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    field = noise + 2.5 * np.exp(-0.5 * (((yy - cy) / sy) ** 2 + ((xx - cx) / sx) ** 2))
+    target = rng.uniform(*area)
+    m = (field > np.quantile(field, 1.0 - target)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n > 2:  # keep the largest blob
+        m = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    holes = np.pad(1 - m, 1, constant_values=1)
+    cv2.floodFill(holes, None, (0, 0), 0)
+    return m | holes[1:-1, 1:-1]
+
+
 class ReferenceLike(Protocol):
     id: str
     category: str | None

@@ -74,7 +74,12 @@ class EvalSet:
         return len(self.ids)
 
     def item(self, i: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item ``i`` resized to ``size`` x ``size`` (the eval transform before normalisation)."""
+        """Item ``i`` resized to ``size`` x ``size`` (the eval transform before normalisation).
+
+        One resize, from the stored image (the original for test composites, see ``dirl.data.preprocess``)
+        straight to ``size``; the mask bilinear then cut at 0.5, as the reference. A mask that becomes empty
+        at ``size`` is kept and scored as the reference scores it (``dirl.metrics``).
+        """
         img, mask = self.load(i)
         return resize_image(img, size), resize_mask(mask, size)
 

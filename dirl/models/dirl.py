@@ -29,9 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_model
-from .resnet import BasicBlock, ResNet34Segmenter, resnet34_layers
+from .resnet import BasicBlock, ResNet34Segmenter, init_resnet_, make_layer, resnet34_layers
 
 BFI_CHANNELS = 32
+WIDTHS = (64, 128, 256, 512, 512)  # channels of h1..h5 (ResNet-34 + the fifth stage)
+BLOCKS = (3, 4, 6, 3, 3)  # BasicBlocks of h1..h5
 
 
 def up_nearest(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -59,23 +61,37 @@ class DIRLEncoder(nn.Module):
 
     stem="full" (paper): 3x3 stride-1 conv with bias + BN + ReLU, h1..h5 at H, H/2, H/4, H/8, H/16.
     stem="resnet" (dirl_lite): torchvision's 7x7/2 conv + BN + ReLU + 3x3/2 max-pool, h1..h5 at H/4..H/64.
+    stem="half" (dirl_tiny): 3x3 stride-2 conv with bias + BN + ReLU, h1..h5 at H/2..H/32.
+    ``widths``/``blocks``: channels and BasicBlocks of h1..h5 (default ResNet-34's (64, 128, 256, 512, 512) and
+    (3, 4, 6, 3, 3)); only the default keeps torchvision's layer1..layer4 keys compatible with ImageNet weights.
     """
 
-    def __init__(self, stem: str = "full"):
+    def __init__(self, stem: str = "full", widths: tuple[int, ...] = WIDTHS, blocks: tuple[int, ...] = BLOCKS):
         super().__init__()
+        c1 = widths[0]
         if stem == "full":
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=True), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(nn.Conv2d(3, c1, 3, 1, 1, bias=True), nn.BatchNorm2d(c1), nn.ReLU(inplace=True))
         elif stem == "resnet":
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            self.stem = nn.Sequential(nn.Conv2d(3, c1, 7, 2, 3, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
                                       nn.MaxPool2d(3, 2, 1))
+        elif stem == "half":
+            self.stem = nn.Sequential(nn.Conv2d(3, c1, 3, 2, 1, bias=True), nn.BatchNorm2d(c1), nn.ReLU(inplace=True))
         else:
-            raise ValueError(f"unknown DIRL stem {stem!r}; use 'full' (paper) or 'resnet' (dirl_lite)")
-        layers = resnet34_layers()
-        self.layer1, self.layer2, self.layer3, self.layer4 = (layers[f"layer{i}"] for i in range(1, 5))
+            raise ValueError(f"unknown DIRL stem {stem!r}; use 'full' (paper), 'resnet' (dirl_lite) or 'half'")
+        if tuple(widths) == WIDTHS and tuple(blocks) == BLOCKS:
+            layers = resnet34_layers()
+            self.layer1, self.layer2, self.layer3, self.layer4 = (layers[f"layer{i}"] for i in range(1, 5))
+        else:
+            self.layer1 = make_layer(c1, widths[0], blocks[0])
+            self.layer2 = make_layer(widths[0], widths[1], blocks[1], stride=2)
+            self.layer3 = make_layer(widths[1], widths[2], blocks[2], stride=2)
+            self.layer4 = make_layer(widths[2], widths[3], blocks[3], stride=2)
+            init_resnet_(nn.ModuleList([self.layer1, self.layer2, self.layer3, self.layer4]))
         self.pool5 = nn.MaxPool2d(3, 2, 1)
-        self.layer5 = nn.Sequential(*(BasicBlock(512, 512) for _ in range(3)))
+        self.layer5 = nn.Sequential(BasicBlock(widths[3], widths[4]),
+                                    *(BasicBlock(widths[4], widths[4]) for _ in range(blocks[4] - 1)))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # shapes for stem="full"
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # shapes for stem="full" and the default widths
         x = self.stem(x)  # (B, 3, H, W) -> (B, 64, H, W)
         h1 = self.layer1(x)  # (B, 64, H, W)
         h2 = self.layer2(h1)  # (B, 64, H, W) -> (B, 128, H/2, W/2)
@@ -254,12 +270,17 @@ class DIRL(ResNet34Segmenter):
 
     output_names = ("final", "A4", "A3", "A2", "A1", "A0")
 
-    def __init__(self, stem: str = "full", pretrained: str | None = None, pretrained_sha256: str | None = None):
+    def __init__(self, stem: str = "full", pretrained: str | None = None, pretrained_sha256: str | None = None,
+                 widths: tuple[int, ...] = WIDTHS, blocks: tuple[int, ...] = BLOCKS, channels: int = BFI_CHANNELS):
         super().__init__()
-        self.encoder = DIRLEncoder(stem)
-        self.bfi = BFI()
-        self.mda = nn.ModuleList(MDA() for _ in range(5))  # mda[k] for F_k
-        self.ggd = GGD()
+        self.encoder = DIRLEncoder(stem, tuple(widths), tuple(blocks))
+        self.size_divisor = 32 if stem == "half" else 16  # h5 sits at H/32 with the stride-2 stem
+        self.bfi = BFI(tuple(widths), channels)
+        self.mda = nn.ModuleList(MDA(channels) for _ in range(5))  # mda[k] for F_k
+        self.ggd = GGD(channels)
+        if pretrained and (tuple(widths) != WIDTHS or tuple(blocks) != BLOCKS):
+            raise ValueError("ImageNet weights (model.pretrained) fit only the ResNet-34 widths and blocks; "
+                             "this DIRL variant is narrower: leave model.pretrained empty")
         if pretrained:
             self.backbone_pretrained(pretrained, pretrained_sha256)
 
@@ -290,3 +311,11 @@ def dirl(pretrained: str | None = None, pretrained_sha256: str | None = None) ->
 def dirl_lite(pretrained: str | None = None, pretrained_sha256: str | None = None) -> DIRL:
     """Reduced-compute DIRL for CPU demos (NOT the paper's model): torchvision stem, layer1 at H/4."""
     return DIRL("resnet", pretrained, pretrained_sha256)
+
+
+@register_model("dirl_tiny")
+def dirl_tiny(pretrained: str | None = None, pretrained_sha256: str | None = None) -> DIRL:
+    """A really small DIRL for CPU training (NOT the paper's model): same BFI / MDA / GGD, 3x3 stride-2 stem,
+    one BasicBlock per stage with widths (16, 32, 64, 128, 128) and 16-channel BFI; random init only."""
+    return DIRL("half", pretrained, pretrained_sha256, widths=(16, 32, 64, 128, 128), blocks=(1, 1, 1, 1, 1),
+                channels=16)

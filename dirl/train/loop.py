@@ -1,8 +1,9 @@
 """Bare PyTorch training pieces shared by the Ray Train worker, Ray Tune trials and the benchmark.
 
     optimizer = build_optimizer(model, cfg)            # Adam with L2 weight decay (the reference's)
-    scheduler = build_scheduler(optimizer, cfg)        # MultiStepLR, stepped once per epoch
-    stats = train_one_epoch(model, batches, DIRLLoss(), optimizer, device, speed, scaler, max_steps=0)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)  # warm-up + multistep/cosine, per step
+    stats = train_one_epoch(model, batches, DIRLLoss(), optimizer, device, speed, scaler, max_steps=0,
+                            scheduler=scheduler)
     metrics = evaluate_batches(model, val_batches, device, speed, loss_fn)
 
 ``batches`` is any iterable of dicts ``{"image": (B, 3, H, W) float, "mask": (B, 1, H, W) float, "id": [str]}``:
@@ -58,13 +59,33 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=tc.lr, betas=betas, weight_decay=tc.weight_decay, fused=fused)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.MultiStepLR:
-    """MultiStepLR: lr *= gamma at each of ``train.milestones`` (epochs); call ``step()`` once per epoch."""
+def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
+    """The lr multiplier after ``step`` optimizer steps: linear warm-up, then the configured schedule.
+
+    ``train.warmup_steps`` ramps lr linearly from lr/warmup_steps to lr. ``train.schedule``: ``multistep``
+    (the reference's: x ``gamma`` at each epoch of ``train.milestones``) or ``cosine`` (from lr down to 0 at
+    the end of ``train.epochs``).
+    """
+    tc = _train_section(cfg)
+    warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else 1.0
+    epoch = step // max(1, steps_per_epoch)  # completed epochs
+    if tc.schedule == "cosine":
+        total = max(1, tc.epochs * steps_per_epoch)
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return warm * tc.gamma ** sum(1 for m in tc.milestones if epoch >= int(m))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step lr schedule (:func:`lr_factor`); call ``step()`` after every optimizer step.
+
+    ``steps_per_epoch`` converts the epoch milestones to steps (1 = one ``step()`` per epoch, as before).
+    """
     tc = _train_section(cfg)
     milestones = sorted(int(m) for m in tc.milestones)
     if any(m < 1 for m in milestones):
         raise ValueError(f"train.milestones = {list(tc.milestones)} must be epochs >= 1")
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=tc.gamma)
+    spe = max(1, int(steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, spe, tc))
 
 
 def _to_device(batch: Mapping, device: torch.device, speed: SpeedConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +103,8 @@ def _limit(batches: Iterable, max_steps: int) -> Iterable:
 
 def train_one_epoch(model: nn.Module, batches: Iterable[Mapping], loss_fn: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device | str, speed: SpeedConfig,
-                    scaler: torch.amp.GradScaler | None = None, max_steps: int = 0) -> dict:
+                    scaler: torch.amp.GradScaler | None = None, max_steps: int = 0, scheduler=None,
+                    progress=None) -> dict:
     """One pass over ``batches`` (at most ``max_steps`` when > 0); returns the epoch's statistics.
 
     Keys: ``train_loss`` (mean per image), ``loss_<part>`` (mean per image of each DIRLLoss part), ``steps``,
@@ -115,6 +137,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Mapping], loss_fn: nn.Mo
         else:
             loss.backward()
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         b = x.shape[0]
         total += parts["total"] * b
         for k, v in parts.items():
@@ -124,6 +148,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Mapping], loss_fn: nn.Mo
         now = time.perf_counter()
         step_times.append(now - tick)
         tick = now
+        if progress is not None:
+            progress(steps, images, total / images)
     seconds = time.perf_counter() - start
     cpu_s = time.process_time() - cpu0
     steady = step_times[1:] or step_times

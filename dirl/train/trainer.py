@@ -7,13 +7,14 @@
 
 What :func:`train` does:
 
-1. merges ``results/tune/best.yaml`` into ``cfg.train`` / ``cfg.model`` when ``train.use_tune_best``;
+1. fills the tuned keys that params.yaml leaves null (``train.lr``, ``train.weight_decay``, ``train.lam``) from
+   ``results/tune/best.yaml`` (:func:`resolve_tuned`; an explicit value wins) and logs where each came from;
 2. starts a local Ray (``cluster.address`` empty) or connects to ``auto`` / ``ray://host:port``;
 3. sizes the worker group from ``ray.cluster_resources()`` so that it can always be placed and leaves CPU
    for the Ray Data decode tasks (a worker group that cannot be placed retries forever in Ray Train V2);
 4. creates (or, on resume, reopens) the MLflow run in the driver; workers log into it by id;
 5. runs ``TorchTrainer.fit()``: checkpoints every epoch under ``<storage_path>/<name>``; the name is derived
-   from the model, the training settings and the data, so running again with the same settings (more
+   from the model, the training settings, the data and the code, so running again with the same settings (more
    epochs, or after a crash) resumes that run from its last checkpoint, while new settings start a new one;
 6. brings the small outputs into ``out_dir``: ``model.pt`` (best weights by validation IoU), ``metrics.json``,
    ``history.csv``, ``learning_curve.png``, ``run.json`` and the resolved ``config.yaml``, and logs them to MLflow.
@@ -37,15 +38,15 @@ from typing import Any, Sequence
 import yaml
 
 from dirl import tracking
-from dirl.config import Config, ConfigError, config_from_dict, save_resolved, tracking_uri, workspace_root
+from dirl.config import TUNED_DEFAULTS, Config, ConfigError, ModelConfig, TrainConfig, config_from_dict, \
+    save_resolved, tracking_uri, workspace_root
 from dirl.train.checkpoint import export_model, load_checkpoint
 from dirl.train.worker import SCORE, train_loop_per_worker
 
 log = logging.getLogger("dirl.train")
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_ap", "val_f1", "val_iou", "lr"]
-DATA_CPU_RESERVE = 0.5  # CPUs left free for Ray Data read/decode tasks on a single machine
-VAL_CACHE_BYTES = 512 << 20  # decoded validation splits up to this size are kept in the object store
+DRIVER_CPU_RESERVE = 0.1  # CPUs left free for the Tune trial driver and Ray's own tasks
 RUN_FILE = "dirl_run.json"  # beside Ray's files in <storage>/<name>: the MLflow run this Ray run logs into
 # train keys that do not change what is learnt: a run differing only in these resumes the same Ray run
 RESUMABLE_KEYS = ("epochs", "val_every", "max_failures", "storage_path", "num_workers", "min_workers",
@@ -55,44 +56,83 @@ RESUMABLE_KEYS = ("epochs", "val_every", "max_failures", "storage_path", "num_wo
 # ----------------------------------------------------------------------------- configuration
 
 
-def apply_tune_best(cfg: Config, path: str | os.PathLike) -> tuple[Config, dict]:
-    """Merge the hyperparameters of ``path`` (written by the tune stage) into ``cfg``; return (cfg, merged).
+def _read_tune_file(path: Path) -> tuple[dict[str, Any], list[str] | None]:
+    """``({"train.lr": .., ..}, searched)`` from a hyperparameter file; ``searched`` is None when it does not say.
 
     Accepted layouts: ``{train: {lr: ..}, model: {..}}``, dotted ``{"train.lr": ..}``, or bare keys of the
     ``train`` (or ``model``) section ``{lr: .., weight_decay: ..}``; a ``config``/``params`` wrapper is unwrapped.
-    Keys that are neither are ignored (tune writes its metrics beside them).
+    Keys that are neither are ignored (tune writes its metrics beside them), and so are null values. The tune
+    stage's ``tune`` block says which keys it searched (``searched``) or that it was ``skipped``.
     """
-    path = Path(path)
     try:
         best = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e}); rerun the tune stage or set train.use_tune_best false")
     if not isinstance(best, dict):
         raise ConfigError(f"{path}: expected a mapping of hyperparameters, got {type(best).__name__}")
+    info = best.get("tune") if isinstance(best.get("tune"), dict) else {}
+    searched = info.get("searched")
+    searched = [str(k) for k in searched] if isinstance(searched, list) else ([] if info.get("skipped") else None)
     for wrapper in ("config", "params", "best_config", "hyperparameters"):
         if isinstance(best.get(wrapper), dict):
             best = best[wrapper]
             break
-    data = cfg.to_dict()
-    merged = {}
+    fields = {"train": {f.name for f in dataclasses.fields(TrainConfig)},
+              "model": {f.name for f in dataclasses.fields(ModelConfig)}}
+    values: dict[str, Any] = {}
     for key, value in best.items():
-        if isinstance(value, dict) and key in ("train", "model"):
-            for k, v in value.items():
-                if k in data[key]:
-                    data[key][k] = v
-                    merged[f"{key}.{k}"] = v
-        elif "." in str(key) and str(key).split(".", 1)[0] in ("train", "model"):
+        if isinstance(value, dict) and key in fields:
+            values.update({f"{key}.{k}": v for k, v in value.items() if k in fields[key]})
+        elif "." in str(key) and str(key).split(".", 1)[0] in fields:
             section, k = str(key).split(".", 1)
-            if k in data[section]:
-                data[section][k] = value
-                merged[key] = value
-        elif key in data["train"]:
-            data["train"][key] = value
-            merged[f"train.{key}"] = value
-        elif key in data["model"]:
-            data["model"][key] = value
-            merged[f"model.{key}"] = value
-    return config_from_dict(data, str(path)), merged
+            if k in fields[section]:
+                values[str(key)] = value
+        elif key in fields["train"]:
+            values[f"train.{key}"] = value
+        elif key in fields["model"]:
+            values[f"model.{key}"] = value
+    return {k: v for k, v in values.items() if v is not None}, searched
+
+
+def resolve_tuned(cfg: Config, best_yaml_path: str | os.PathLike | None) -> tuple[Config, dict[str, str]]:
+    """Give every tuned key (``TUNED_DEFAULTS``: train.lr, weight_decay, lam) a number; return (cfg, sources).
+
+    A number in ``cfg`` (params.yaml, ``dvc exp run -S``) is kept: source ``"params.yaml"``. A null is filled
+    from ``best_yaml_path`` (the tune stage's ``best.yaml``) when that file holds a value the tune stage
+    searched (source ``"tune"``), else from ``TUNED_DEFAULTS`` (``"default"``): tune disabled or skipped, the key
+    not searched, no file, ``best_yaml_path`` None, or ``train.use_tune_best`` false (best.yaml ignored). A file
+    without a ``tune`` block (hand-written) counts as searched. The input config is not changed; a bad value in
+    the file raises :class:`ConfigError` naming the file and the key.
+    """
+    path = Path(best_yaml_path) if best_yaml_path else None
+    use_file = cfg.train.use_tune_best and path is not None and path.is_file()
+    best, searched = _read_tune_file(path) if use_file else ({}, [])
+    data = cfg.to_dict()
+    sources: dict[str, str] = {}
+    from_file = False
+    for key, default in TUNED_DEFAULTS.items():
+        section, name = key.split(".", 1)
+        if data[section][name] is not None:
+            sources[key] = "params.yaml"
+        elif key in best and (searched is None or key in searched):
+            data[section][name], sources[key], from_file = best[key], "tune", True
+        else:
+            data[section][name], sources[key] = default, "default"
+    return config_from_dict(data, str(path) if from_file else "TUNED_DEFAULTS"), sources
+
+
+def code_digest(root: str | os.PathLike | None = None) -> str:
+    """sha256 of the ``dirl`` package's code: every ``*.py`` under ``root`` (default: the installed package),
+    by sorted relative path and content. Part of :func:`run_name`, so that changed code never resumes a run."""
+    import dirl
+
+    base = Path(root) if root else Path(dirl.__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(base.rglob("*.py"), key=lambda p: p.relative_to(base).as_posix()):
+        data = f.read_bytes()
+        h.update(f"{f.relative_to(base).as_posix()}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
 
 
 def default_data_dirs(root: Path) -> list[Path]:
@@ -112,10 +152,13 @@ def dataset_hashes(data_dirs: Sequence[str | os.PathLike]) -> dict[str, str]:
     return {Path(d).name: read_manifest(d).get("dataset_hash", "") for d in data_dirs}
 
 
-def run_name(cfg: Config, data_dirs: Sequence[str | os.PathLike]) -> str:
-    """A stable Ray run name: model name + a hash of what defines the training (not its length or size)."""
+def run_name(cfg: Config, data_dirs: Sequence[str | os.PathLike], code_root: str | os.PathLike | None = None) -> str:
+    """A stable Ray run name: model name + a hash of what defines the training (not its length or size):
+    the model and train settings, the data (dataset hashes) and the code (:func:`code_digest` of ``code_root``,
+    default the installed ``dirl`` package), so that a code change starts a new run instead of resuming."""
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RESUMABLE_KEYS}
-    key = {"model": dataclasses.asdict(cfg.model), "train": train, "data": sorted(dataset_hashes(data_dirs).items())}
+    key = {"model": dataclasses.asdict(cfg.model), "train": train, "data": sorted(dataset_hashes(data_dirs).items()),
+           "code": code_digest(code_root)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{cfg.model.name}-{digest}"
 
@@ -179,7 +222,7 @@ class Placement:
 def plan_workers(cfg: Config, resources: dict[str, float]) -> Placement:
     """Fit ``train.num_workers`` x ``train.cpus_per_worker`` into ``resources`` (``ray.cluster_resources()``).
 
-    Keeps ``DATA_CPU_RESERVE`` CPUs free for Ray Data; lowers the worker count (the elastic minimum when
+    Keeps ``DRIVER_CPU_RESERVE`` CPUs free (the Tune trial driver); lowers the worker count (the elastic minimum when
     ``train.min_workers`` is set) when the group would not fit: a worker group that cannot be placed makes
     Ray Train V2 retry forever.
     """
@@ -191,11 +234,12 @@ def plan_workers(cfg: Config, resources: dict[str, float]) -> Placement:
         raise ConfigError(f"train.use_gpu is true but the Ray cluster has no GPU (resources {resources}); "
                           f"set train.use_gpu false or connect to a cluster with GPUs (cluster.address)")
     per = tc.cpus_per_worker
-    budget = cpus - DATA_CPU_RESERVE
+    budget = cpus - DRIVER_CPU_RESERVE
     if per > budget:
-        new = max(0.1, round(budget / 2, 2)) if budget > 0 else 0.1
-        notes.append(f"train.cpus_per_worker {per} does not fit {cpus:g} CPUs with {DATA_CPU_RESERVE} kept "
-                     f"for Ray Data: using {new}")
+        want = max(1, min(tc.min_workers or tc.num_workers, tc.num_workers))
+        new = max(0.1, round(budget / want, 2)) if budget > 0 else 0.1
+        notes.append(f"train.cpus_per_worker {per} does not fit {cpus:g} CPUs ({DRIVER_CPU_RESERVE} kept for the "
+                     f"drivers): using {new}")
         per = new
     fit = max(1, int((budget + 1e-9) // per)) if budget > 0 else 1
     if tc.use_gpu:
@@ -212,26 +256,11 @@ def plan_workers(cfg: Config, resources: dict[str, float]) -> Placement:
         if num_workers < tc.num_workers:
             notes.append(f"train.num_workers {tc.num_workers} does not fit the cluster ({cpus:g} CPUs, {gpus:g} "
                          f"GPUs, {per} CPU per worker): using {num_workers}")
-    # torch threads = the CPUs the worker reserved (at least 1): more threads than reserved CPUs oversubscribe
-    # the cores that Ray Data decodes on, and OpenMP threads that wait for a core spin (measured on 2 busy
-    # cores: 2 threads ran a UNet step 4-20x slower than 1)
-    threads = int(tc.threads_per_worker or max(1, int(per)))
+    # torch threads = the CPUs the worker reserved, rounded (at least 1): more threads than reserved CPUs
+    # oversubscribe the cores, and OpenMP threads that wait for a core spin (measured on 2 busy cores: 2 threads
+    # ran a UNet step 4-20x slower than 1)
+    threads = int(tc.threads_per_worker or max(1, int(round(per))))
     return Placement(num_workers, per, tc.use_gpu, threads, notes)
-
-
-def make_datasets(cfg: Config, data_dirs: Sequence[str | os.PathLike]) -> dict:
-    """``{"train": augmented, shuffled, "val": eval-transformed}`` Ray Datasets over the shard folders.
-
-    The eval transform is deterministic, so a validation split that fits ``VAL_CACHE_BYTES`` once decoded
-    is materialized here, once, instead of being read and decoded again at every validation.
-    """
-    from dirl.data.raydata import shard_dataset, split_rows
-
-    size = cfg.model.input_size
-    val = shard_dataset(data_dirs, "val", size, train=False)
-    if split_rows(data_dirs, "val") * 4 * 4 * size * size <= VAL_CACHE_BYTES:  # image (3) + mask (1), float32
-        val = val.materialize()
-    return {"train": shard_dataset(data_dirs, "train", size, train=True, seed=cfg.train.seed), "val": val}
 
 
 def build_trainer(cfg: Config, data_dirs: Sequence[str | os.PathLike], placement: Placement, name: str,
@@ -257,12 +286,11 @@ def build_trainer(cfg: Config, data_dirs: Sequence[str | os.PathLike], placement
     )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**loop_config, "threads_per_worker": placement.threads_per_worker},
+        train_loop_config={**loop_config, "threads_per_worker": placement.threads_per_worker,
+                           "data_dirs": [str(Path(d).resolve()) for d in data_dirs]},
         torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
         scaling_config=scaling,
         run_config=run_config,
-        datasets=make_datasets(cfg, data_dirs),
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # rank 0 validates on all of val
     )
 
 
@@ -291,7 +319,7 @@ def _open_run(cfg: Config, root: Path, run_dir: Path | None, name: str, parent_r
                 return run.info.run_id, run.info.experiment_id, uri, True
         except (ValueError, KeyError, mlflow.exceptions.MlflowException):
             pass  # unreadable record or a run of another store: start a new MLflow run
-    tags = {"ray_run_name": name, "stage": "train", "model": cfg.model.name,
+    tags = {"ray_run_name": name, "stage": "train", "model": cfg.model.name, "code_digest": code_digest(),
             **tracking.provenance_tags(root, data_dirs)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -381,8 +409,10 @@ def train(cfg: Config, out_dir: str | os.PathLike = "results/train", parent_run_
     ``data_dirs``: shard folders (default ``data/shards`` and ``data/synth`` of the workspace).
     ``name``: Ray run name (default :func:`run_name`); an existing run of that name in the storage path is
     resumed from its last checkpoint unless ``resume`` is False (then a fresh, timestamped name is used).
-    ``tune_best``: hyperparameter file (default ``<workspace>/results/tune/best.yaml``), used when
-    ``train.use_tune_best`` and the file exists. ``status_dir``: workers write ``rank-N.json`` (pid, epoch).
+    ``tune_best``: the tune stage's file (default ``<workspace>/results/tune/best.yaml``): it fills the tuned
+    keys that ``cfg`` leaves null (:func:`resolve_tuned`; an explicit value wins); where each value came from is
+    printed and recorded as the MLflow tag ``tuned_sources``. ``status_dir``: workers write ``rank-N.json``
+    (pid, epoch).
     Returns ``{"run_id", "experiment_id", "tracking_uri", "name", "checkpoint", "metrics", "history",
     "resumed", "out_dir", "fit_s", "setup_s"}``.
     """
@@ -392,10 +422,10 @@ def train(cfg: Config, out_dir: str | os.PathLike = "results/train", parent_run_
     root = Path(root).resolve() if root else workspace_root()
     out_dir = Path(out_dir)
     tune_best = Path(tune_best) if tune_best else root / "results" / "tune" / "best.yaml"
-    merged = {}
-    if cfg.train.use_tune_best and tune_best.is_file():
-        cfg, merged = apply_tune_best(cfg, tune_best)
-        log.info("hyperparameters from %s: %s", tune_best, merged)
+    cfg, tuned = resolve_tuned(cfg, tune_best)
+    shown = {k: getattr(getattr(cfg, k.split(".", 1)[0]), k.split(".", 1)[1]) for k in tuned}
+    print("tuned values: " + ", ".join(f"{k}={shown[k]} ({src}{': ' + str(tune_best) if src == 'tune' else ''})"
+                                       for k, src in tuned.items()), file=sys.stderr, flush=True)
     dirs = [Path(d).resolve() for d in data_dirs] if data_dirs else default_data_dirs(root)
     storage = storage_path(cfg, root)
     name = name or run_name(cfg, dirs)
@@ -415,8 +445,7 @@ def train(cfg: Config, out_dir: str | os.PathLike = "results/train", parent_run_
 
         client = mlflow.MlflowClient(uri)
         try:
-            if merged:
-                client.set_tag(run_id, "tune_best", json.dumps(merged, default=str)[:5000])
+            client.set_tag(run_id, "tuned_sources", json.dumps(tuned, sort_keys=True))
             loop_config = {"cfg": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
                            "status_dir": str(status_dir) if status_dir else None}
             trainer = build_trainer(cfg, dirs, placement, name, storage, loop_config)

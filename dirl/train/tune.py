@@ -9,13 +9,15 @@ Search space (``tune.search_space`` in params.yaml): ``key -> {kind: args}``::
 
     lr:               {loguniform: [3.0e-5, 3.0e-4]}    # tune.loguniform(lo, hi), 0 < lo < hi
     lam:              {uniform: [0.5, 2.0]}             # tune.uniform(lo, hi)
-    batch_size:       {randint: [2, 9]}                 # tune.randint(lo, hi), hi excluded
     weight_decay:     {choice: [0.0, 1.0e-4]}           # tune.choice(values)
-    model.input_size: {grid: [96, 128]}                 # tune.grid_search(values): every value, num_samples times
+    train.lr:         {grid: [1.0e-4, 3.0e-4]}          # tune.grid_search(values): every value, num_samples times
+    # {randint: [lo, hi]} (hi excluded) too
 
-A key is ``train.<field>`` or ``model.<field>``; a bare key names a ``model`` field when ``ModelConfig`` has it
-(``name``, ``input_size``, ``pretrained``) and a ``train`` field otherwise (``lr``, ``lam``, ``batch_size`` ...).
-``train.epochs`` cannot be searched: every trial trains ``tune.epochs`` epochs and validates after each one.
+A key is ``train.<field>`` or a bare train field. Only the tuned keys of ``dirl.config.TUNED_DEFAULTS``
+(``train.lr``, ``train.weight_decay``, ``train.lam``) can be searched, and only where params.yaml leaves them
+null, which means "use the tune stage's value": a key set to a number (in params.yaml or by ``dvc exp run -S``)
+wins, so it is not searched (:func:`plan_search` prints a note), and when no key is left to search the stage
+behaves as with ``tune.enabled: false``. To make another key searchable, add it to ``TUNED_DEFAULTS``.
 
 How a search runs (the Ray Train V2 pattern: a TorchTrainer cannot be handed to a Tuner):
 
@@ -36,10 +38,13 @@ score and the trial counts, and the output files), one child run per trial (``ml
 ``trial_id``): its config as flat params, metrics per epoch at ``step=epoch``, status FINISHED or FAILED with an
 ``error`` tag, and a ``tune.status`` tag (ok, stopped, failed).
 
-Outputs in ``out_dir``: ``best.yaml`` (the best trial's values as ``{train: {..}, model: {..}}``, read by
-:func:`dirl.train.trainer.apply_tune_best`, plus a ``tune`` block with the score), ``summary.json`` (DVC metrics),
-``trials.csv`` (one row per trial) and the resolved ``config.yaml``. With ``tune.enabled: false`` nothing is
-searched and ``best.yaml`` holds the current values of the searched keys, so the train stage is unchanged.
+Outputs in ``out_dir``: ``best.yaml`` (``{train: {lr: .., weight_decay: .., lam: ..}, tune: {..}}``: every tuned key
+with the value the train stage will use: the best trial's for a searched key, else the explicit value or the
+default; the ``tune`` block holds the score and the ``searched`` keys), ``summary.json`` (DVC metrics),
+``trials.csv`` (one row per trial) and the resolved ``config.yaml``. ``dvc.yaml`` declares best.yaml's keys as
+params of the train stage, so ``dvc params diff`` and ``dvc exp show`` show the values used; the train stage
+reads them with :func:`dirl.train.trainer.resolve_tuned`. With ``tune.enabled: false`` (or nothing left to
+search) no trial runs and ``best.yaml`` holds the explicit values and defaults (``searched: []``).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -59,15 +65,15 @@ from typing import Any, Sequence
 import yaml
 
 from dirl import tracking
-from dirl.config import Config, ConfigError, ModelConfig, TrainConfig, config_from_dict, save_resolved, \
-    tracking_uri, workspace_root
-from dirl.train.trainer import DATA_CPU_RESERVE, build_trainer, default_data_dirs, init_ray, plan_workers, \
-    storage_path
+from dirl.config import TUNED_DEFAULTS, Config, ConfigError, ModelConfig, TrainConfig, config_from_dict, \
+    save_resolved, tracking_uri, workspace_root
+from dirl.train.trainer import DRIVER_CPU_RESERVE, build_trainer, default_data_dirs, init_ray, plan_workers, \
+    resolve_tuned, storage_path
 
 log = logging.getLogger("dirl.tune")
 
 DRIVER_CPU = 0.01  # the trial driver only waits on fit(); {"cpu": 0} is refused by Tune
-SMALL_CLUSTER_CPUS = 4  # below this, trials run one at a time (concurrent trials starve each other's Ray Data)
+SMALL_CLUSTER_CPUS = 4  # below this, trials run one at a time (concurrent trials deadlock, Ray issue 54305)
 KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 NOT_SEARCHABLE = {"train.epochs": "every trial trains tune.epochs epochs",
                   "train.use_tune_best": "trials never read best.yaml",
@@ -154,6 +160,29 @@ def parse_search_space(space: dict, where: str = "tune.search_space") -> dict[st
     return parsed
 
 
+def plan_search(cfg: Config) -> tuple[dict[str, tuple[str, list]], list[str]]:
+    """The part of ``tune.search_space`` to search, and notes: ``(parsed space, notes)``.
+
+    A key is searched only where ``cfg`` leaves it null ("use the tune stage's value"); a key set to a number
+    (params.yaml, ``dvc exp run -S``) is used as set by the train stage, so it is not searched and a note says
+    so. Raises :class:`ConfigError` for a key that is not a tuned key (``TUNED_DEFAULTS``).
+    """
+    parsed = parse_search_space(cfg.tune.search_space)
+    search: dict[str, tuple[str, list]] = {}
+    notes: list[str] = []
+    for key, spec in parsed.items():
+        if key not in TUNED_DEFAULTS:
+            raise ConfigError(f"tune.search_space: {key} cannot be searched: the searchable keys are "
+                              f"{', '.join(TUNED_DEFAULTS)} (see TUNED_DEFAULTS in dirl/config.py)")
+        value = current_values(cfg, [key])[key]
+        if value is None:
+            search[key] = spec
+        else:
+            notes.append(f"{key} = {value!r} is set in params.yaml: not searched, the train stage uses it "
+                         f"(set it to null to tune it)")
+    return search, notes
+
+
 def param_space(parsed: dict[str, tuple[str, list]]) -> dict:
     """Ray Tune samplers for a parsed search space, keyed by the canonical dotted key."""
     from ray import tune
@@ -169,13 +198,14 @@ def _plain(v: Any) -> Any:
 
 
 def trial_config(cfg: Config | dict, values: dict[str, Any], epochs: int, src: str = "tune trial") -> Config:
-    """``cfg`` with the dotted ``values`` set, ``epochs`` epochs, validation every epoch, no best.yaml."""
+    """``cfg`` with the dotted ``values`` set, ``epochs`` epochs, validation every epoch, no best.yaml; a tuned
+    key still null (not in the search space) takes its default (``TUNED_DEFAULTS``), as in the train stage."""
     data = cfg.to_dict() if isinstance(cfg, Config) else json.loads(json.dumps(cfg))
     for key, value in values.items():
         section, name = key.split(".", 1)
         data[section][name] = _plain(value)
     data["train"].update(epochs=epochs, val_every=1, use_tune_best=False)
-    return config_from_dict(data, src)
+    return resolve_tuned(config_from_dict(data, src), None)[0]
 
 
 def current_values(cfg: Config, keys: Sequence[str]) -> dict[str, Any]:
@@ -184,7 +214,7 @@ def current_values(cfg: Config, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def nest(values: dict[str, Any]) -> dict[str, dict]:
-    """``{"train.lr": 1e-4}`` -> ``{"train": {"lr": 1e-4}}`` (the layout ``apply_tune_best`` reads)."""
+    """``{"train.lr": 1e-4}`` -> ``{"train": {"lr": 1e-4}}`` (best.yaml's layout: DVC reads ``train.lr``)."""
     out: dict[str, dict] = {}
     for key, value in values.items():
         section, name = key.split(".", 1)
@@ -207,7 +237,7 @@ class TrialPlan:
 def plan_trials(cfg: Config, resources: dict[str, float]) -> TrialPlan:
     """Fit ``tune.max_concurrent`` trials into ``resources`` (``ray.cluster_resources()``).
 
-    Each trial needs its driver (``DRIVER_CPU``), its workers and the Ray Data reserve; on fewer than
+    Each trial needs its driver (``DRIVER_CPU``), its workers and the drivers reserve; on fewer than
     ``SMALL_CLUSTER_CPUS`` CPUs trials run one at a time (Ray issue 54305: concurrent trials deadlock on 2 CPUs).
     """
     cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
@@ -216,7 +246,7 @@ def plan_trials(cfg: Config, resources: dict[str, float]) -> TrialPlan:
     if cpus < SMALL_CLUSTER_CPUS:
         fit = 1
     else:
-        need = cfg.train.num_workers * cfg.train.cpus_per_worker + DATA_CPU_RESERVE + DRIVER_CPU
+        need = cfg.train.num_workers * cfg.train.cpus_per_worker + DRIVER_CPU_RESERVE + DRIVER_CPU
         fit = max(1, int(cpus // need))
     if cfg.train.use_gpu and gpus >= 1:
         fit = min(fit, max(1, int(gpus // cfg.train.num_workers)))
@@ -427,11 +457,17 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def train_values(cfg: Config, best: dict[str, Any]) -> dict[str, Any]:
+    """Every tuned key with the value the train stage will use: ``best`` (searched), else params.yaml or default."""
+    return {**current_values(resolve_tuned(cfg, None)[0], list(TUNED_DEFAULTS)), **best}
+
+
 def write_best_yaml(path: Path, values: dict[str, Any], info: dict) -> Path:
-    """``{train: {..}, model: {..}, tune: info}`` with a header; ``apply_tune_best`` ignores the ``tune`` block."""
+    """``{train: {..}, tune: info}`` with a header; the train stage reads the values of the searched keys."""
     body = {**nest(values), "tune": info}
-    head = ("# Hyperparameters chosen by the tune stage (dirl tune); the train stage merges the train/model\n"
-            "# sections into params.yaml when train.use_tune_best is true.\n")
+    head = ("# Written by the tune stage (dirl tune): every tuned key with the value the train stage uses. A key\n"
+            "# that params.yaml leaves null takes the value here when tune searched it (tune.searched), else its\n"
+            "# default; a number in params.yaml wins. dvc.yaml declares these keys as params of train.\n")
     _write_text(path, head + yaml.safe_dump(body, sort_keys=False))
     return path
 
@@ -451,13 +487,14 @@ def write_trials_csv(path: Path, trials: list[dict], keys: Sequence[str], metric
     return path
 
 
-def _skipped(cfg: Config, out: Path, keys: Sequence[str], t0: float) -> dict:
-    """``tune.enabled: false``: best.yaml = current values of the searched keys, a summary saying so."""
-    values = current_values(cfg, keys)
-    write_best_yaml(out / "best.yaml", values, {"skipped": True, "reason": "tune.enabled is false"})
+def _skipped(cfg: Config, out: Path, keys: Sequence[str], t0: float, reason: str = "tune.enabled is false") -> dict:
+    """No search (``tune.enabled: false``, or every key set in params.yaml): best.yaml = the explicit values and
+    defaults, nothing searched; a summary saying why."""
+    values = train_values(cfg, {})
+    write_best_yaml(out / "best.yaml", values, {"skipped": True, "reason": reason, "searched": []})
     write_trials_csv(out / "trials.csv", [], keys, cfg.tune.metric)
     save_resolved(cfg, out)
-    summary = {"skipped": True, "reason": "tune.enabled is false", "metric": cfg.tune.metric,
+    summary = {"skipped": True, "reason": reason, "metric": cfg.tune.metric,
                "mode": metric_mode(cfg.tune.metric), "best_value": None, "best_trial": None, "trials": 0,
                "trials_ok": 0, "trials_stopped": 0, "trials_failed": 0,
                "seconds": round(time.perf_counter() - t0, 2), "best": values}
@@ -481,10 +518,14 @@ def tune(cfg: Config, out_dir: str | os.PathLike = "results/tune", data_dirs: Se
     t0 = time.perf_counter()
     root = Path(root).resolve() if root else workspace_root()
     out = Path(out_dir)
-    parsed = parse_search_space(cfg.tune.search_space)
+    parsed, notes = plan_search(cfg)
+    for note in notes:
+        print(f"tune: {note}", file=sys.stderr, flush=True)
     keys = list(parsed)
     if not cfg.tune.enabled:
         return _skipped(cfg, out, keys, t0)
+    if not parsed:
+        return _skipped(cfg, out, keys, t0, "every key of tune.search_space is set in params.yaml")
 
     import mlflow
     import ray
@@ -560,9 +601,10 @@ def _write_outputs(cfg: Config, out: Path, trials: list[dict], keys: list[str], 
     best_values = {}
     if best is not None:  # the values as the trial's validated config holds them (types coerced)
         best_values = current_values(trial_config(cfg, best["values"], cfg.tune.epochs), keys)
-        write_best_yaml(out / "best.yaml", best_values,
+        write_best_yaml(out / "best.yaml", train_values(cfg, best_values),
                         {"metric": metric, "mode": mode, "value": best["best"], "trial_id": best["trial_id"],
-                         "mlflow_run_id": best["run_id"], "parent_run_id": parent_id, "skipped": False})
+                         "mlflow_run_id": best["run_id"], "parent_run_id": parent_id, "skipped": False,
+                         "searched": list(keys)})
     write_trials_csv(out / "trials.csv", trials, keys, metric)
     save_resolved(cfg, out)
     summary = {

@@ -1,7 +1,10 @@
 """The per-worker training function run by ``ray.train.torch.TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU).
 
-Each worker reads its part of the ``train`` Ray Dataset (``get_dataset_shard``), trains one epoch, and every
-``val_every`` epochs (and at the last one) rank 0 validates on the whole held-out ``val`` split. Every epoch
+Each worker reads its part of the training composites straight from the shard folders (``ShardDataset``: one
+global permutation per epoch drawn from ``(train.seed, epoch)``, dealt to the ranks; augmentation seeded per
+row and epoch), in batches of ``train.batch_size / world size`` (``train.batch_size`` is the global batch), and
+every ``val_every`` epochs (and at the last one) rank 0 validates on the whole held-out ``val`` split. The shard
+folders must be readable from every node (a shared folder on a cluster, as for ``storage_path``). Every epoch
 ends with ``ray.train.report(metrics, checkpoint)``: rank 0 attaches a checkpoint folder (see
 :mod:`dirl.train.checkpoint`) holding the model, optimizer, scheduler, epoch, best validation IoU and the
 epoch history, so a restarted worker group resumes from ``ray.train.get_checkpoint()`` at the next epoch.
@@ -19,6 +22,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,13 +35,23 @@ from dirl.models import create_model
 from dirl.speed import SpeedConfig, make_grad_scaler
 from dirl.speed import prepare_model as prepare_speed
 from dirl.train.checkpoint import load_checkpoint, save_checkpoint
+from dirl.train.progress import EpochProgress
 from dirl.train.loop import VAL_KEYS, build_optimizer, build_scheduler, evaluate_batches, seed_everything, \
     train_one_epoch
 
 log = logging.getLogger("dirl.train")
 
 SCORE = "val_iou"  # best checkpoint by validation IoU (the reference's rule)
-SHUFFLE_BUFFER = 64  # rows shuffled locally in each worker on top of the per-epoch file shuffle
+PREFETCH = 2  # batches decoded ahead in a background thread
+VAL_CACHE_BYTES = 512 << 20  # decoded validation batches up to this size are kept in memory
+
+
+def local_batch_size(global_batch: int, world: int) -> int:
+    """Each worker's batch: ``train.batch_size`` split evenly over ``world`` workers."""
+    if global_batch % world:
+        raise ValueError(f"train.batch_size = {global_batch} is the global batch and must split evenly over "
+                         f"{world} workers; use a multiple of {world}")
+    return global_batch // world
 
 
 def model_kwargs(cfg) -> dict:
@@ -110,6 +124,14 @@ class MlflowEpochLogger:
         return n
 
 
+def epoch_line(row: dict, epochs: int) -> str:
+    """One concise console line per epoch: loss, validation IoU/AP (when validated), img/s, time."""
+    val = (f"  val IoU {row['val_iou']:.1f} AP {row['val_ap']:.1f} (best {row['best_val_iou']:.1f})"
+           if math.isfinite(row.get("val_iou", math.nan)) else "")
+    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}{val}  "
+            f"{row['images_per_s']:.1f} img/s  {row['epoch_s']:.0f}s")
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point. ``config``: cfg (Config as dict), run_id, tracking_uri, status_dir (optional)."""
     import ray.train
@@ -132,8 +154,19 @@ def train_loop_per_worker(config: dict) -> dict:
 
     kwargs = model_kwargs(cfg)
     model = prepare_speed(create_model(cfg.model.name, **kwargs), device, dataclasses.replace(speed, compile=False))
+    from dirl.data.loader import ShardDataset
+
+    size = cfg.model.input_size
+    train_ds = ShardDataset(config["data_dirs"], "train", size, train=True, seed=tc.seed)
+    batch = local_batch_size(tc.batch_size, world)
+    steps_per_epoch = (len(train_ds) // world) // batch
+    if tc.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_ds)} training composites give worker {rank} no full batch of {batch} rows; "
+                         f"lower train.batch_size or train.num_workers, or add data")
     optimizer = build_optimizer(model, tc)
-    scheduler = build_scheduler(optimizer, tc)
+    scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
     scaler = make_grad_scaler(device, speed)
     loss_fn = DIRLLoss(lam=tc.lam)
 
@@ -156,21 +189,27 @@ def train_loop_per_worker(config: dict) -> dict:
         logger.log_params(cfg.to_dict())
         logger.sync(history)  # back-fill epochs checkpointed but not yet logged
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
-    from dirl.data.raydata import Collate
-
-    collate = Collate()
+    val_batches = None
+    if rank == 0:
+        val_ds = ShardDataset(config["data_dirs"], "val", size, train=False)
+        if len(val_ds) == 0:
+            raise ValueError(f"no validation composites in {config['data_dirs']}: raise data.val_fraction")
+        val_batches = val_ds.iter_batches(batch)
+        if len(val_ds) * 4 * 4 * size * size <= VAL_CACHE_BYTES:  # deterministic: decode once, keep
+            val_batches = list(val_batches)
+    progress = None
     for epoch in range(start_epoch + 1, tc.epochs + 1):
         _write_status(status, rank=rank, epoch=epoch, phase="train")
         lr = optimizer.param_groups[0]["lr"]
-        batches = train_shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True, collate_fn=collate,
-                                                 local_shuffle_buffer_size=SHUFFLE_BUFFER, prefetch_batches=2)
-        stats = train_one_epoch(net, batches, loss_fn, optimizer, device, speed, scaler, tc.max_steps_per_epoch)
-        if stats["steps"] == 0:
-            raise ValueError(f"epoch {epoch}: worker {rank} got no full batch of {tc.batch_size} rows; "
-                             f"lower train.batch_size or train.num_workers, or add data")
-        scheduler.step()
+        train_ds.set_epoch(epoch)
+        batches = train_ds.iter_batches(batch, shuffle=True, drop_last=True, rank=rank, world=world,
+                                        prefetch=PREFETCH)
+        if rank == 0:
+            progress = EpochProgress(epoch, tc.epochs, steps_per_epoch, world)
+        stats = train_one_epoch(net, batches, loss_fn, optimizer, device, speed, scaler, steps_per_epoch,
+                                scheduler=scheduler, progress=progress)
+        if progress is not None:
+            progress.close()
 
         row = {"epoch": epoch, "train_loss": stats["train_loss"], "lr": lr, "epoch_s": stats["seconds"],
                "images_per_s": stats["images_per_s"] * world, "step_s": stats["step_s"],
@@ -179,13 +218,16 @@ def train_loop_per_worker(config: dict) -> dict:
         row.update({k: float("nan") for k in VAL_KEYS})
         if rank == 0 and (epoch % tc.val_every == 0 or epoch == tc.epochs):
             _write_status(status, rank=rank, epoch=epoch, phase="validate")
-            val_batches = val_shard.iter_torch_batches(batch_size=tc.batch_size, collate_fn=collate)
+            if not isinstance(val_batches, list):
+                val_batches = val_ds.iter_batches(batch)
             val = evaluate_batches(model, val_batches, device, speed, loss_fn)
             row.update({k: val[k] for k in VAL_KEYS})
             if val[SCORE] > best:
                 best, best_epoch = val[SCORE], epoch
         row["best_val_iou"] = best if math.isfinite(best) else float("nan")
         history.append(row)
+        if rank == 0:
+            print(epoch_line(row, tc.epochs), file=sys.stderr, flush=True)
 
         with tempfile.TemporaryDirectory(prefix="dirl-ckpt-") as tmp:
             checkpoint = None
