@@ -43,6 +43,7 @@ bench: $(STAMP)  ## run the benchmarks (see benchmarks/RESULTS.md)
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_loss.py
 
 mlflow-ui: $(STAMP)  ## browse experiments at http://127.0.0.1:5000 (default SQLite store)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
@@ -56,4 +57,4 @@ profile: $(STAMP)  ## use params/$(PROFILE).yaml as params.yaml (PROFILE=smoke |
 	@echo "params.yaml <- params/$(PROFILE).yaml; now run: make run (or dvc repro)"
 
 clean:  ## remove pipeline outputs (keeps .venv)
-	rm -rf results data/raw data/shards data/synth ray_results mlflow.db mlartifacts
+	rm -rf results data/raw data/shards data/synth data/.raw-downloads ray_results mlflow.db mlartifacts dvc_plots

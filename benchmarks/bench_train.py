@@ -51,8 +51,10 @@ def bare_loop(cfg, data: Path, threads: int) -> dict:
     from dirl.speed import SpeedConfig, make_grad_scaler, prepare_model
     from dirl.train.loop import build_optimizer, seed_everything, train_one_epoch
 
+    from dirl.train.trainer import resolve_tuned
+
     torch.set_num_threads(threads)
-    tc = cfg.train
+    tc = resolve_tuned(cfg, None)[0].train  # null tuned keys -> their defaults
     seed_everything(tc.seed)
     speed = SpeedConfig(tc.precision, tc.channels_last, tc.compile)
     model = prepare_model(create_model(cfg.model.name), "cpu", speed)

@@ -53,7 +53,7 @@ def cmd_data(args):
         path = stages.show(cfg, split=args.split, n=args.n, out=args.out, source=args.source)
         print(f"contact sheet: {path}")
     elif args.action == "verify":
-        problems = stages.verify(cfg)
+        problems = stages.verify(cfg)  # raises NothingToVerify (exit 1, one line) when there are no shards
         if problems:
             sys.exit(1)
     else:
@@ -111,8 +111,15 @@ def cmd_predict(args):
     from dirl.lifecycle.predict import predict_paths
 
     summary = predict_paths(load_cfg(args), args.inputs, model_ref=args.model, out_dir=args.out,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, max_pixels=args.max_pixels)
     print(json.dumps(summary, indent=2, default=str))
+    failed, tried = len(summary["failed"]), summary["tried"]
+    if not summary["written"]:  # nothing to show for the run: a script must see it fail
+        sys.exit(f"error: {failed} of {tried} inputs failed; nothing written (reasons in "
+                 f"{Path(summary['out_dir']) / 'summary.json'})")
+    if failed:
+        print(f"warning: {failed} of {tried} inputs failed (reasons in {Path(summary['out_dir']) / 'summary.json'})",
+              file=sys.stderr)
 
 
 def cmd_summary(args):
@@ -131,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run the whole pipeline with `dvc repro`; each stage is also a subcommand here.",
     )
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("dirl-pipeline")
+    except PackageNotFoundError:
+        ver = "unknown (not installed)"
+    ap.add_argument("--version", action="version", version=f"dirl {ver}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _common(sub.add_parser("config", help="validate params.yaml and print the resolved config"))
@@ -150,20 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = _common(sub.add_parser("tune", help="Ray Tune hyperparameter search; writes results/tune/best.yaml"))
-    p.add_argument("--out", default="results/tune")
+    p.add_argument("--out", default="results/tune", help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_tune)
 
     p = _common(sub.add_parser("train", help="Ray Train (DDP) training with checkpoints, resume and MLflow"))
-    p.add_argument("--out", default="results/train")
+    p.add_argument("--out", default="results/train", help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_train)
 
     p = _common(sub.add_parser("evaluate", help="AP/F1/IoU on the test split and extra sets, with plots"))
     p.add_argument("--model", default="results/train/model.pt", help="weights path, run id or models:/ URI")
-    p.add_argument("--out", default="results/evaluate")
+    p.add_argument("--out", default="results/evaluate", help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
 
     p = _common(sub.add_parser("register", help="log the trained model to MLflow and register a version"))
-    p.add_argument("--out", default="results/register")
+    p.add_argument("--out", default="results/register", help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_register)
 
     p = _common(sub.add_parser("promote", help="move @champion to @challenger if it is better by the margin"))
@@ -175,15 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rollback)
 
     p = _common(sub.add_parser("compare", help="compare models (weights, run ids, models:/ URIs) on one set"))
-    p.add_argument("models", nargs="+")
-    p.add_argument("--out", default="results/compare")
+    p.add_argument("models", nargs="+", help="weights files, MLflow run ids or models:/<name>@<alias> URIs")
+    p.add_argument("--out", default="results/compare", help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_compare)
 
     p = _common(sub.add_parser("predict", help="predict masks for images or folders"))
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--model", required=True, help="models:/<name>@champion, a run id, or a weights path")
     p.add_argument("--out", required=True, help="output folder for <name>_mask.png and <name>_overlay.png")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse images larger than N pixels (width x height), checked from the file header before "
+                        "decoding; default $DIRL_MAX_PIXELS or 40000000; 0 = no cap")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("summary", help="print the pipeline's latest results and where to look next")
@@ -206,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         expected = type(e).__module__.startswith("dirl.") or isinstance(e, (ValueError, OSError))
         if not expected or os.environ.get("DIRL_TRACEBACK"):
             raise
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        one_line = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+        print(f"error: {type(e).__name__}: {one_line}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,8 +1,10 @@
 """Typed configuration: one dataclass per ``params.yaml`` section, validated on load.
 
 ``load_config("params.yaml")`` returns a :class:`Config`. Every value is checked against its
-declared type and range; an unknown key, a wrong type or an out-of-range value raises
-:class:`ConfigError` whose message names the file, the dotted key and the allowed values, e.g.::
+declared type and range; an unknown key, a wrong type, an out-of-range or non-finite value, a key given twice, a
+missing section (a params file holds them all) or an inconsistent pair (``train.min_workers`` above
+``train.num_workers``, a ``train.batch_size`` that does not split over the workers, a bad ``tune.search_space``)
+raises :class:`ConfigError` whose message names the file, the dotted key and the allowed values, e.g.::
 
     params.yaml: train.lr = -1.0 is out of range: expected a number > 0
 
@@ -14,6 +16,7 @@ to an output so that every result carries the exact settings that produced it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -29,6 +32,21 @@ SYNTH_METHODS = ("reinhard", "xiao", "fecker", "idt", "lighting", "lut")
 
 class ConfigError(ValueError):
     """A params.yaml problem; the message names the file, the key and what is allowed."""
+
+
+class _NotFinite(ConfigError):
+    """A NaN or infinite number: reported as such, not as a wrong type."""
+
+
+# Upper bounds of counts: a value above them is a typo (epochs: 1e12), not a plan.
+MAX_EPOCHS = 100_000
+MAX_STEPS = 1_000_000_000
+MAX_BATCH = 65_536
+MAX_WORKERS = 10_000
+MAX_CPUS = 4_096
+MAX_SEED = 2**32 - 1  # numpy's seed range
+# The MLflow tracking URI schemes accepted in mlflow.tracking_uri ("" = the default store).
+TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
 
 # The keys the tune stage may search, with what a null falls back to. In params.yaml such a key is null
@@ -72,21 +90,21 @@ class DataConfig:
     test_fraction: float = _f(0.2, ge=0.0, lt=1.0, doc="held-out photos for sample/photos sources")
     val_fraction: float = _f(0.1, ge=0.0, lt=1.0, doc="part of train held out for validation")
     max_bad_fraction: float = _f(0.05, ge=0.0, le=1.0, doc="a stage fails only above this fraction of bad items")
-    workers: int = _f(0, ge=0, doc="processes; 0 = number of CPU cores")
-    seed: int = _f(42)
+    workers: int = _f(0, ge=0, le=MAX_CPUS, doc="processes; 0 = number of CPU cores")
+    seed: int = _f(42, ge=0, le=MAX_SEED)
 
 
 @dataclass
 class SynthConfig:
     methods: list[str] = _f(list(SYNTH_METHODS), choices=SYNTH_METHODS)
     per_image: int = _f(4, ge=1, le=1000, doc="accepted composites per real image")
-    max_tries: int = _f(20, ge=1)
+    max_tries: int = _f(20, ge=1, le=100_000)
     recolour: float = _f(0.0, ge=0.0, le=1.0, doc="probability that a composite starts from the photo globally "
                          "recoloured by a random LUT (no colour stays specific to one photo)")
     free_form: int = _f(0, ge=0, le=1000, doc="extra composites per real image whose region is a random free-form "
                         "blob instead of the object mask")
     augment_iharmony4: bool = _f(False, doc="also synthesize from iHarmony4 real images + masks")
-    seed: int = _f(0)
+    seed: int = _f(0, ge=0, le=MAX_SEED)
 
 
 @dataclass
@@ -106,32 +124,34 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(60, ge=1)
-    batch_size: int = _f(8, ge=1, doc="global batch: split evenly over the workers (each takes batch_size / "
-                         "num_workers); the lr is not rescaled")
+    epochs: int = _f(60, ge=1, le=MAX_EPOCHS)
+    batch_size: int = _f(8, ge=1, le=MAX_BATCH, doc="global batch: a multiple of num_workers, split evenly over "
+                         "the workers (each takes batch_size / num_workers); the lr is not rescaled")
     lr: float | None = _f(TUNED_DEFAULTS["train.lr"], gt=0.0,
                           doc="null = the tune stage's value (results/tune/best.yaml); a number wins")
     weight_decay: float | None = _f(TUNED_DEFAULTS["train.weight_decay"], ge=0.0,
                                     doc="null = the tune stage's value (results/tune/best.yaml); a number wins")
-    betas: list[float] = _f([0.9, 0.999])
-    milestones: list[int] = _f([30, 40, 50, 55], doc="epochs at which lr is multiplied by gamma")
+    betas: list[float] = _f([0.9, 0.999], ge=0.0, lt=1.0, doc="Adam (beta1, beta2): two numbers in [0, 1)")
+    milestones: list[int] = _f([30, 40, 50, 55], ge=1, le=MAX_EPOCHS,
+                               doc="epochs at which lr is multiplied by gamma")
     schedule: str = _f("multistep", choices=("multistep", "cosine"),
                        doc="multistep (the reference: x gamma at each milestone) or cosine (to 0 at the last epoch)")
-    warmup_steps: int = _f(0, ge=0, doc="linear lr warm-up over this many optimizer steps")
+    warmup_steps: int = _f(0, ge=0, le=MAX_STEPS, doc="linear lr warm-up over this many optimizer steps")
     gamma: float = _f(0.5, gt=0.0, le=1.0)
     lam: float | None = _f(TUNED_DEFAULTS["train.lam"], ge=0.0,
                            doc="weight of the attention-map losses; null = the tune stage's value")
-    seed: int = _f(42)
-    val_every: int = _f(1, ge=1, doc="validate every N epochs; best checkpoint by validation IoU")
-    max_steps_per_epoch: int = _f(0, ge=0, doc="0 = full epoch; >0 caps steps (smoke runs)")
-    num_workers: int = _f(1, ge=1, doc="Ray Train workers (max of the elastic range)")
-    min_workers: int = _f(0, ge=0, doc="elastic minimum; 0 = fixed size num_workers")
-    cpus_per_worker: float = _f(0.5, gt=0.0, doc="leave CPU for Ray Data on small machines")
+    seed: int = _f(42, ge=0, le=MAX_SEED)
+    val_every: int = _f(1, ge=1, le=MAX_EPOCHS, doc="validate every N epochs; best checkpoint by validation IoU")
+    max_steps_per_epoch: int = _f(0, ge=0, le=MAX_STEPS, doc="0 = full epoch; >0 caps steps (smoke runs)")
+    num_workers: int = _f(1, ge=1, le=MAX_WORKERS, doc="Ray Train workers (max of the elastic range)")
+    min_workers: int = _f(0, ge=0, le=MAX_WORKERS, doc="elastic minimum; 0 = fixed size num_workers")
+    cpus_per_worker: float = _f(0.5, gt=0.0, le=MAX_CPUS, doc="leave CPU for Ray Data on small machines")
     placement_strategy: str = _f("PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
                                  doc="how Ray places the workers; STRICT_SPREAD = one worker per node")
-    threads_per_worker: int = _f(0, ge=0, doc="torch threads per worker; 0 = the CPUs it reserves, at least 1")
+    threads_per_worker: int = _f(0, ge=0, le=MAX_CPUS,
+                                 doc="torch threads per worker; 0 = the CPUs it reserves, at least 1")
     use_gpu: bool = _f(False)
-    max_failures: int = _f(2, ge=-1, doc="worker-group restarts before the run fails (-1 = forever)")
+    max_failures: int = _f(2, ge=-1, le=1000, doc="worker-group restarts before the run fails (-1 = forever)")
     storage_path: str = _f("", doc="absolute path or URI for Ray checkpoints; empty = $DIRL_STORAGE_PATH, "
                            "else <workspace>/ray_results")
     precision: str = _f("fp32", choices=("fp32", "bf16", "fp16"))
@@ -140,15 +160,26 @@ class TrainConfig:
     use_tune_best: bool = _f(True, doc="fill the null tuned keys (TUNED_DEFAULTS: train.lr, ...) from "
                              "results/tune/best.yaml; false = ignore best.yaml, null keys take their defaults")
 
+    def __post_init__(self):
+        if isinstance(self.betas, list) and len(self.betas) != 2:
+            raise ConfigError(f"train.betas = {self.betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+        if self.min_workers > self.num_workers:
+            raise ConfigError(f"train.min_workers = {self.min_workers} is above train.num_workers = "
+                              f"{self.num_workers}: the elastic range is min_workers..num_workers")
+        if self.batch_size % self.num_workers:
+            raise ConfigError(f"train.batch_size = {self.batch_size} is the global batch and must be a multiple of "
+                              f"train.num_workers = {self.num_workers} (each worker takes batch_size / num_workers)")
+
 
 @dataclass
 class TuneConfig:
     enabled: bool = _f(True)
-    num_samples: int = _f(4, ge=1)
-    max_concurrent: int = _f(1, ge=1, doc="1 on 2-CPU machines (trials deadlock otherwise)")
-    epochs: int = _f(2, ge=1)
-    grace_period: int = _f(1, ge=1, doc="ASHA: epochs before a trial may be stopped")
-    reduction_factor: int = _f(2, ge=2)
+    num_samples: int = _f(4, ge=1, le=100_000)
+    max_concurrent: int = _f(1, ge=1, le=MAX_WORKERS, doc="1 on 2-CPU machines (trials deadlock otherwise)")
+    epochs: int = _f(2, ge=1, le=MAX_EPOCHS)
+    max_steps_per_epoch: int = _f(0, ge=0, le=MAX_STEPS, doc="cap each trial epoch at this many steps (0 = whole epochs)")
+    grace_period: int = _f(1, ge=1, le=MAX_EPOCHS, doc="ASHA: epochs before a trial may be stopped")
+    reduction_factor: int = _f(2, ge=2, le=100)
     metric: str = _f("val_iou", choices=("val_iou", "val_f1", "val_ap", "val_loss"))
     search_space: dict = _f(
         {"lr": {"loguniform": [3e-5, 3e-4]}, "weight_decay": {"choice": [0.0, 1e-4]}},
@@ -169,14 +200,16 @@ class TuneConfig:
                     f"tune.search_space.{key}: {full} cannot be searched: the searchable keys are "
                     f"{', '.join(TUNED_DEFAULTS)} (a tuned key is null in params.yaml, meaning 'use the tune "
                     f"stage's value'; see TUNED_DEFAULTS in dirl/config.py)")
+        for full, (kind, args) in parse_search_space(self.search_space).items():
+            _check_searched_values(full, kind, args)
 
 
 @dataclass
 class EvaluateConfig:
     split: str = _f("test", choices=("train", "val", "test"))
     extra_sets: list[str] = _f([], doc="folders in the iHarmony4 layout to evaluate as well")
-    batch_size: int = _f(8, ge=1)
-    grid_items: int = _f(6, ge=1)
+    batch_size: int = _f(8, ge=1, le=MAX_BATCH)
+    grid_items: int = _f(6, ge=1, le=1000)
 
 
 @dataclass
@@ -194,13 +227,24 @@ class PromoteConfig:
 @dataclass
 class ClusterConfig:
     address: str = _f("", doc="empty = start Ray locally; 'auto' or 'ray://host:port' = existing cluster")
-    num_cpus: int = _f(0, ge=0, doc="CPUs for a local Ray; 0 = all")
+    num_cpus: int = _f(0, ge=0, le=1_000_000, doc="CPUs for a local Ray; 0 = all")
 
 
 @dataclass
 class MlflowConfig:
     tracking_uri: str = _f("", doc="empty = $MLFLOW_TRACKING_URI, else sqlite:///<workspace>/mlflow.db")
     experiment: str = _f("dirl")
+
+    def __post_init__(self):
+        uri = self.tracking_uri
+        if not isinstance(uri, str) or not uri:
+            return
+        scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else uri  # postgresql+psycopg2: ok
+        if scheme not in TRACKING_SCHEMES:
+            what = f"an unknown scheme {scheme!r}" if ":" in uri else "no scheme"
+            raise ConfigError(f"mlflow.tracking_uri = {uri!r} has {what}: expected \"\" (the default store) or a "
+                              f"URI starting with {', '.join(s + ':' for s in TRACKING_SCHEMES)} (a local folder is "
+                              f"file:///abs/path)")
 
 
 @dataclass
@@ -218,6 +262,96 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- tune search space
+
+KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
+NOT_SEARCHABLE = {"train.epochs": "every trial trains tune.epochs epochs",
+                  "train.use_tune_best": "trials never read best.yaml",
+                  "train.val_every": "trials validate after every epoch"}
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def canonical_key(key: str, where: str = "tune.search_space") -> str:
+    """``lr`` -> ``train.lr``, ``input_size`` -> ``model.input_size``, ``model.name`` stays; else ConfigError."""
+    key = str(key)
+    if "." in key:
+        section, name = key.split(".", 1)
+        fields = {"train": TRAIN_FIELDS, "model": MODEL_FIELDS}.get(section)
+        if fields is None or name not in fields:
+            raise ConfigError(f"{where}.{key}: unknown key: use train.<field> or model.<field> "
+                              f"(train fields: {', '.join(sorted(TRAIN_FIELDS))}; "
+                              f"model fields: {', '.join(sorted(MODEL_FIELDS))})")
+        full = key
+    elif key in MODEL_FIELDS:
+        full = f"model.{key}"
+    elif key in TRAIN_FIELDS:
+        full = f"train.{key}"
+    else:
+        raise ConfigError(f"{where}.{key}: unknown key: a bare key must be a train field "
+                          f"({', '.join(sorted(TRAIN_FIELDS))}) or a model field ({', '.join(sorted(MODEL_FIELDS))})")
+    if full in NOT_SEARCHABLE:
+        raise ConfigError(f"{where}.{key}: {full} cannot be searched ({NOT_SEARCHABLE[full]})")
+    return full
+
+
+def _number(v: Any) -> bool:
+    if isinstance(v, str):  # PyYAML reads 3e-5 (no dot) as a string
+        try:
+            v = float(v)
+        except ValueError:
+            return False
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_search_space(space: dict, where: str = "tune.search_space") -> dict[str, tuple[str, list]]:
+    """Validate ``tune.search_space``; return ``{canonical key: (kind, args)}``.
+
+    Raises :class:`ConfigError` naming the key and the accepted forms for a malformed entry.
+    """
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{where} must be a non-empty mapping of key -> {{kind: args}} "
+                          f"(kinds: {', '.join(KINDS)}), got {space!r}")
+    forms = ("{loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi]} (hi excluded), "
+             "{choice: [v1, v2, ...]} or {grid: [v1, v2, ...]}")
+    parsed: dict[str, tuple[str, list]] = {}
+    for key, spec in space.items():
+        full = canonical_key(key, where)
+        if full in parsed:
+            raise ConfigError(f"{where}.{key}: {full} is given twice (as a bare and a dotted key)")
+        bad = ConfigError(f"{where}.{key} = {spec!r} is not a valid search space: expected {forms}")
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise bad
+        ((kind, args),) = spec.items()
+        if kind not in KINDS or not isinstance(args, (list, tuple)) or not args:
+            raise bad
+        args = list(args)
+        if kind in ("loguniform", "uniform", "randint"):
+            if len(args) != 2 or not all(_number(a) for a in args):
+                raise bad
+            lo, hi = (float(a) for a in args) if kind != "randint" else args
+            if kind == "randint" and not all(isinstance(a, int) for a in args):
+                raise ConfigError(f"{where}.{key} = {spec!r}: randint bounds must be integers")
+            if not lo < hi:
+                raise ConfigError(f"{where}.{key} = {spec!r}: the lower bound must be below the upper bound")
+            if kind == "loguniform" and lo <= 0:
+                raise ConfigError(f"{where}.{key} = {spec!r}: loguniform bounds must be > 0")
+            args = [lo, hi]
+        parsed[full] = (kind, args)
+    return parsed
+
+
+def _check_searched_values(full: str, kind: str, args: list, where: str = "tune.search_space") -> None:
+    """Every value a search may draw for ``full`` must be a valid value of that key (type and range)."""
+    section, name = full.split(".", 1)
+    cls = {"train": TrainConfig, "model": ModelConfig}[section]
+    fld = {f.name: f for f in dataclasses.fields(cls)}[name]
+    tp = typing.get_type_hints(cls)[name]
+    for i, v in enumerate(args):
+        at = f"{where}.{name}.{kind}[{i}]"
+        _check_range(_coerce(v, tp, at, ""), fld.metadata, at, "")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -242,7 +376,8 @@ def _type_name(tp) -> str:
 def _coerce(value: Any, tp, where: str, src: str):
     """Return ``value`` as type ``tp`` or raise ConfigError naming ``where``."""
     origin = get_origin(tp)
-    bad = ConfigError(f"{src}: {where} = {value!r} has the wrong type: expected {_type_name(tp)}")
+    at = f"{src}: {where}" if src else where
+    bad = ConfigError(f"{at} = {value!r} has the wrong type: expected {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad
@@ -251,6 +386,8 @@ def _coerce(value: Any, tp, where: str, src: str):
         for arg in get_args(tp):
             try:
                 return _coerce(value, arg, where, src)
+            except _NotFinite:
+                raise
             except ConfigError:
                 continue
         raise bad
@@ -278,14 +415,19 @@ def _coerce(value: Any, tp, where: str, src: str):
             return value
         raise bad
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise bad
+        if number is None:
+            raise bad
+        if not math.isfinite(number):
+            raise _NotFinite(f"{at} = {value!r} is not a finite number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -294,6 +436,7 @@ def _coerce(value: Any, tp, where: str, src: str):
 
 
 def _check_range(value, meta: dict, where: str, src: str):
+    at = f"{src}: {where}" if src else where
     checks = [("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
               ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")]
     values = value if isinstance(value, list) else [value]
@@ -303,12 +446,10 @@ def _check_range(value, meta: dict, where: str, src: str):
                 bound = meta.get(key)
                 if bound is not None and not ok(v, bound):
                     allowed = " and ".join(f"{s} {meta[k]}" for k, _, s in checks if meta.get(k) is not None)
-                    raise ConfigError(f"{src}: {where} = {value!r} is out of range: expected a number {allowed}")
+                    raise ConfigError(f"{at} = {value!r} is out of range: expected a number {allowed}")
         choices = meta.get("choices")
         if choices and v not in choices:
-            raise ConfigError(
-                f"{src}: {where} = {v!r} is not allowed: expected one of {', '.join(map(repr, choices))}"
-            )
+            raise ConfigError(f"{at} = {v!r} is not allowed: expected one of {', '.join(map(repr, choices))}")
 
 
 def _build(cls, data: dict, prefix: str, src: str):
@@ -339,15 +480,65 @@ def config_from_dict(data: dict | None, src: str = "<dict>") -> Config:
     return _build(Config, data, "", src)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping holding the same key twice (PyYAML keeps the last one silently)."""
+
+    def construct_document(self, node):
+        _no_duplicate_keys(node, "", set())
+        return super().construct_document(node)
+
+
+def _no_duplicate_keys(node, prefix: str, seen_nodes: set) -> None:
+    if id(node) in seen_nodes:  # an alias of a node already checked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            where = f"{prefix}.{key}" if prefix else str(key)
+            line = key_node.start_mark.line + 1
+            if key is not None and key != "<<":
+                if key in first:
+                    raise ConfigError(f"duplicate key '{where}' at line {line} (first at line {first[key]}): "
+                                      f"YAML would keep only the last value; remove one")
+                first[key] = line
+            _no_duplicate_keys(value_node, where, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _no_duplicate_keys(item, f"{prefix}[{i}]", seen_nodes)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
 def load_config(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> Config:
-    """Load ``params.yaml`` (plus optional dotted ``overrides``) into a validated :class:`Config`."""
+    """Load ``params.yaml`` (plus optional dotted ``overrides``) into a validated :class:`Config`.
+
+    A params file must hold every section (``SECTIONS``): a missing one would silently take the code defaults,
+    which are not any profile's values. A key given twice is refused (YAML would keep the last one).
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found (run from the project root or pass --params)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:  # one line: where, and what the parser expected
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty: a params file must hold every section "
+                          f"({', '.join(SECTIONS)}); copy params.yaml or a profile from params/")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    missing = [s for s in SECTIONS if s not in data]
+    if missing:
+        raise ConfigError(f"{path}: missing section(s) {', '.join(missing)}: a params file must hold every section "
+                          f"({', '.join(SECTIONS)}); a missing one would silently take the code defaults")
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return config_from_dict(data, str(path))

@@ -45,6 +45,11 @@ def summary_lines(root: Path) -> list[str]:
                 lines.append(_row("model", sets["model"]))
                 if "centre_prior" in sets:
                     lines.append(_row("centre prior", sets["centre_prior"]))
+                    d_iou = sets["model"]["IoU"] - sets["centre_prior"]["IoU"]
+                    d_ap = sets["model"]["AP"] - sets["centre_prior"]["AP"]
+                    verdict = "beats" if d_iou > 0 else "does NOT beat"
+                    lines.append(f"  -> the model {verdict} the centred prior: IoU {d_iou:+.2f} points, "
+                                 f"AP {d_ap:+.2f} points")
     reg = _load(r / "register" / "model.json")
     if reg:
         lines.append(f"register {reg['model_uri']} (@{reg.get('alias')}), run {reg.get('run_id')}")
@@ -54,7 +59,7 @@ def summary_lines(root: Path) -> list[str]:
         "  make mlflow-ui                          browse runs at http://127.0.0.1:5000",
         "  .venv/bin/dvc metrics show; .venv/bin/dvc plots show   metrics and curves (dvc_plots/index.html)",
         "  .venv/bin/dirl promote                  move @champion to the new @challenger if it is better",
-        f"  .venv/bin/dirl predict IMG --model models:/{reg['name'] if reg else 'dirl'}@champion --out preds/",
+        f"  .venv/bin/dirl predict IMG --model models:/{reg['name'] if reg else 'dirl'}@challenger --out preds/",
         "  .venv/bin/dirl data show                contact sheet of synthesized composites",
         "  notebooks/walkthrough.ipynb             the guided tour",
     ]

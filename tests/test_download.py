@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import re
-import stat
 import tarfile
 import threading
 import zipfile
@@ -14,13 +13,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
+from conftest import UNSAFE_ARCHIVES, ihd_tree, make_tar, make_zip
 from dirl.data.download import (
     MARKER,
     ChecksumMismatch,
+    CorruptArchive,
     DownloadError,
     LockFile,
     UnsafeArchive,
@@ -118,51 +117,6 @@ def server():
 # ---------------------------------------------------------------------------------------------- test data
 
 
-def _jpeg(rng: np.random.Generator, h: int = 24, w: int = 32) -> bytes:
-    ok, buf = cv2.imencode(".jpg", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    assert ok
-    return buf.tobytes()
-
-
-def _png_mask(h: int = 24, w: int = 32) -> bytes:
-    mask = np.zeros((h, w), np.uint8)
-    mask[4:12, 6:20] = 255
-    ok, buf = cv2.imencode(".png", mask)
-    assert ok
-    return buf.tobytes()
-
-
-def ihd_tree(n_photos: int = 3, seed: int = 0) -> dict[str, bytes]:
-    """A tiny iHarmony4-like tree: relative path -> file bytes (HFlickr, 2 composites per photo)."""
-    rng = np.random.default_rng(seed)
-    files = {}
-    for i in range(n_photos):
-        files[f"HFlickr/real_images/f{i}.jpg"] = _jpeg(rng)
-        files[f"HFlickr/masks/f{i}_1.png"] = _png_mask()
-        for k in (1, 2):
-            files[f"HFlickr/composite_images/f{i}_1_{k}.jpg"] = _jpeg(rng)
-    files["HFlickr_train.txt"] = b"".join(f"f{i}_1_1.jpg\n".encode() for i in range(n_photos))
-    return files
-
-
-def make_zip(files: dict[str, bytes], prefix: str = "") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(prefix + name, data)
-    return buf.getvalue()
-
-
-def make_tar(files: dict[str, bytes], mode: str = "w:gz", prefix: str = "") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(prefix + name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -175,13 +129,16 @@ def archive_bytes() -> bytes:
 # ---------------------------------------------------------------------------------------------- HTTP fetch
 
 
-def test_http_fetch_records_lock(server, tmp_path, archive_bytes):
+def test_http_fetch_then_record_after_extract(server, tmp_path, archive_bytes):
     server.files["/dl/HFlickr.zip"] = archive_bytes
     lock = LockFile(tmp_path / "iharmony4.lock.json")
     path = fetch(f"{server.base}/dl/HFlickr.zip", tmp_path / "raw", lock, **FAST)
     assert path == tmp_path / "raw" / "HFlickr.zip"
     assert path.read_bytes() == archive_bytes
     assert not (tmp_path / "raw" / "HFlickr.zip.part").exists()
+    assert not lock.path.exists()  # fetch checks against the lock but never records: extraction comes first
+    safe_extract(path, tmp_path / "x")
+    lock.record("HFlickr.zip", path, f"{server.base}/dl/HFlickr.zip")
     entry = json.loads(lock.path.read_text())["archives"]["HFlickr.zip"]
     assert entry["sha256"] == sha(archive_bytes)
     assert entry["size"] == len(archive_bytes)
@@ -259,6 +216,7 @@ def test_changed_archive_is_refused(server, tmp_path, archive_bytes):
     lock = LockFile(tmp_path / "lock.json")
     server.files["/a.zip"] = archive_bytes
     path = fetch(f"{server.base}/a.zip", tmp_path, lock, **FAST)
+    lock.record("a.zip", path, f"{server.base}/a.zip")  # as ingest does once it has extracted
     path.unlink()
     server.files["/a.zip"] = archive_bytes[:-1] + b"!"  # same name, other bytes
     with pytest.raises(ChecksumMismatch) as e:
@@ -268,6 +226,7 @@ def test_changed_archive_is_refused(server, tmp_path, archive_bytes):
     assert "delete the 'a.zip' entry" in msg
     assert not path.exists()  # the mismatching download never took the final name
     lock.remove("a.zip")  # the documented way to accept a deliberate replacement
+    (tmp_path / "a.zip.part").unlink()
     assert fetch(f"{server.base}/a.zip", tmp_path, lock, **FAST).read_bytes() == server.files["/a.zip"]
 
 
@@ -275,6 +234,7 @@ def test_tampered_local_copy_is_refused(server, tmp_path, archive_bytes):
     lock = LockFile(tmp_path / "lock.json")
     server.files["/a.zip"] = archive_bytes
     path = fetch(f"{server.base}/a.zip", tmp_path, lock, **FAST)
+    lock.record("a.zip", path, f"{server.base}/a.zip")
     path.write_bytes(b"corrupted")
     with pytest.raises(ChecksumMismatch, match="expected sha256"):
         fetch(f"{server.base}/a.zip", tmp_path, lock, **FAST)
@@ -299,6 +259,8 @@ def test_local_path_and_file_uri(tmp_path, archive_bytes):
     lock = LockFile(tmp_path / "lock.json")
     path = fetch(str(src), tmp_path / "raw", lock, progress=False)
     assert path == tmp_path / "raw" / "HFlickr.zip" and path.read_bytes() == archive_bytes
+    assert lock.get("HFlickr.zip") is None
+    lock.record("HFlickr.zip", path, str(src))
     assert lock.get("HFlickr.zip")["sha256"] == sha(archive_bytes)
     path.unlink()
     again = fetch(src.as_uri(), tmp_path / "raw", lock, progress=False)
@@ -381,54 +343,80 @@ def test_not_an_archive(tmp_path):
         safe_extract(tmp_path / "a.zip", tmp_path / "out")
 
 
-def _zip_with(info: zipfile.ZipInfo, data: bytes = b"payload") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("ok/fine.txt", b"fine")
-        zf.writestr(info, data)
-    return buf.getvalue()
+def _flip(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1:]
 
 
-def _tar_with(info: tarfile.TarInfo, data: bytes = b"payload") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        ok = tarfile.TarInfo("ok/fine.txt")
-        ok.size = 4
-        tf.addfile(ok, io.BytesIO(b"fine"))
-        if info.isfile():
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-        else:
-            tf.addfile(info)
-    return buf.getvalue()
+def _member_offset(tar: bytes, index: int) -> int:
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        return tf.getmembers()[index].offset
 
 
-def _symlink_zipinfo(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.create_system = 3  # unix
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    return info
+def _corrupt_archives() -> dict[str, tuple[str, bytes, str]]:
+    """case -> (file name, bytes, what the one-line error must say)."""
+    files = ihd_tree(3, seed=5)
+    tgz, plain = make_tar(files), make_tar(files, "w")
+    stored = io.BytesIO()
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:  # stored: a flipped byte reaches the CRC check
+        for name, data in files.items():
+            zf.writestr(name, data)
+    z = stored.getvalue()
+    member = files["HFlickr/composite_images/f1_1_2.jpg"]
+    return {
+        "zip-bad-crc": ("HFlickr.zip", _flip(z, z.index(member) + len(member) // 2), "Bad CRC-32"),
+        "zip-truncated": ("HFlickr.zip", z[: len(z) // 2], "not a zip or tar"),
+        "tgz-truncated": ("HFlickr.tar.gz", tgz[: len(tgz) * 2 // 3], "EOFError"),
+        "tgz-flipped-byte": ("HFlickr.tar.gz", _flip(tgz, len(tgz) // 2), "corrupt or incomplete"),
+        "tgz-flipped-crc": ("HFlickr.tar.gz", _flip(tgz, len(tgz) - 6), "CRC check failed"),
+        # tarfile stops quietly at a bad header past the first: the members after it would be lost unnoticed
+        "tar-damaged-header": ("HFlickr.tar", _flip(plain, _member_offset(plain, 2) + 10), "damaged member header"),
+    }
 
 
-def _tar_link(name: str, kind: bytes, target: str) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = target
-    return info
+CORRUPT = _corrupt_archives()
 
 
-UNSAFE = {
-    "zip-dotdot": ("zip", lambda: _zip_with(zipfile.ZipInfo("../evil.txt")), "../evil.txt"),
-    "zip-nested-dotdot": ("zip", lambda: _zip_with(zipfile.ZipInfo("a/../../evil.txt")), "escape"),
-    "zip-absolute": ("zip", lambda: _zip_with(zipfile.ZipInfo("/tmp/abs_evil.txt")), "absolute"),
-    "zip-symlink": ("zip", lambda: _zip_with(_symlink_zipinfo("link"), b"/etc/passwd"), "symbolic link"),
-    "tar-dotdot": ("tar.gz", lambda: _tar_with(tarfile.TarInfo("../evil.txt")), "../evil.txt"),
-    "tar-absolute": ("tar.gz", lambda: _tar_with(tarfile.TarInfo("/tmp/abs_evil.txt")), "absolute"),
-    "tar-symlink": ("tar.gz", lambda: _tar_with(_tar_link("link", tarfile.SYMTYPE, "/etc/passwd")),
-                    "symbolic link"),
-    "tar-hardlink": ("tar.gz", lambda: _tar_with(_tar_link("hl", tarfile.LNKTYPE, "ok/fine.txt")), "hard link"),
-    "tar-device": ("tar.gz", lambda: _tar_with(_tar_link("dev", tarfile.CHRTYPE, "")), "device"),
-}
+@pytest.mark.parametrize("case", sorted(CORRUPT))
+def test_corrupt_archive_is_one_clear_error_and_leaves_nothing(tmp_path, case):
+    name, data, expect = CORRUPT[case]
+    archive = tmp_path / name
+    archive.write_bytes(data)
+    target = tmp_path / "out" / "HFlickr"
+    safe_extract(_good_archive(tmp_path), target)  # a previous good tree must survive the failed extraction
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    with pytest.raises(CorruptArchive, match=re.escape(expect)) as e:
+        safe_extract(archive, target)
+    msg = str(e.value)
+    assert "\n" not in msg and str(archive) in msg and "Delete" in msg and "nothing was extracted" in msg
+    assert isinstance(e.value, ValueError) and e.value.archive == archive
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before  # no temp folder
+
+
+def _good_archive(tmp_path: Path) -> Path:
+    good = tmp_path / "good" / "HFlickr.zip"
+    good.parent.mkdir(exist_ok=True)
+    good.write_bytes(make_zip(ihd_tree(1)))
+    return good
+
+
+def test_a_corrupt_first_download_never_becomes_the_reference(server, tmp_path, archive_bytes):
+    """The lock records an archive only once it has extracted: a damaged first download is not pinned."""
+    lock = LockFile(tmp_path / "lock.json")
+    url = f"{server.base}/HFlickr.tar.gz"
+    good = make_tar(ihd_tree(2))
+    server.files["/HFlickr.tar.gz"] = _flip(good, len(good) // 2)  # damaged in transit
+    path = fetch(url, tmp_path / "dl", lock, **FAST)
+    with pytest.raises(CorruptArchive):
+        safe_extract(path, tmp_path / "x" / "HFlickr")
+    assert lock.get("HFlickr.tar.gz") is None and not (tmp_path / "x" / "HFlickr").exists()
+    path.unlink()
+    server.files["/HFlickr.tar.gz"] = good  # the real thing, fetched again: accepted, then recorded
+    path = fetch(url, tmp_path / "dl", lock, **FAST)
+    safe_extract(path, tmp_path / "x" / "HFlickr")
+    assert lock.record("HFlickr.tar.gz", path, url)["sha256"] == sha(good)
+
+
+UNSAFE = UNSAFE_ARCHIVES
 
 
 @pytest.mark.parametrize("case", sorted(UNSAFE))
@@ -472,8 +460,8 @@ def test_download_extract_scan(server, tmp_path, archive_bytes):
     server.cut_after["/share/iHarmony4.zip"] = 5000
     lock = LockFile(tmp_path / "data" / "iharmony4.lock.json")
     archive = fetch(f"{server.base}/share/iHarmony4.zip", tmp_path / "data" / "raw", lock, **FAST)
-    target = safe_extract(archive, tmp_path / "data" / "extracted" / archive_stem(archive),
-                          sha256=lock.get(archive.name)["sha256"])
+    target = safe_extract(archive, tmp_path / "data" / "extracted" / archive_stem(archive))
+    assert lock.record(archive.name, archive, f"{server.base}/share/iHarmony4.zip")["sha256"] == sha(archive_bytes)
     root = find_root(target)
     assert root == target / "iHarmony4"
     issues = IssueLog("ingest")

@@ -199,6 +199,10 @@ def test_splits_from_lists(tmp_path):
     relaxed = IssueLog()
     assign_splits(items, train, test, issues=relaxed, missing_ok=True)
     assert "f4_1_1" not in json.dumps(relaxed.issues) and "f4_1_1" in json.dumps(relaxed.notes)
+    # items in no list are not dropped silently: each is named as an exclusion (a note, not a bad item)
+    assert issues.excluded_items() == {"HFlickr/composite_images/f2_1_2.jpg", "HCOCO/composite_images/c1_1_1.jpg",
+                                       "HCOCO/composite_images/c1_1_2.jpg"}
+    assert all("not in any split list" in n["reason"] for n in issues.notes if n.get("excluded"))
 
 
 def test_le50_filter_computed_from_masks(tmp_path):
@@ -209,6 +213,17 @@ def test_le50_filter_computed_from_masks(tmp_path):
     kept = assign_splits(items, le50=True, test_fraction=0.0, val_fraction=0.0)
     assert sorted(it.id for it in kept) == ["f1_1_1", "f1_1_2", "f3_1_1", "f3_1_2"]
     assert {it.split for it in kept} == {"train"}
+    log = IssueLog()
+    assign_splits(items, le50=True, test_fraction=0.0, issues=log)
+    # every composite the filter drops is named with its reason, as an exclusion (a note), not as a bad item
+    assert len(log) == 0 and log.excluded_items() == {"HFlickr/composite_images/f2_1_1.jpg",
+                                                      "HFlickr/composite_images/f2_1_2.jpg",
+                                                      "HCOCO/composite_images/c1_1_1.jpg",
+                                                      "HCOCO/composite_images/c1_1_2.jpg"}
+    reasons = {n["item"]: n["reason"] for n in log.notes}
+    assert "70.0%" in reasons["HFlickr/composite_images/f2_1_1.jpg"] and "f2_1.png" in reasons[
+        "HFlickr/composite_images/f2_1_1.jpg"]
+    assert log.to_dict(8)["excluded"] == 4 and log.to_dict(8)["bad"] == 0
     assert len(assign_splits(items, le50=False, test_fraction=0.0)) == 8
     (root / "HFlickr" / "masks" / "f1_1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken after the header")
     issues = IssueLog()
@@ -274,9 +289,35 @@ def test_issue_log_write_and_check(tmp_path):
     log.print_summary(total=100, limit=3, file=buf)
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("[ingest] 17 bad item(s) of 100 (17.00%)") and len(lines) == 5
-    assert "and 15 more" in lines[-1]
+    assert "and 14 more bad item(s)" in lines[-1]  # a.jpg's two problems are one item
+    assert str(tmp_path / "out" / "issues.json") in lines[-1]
     with pytest.raises(ValueError, match="no path"):
         IssueLog().write()
+
+
+def test_failed_check_writes_the_full_report_and_names_up_to_20_items(tmp_path, capsys):
+    path = tmp_path / "issues.json"
+    few = IssueLog("preprocess", path)
+    for i in range(20):
+        few.add(f"bad{i}.jpg", "unreadable")
+    few.exclude("big.jpg", "mask covers 90%")
+    with pytest.raises(TooManyBadItems) as e:
+        few.check(40, max_bad_fraction=0.1)
+    err = capsys.readouterr().err
+    assert all(f"bad{i}.jpg: unreadable" in err for i in range(20)) and "more" not in err  # every one named
+    assert all(f"bad{i}.jpg" in str(e.value) for i in range(20)) and str(path) in str(e.value)
+    report = json.loads(path.read_text())  # written although the check failed, in full
+    assert report["total"] == 40 and report["bad"] == 20 and report["excluded"] == 1 and report["passed"] is False
+    assert len(report["issues"]) == 20 and "max_bad_fraction" in report["error"]
+    many = IssueLog("preprocess", path)
+    for i in range(25):
+        many.add(f"x{i}.jpg", "unreadable")
+    with pytest.raises(TooManyBadItems) as e:
+        many.check(30, max_bad_fraction=0.1)
+    err = capsys.readouterr().err
+    assert "x19.jpg" in err and "x20.jpg" not in err and f"and 5 more bad item(s): all in {path}" in err
+    assert "(+5 more)" in str(e.value)
+    assert len(json.loads(path.read_text())["issues"]) == 25  # the report holds them all
 
 
 # ---------------------------------------------------------------------------------------------- real sample

@@ -2,13 +2,13 @@
 
 import io
 import os
-import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import corrupt_jpeg_data, with_exif_orientation
 from dirl.data.images import (BadImage, decode_image, decode_mask, encode_jpeg, encode_png, resize_image,
                               resize_mask, resize_pair)
 
@@ -21,16 +21,6 @@ def halves(h=20, w=40) -> np.ndarray:
     img[:, : w // 2] = RED
     img[:, w // 2:] = BLUE
     return img
-
-
-def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    """Insert an APP1 Exif segment holding only the Orientation tag (0x0112) right after SOI."""
-    tiff = b"II*\x00" + struct.pack("<I", 8)  # little-endian TIFF header, IFD0 at offset 8
-    tiff += struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
-    payload = b"Exif\x00\x00" + tiff
-    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    assert jpeg[:2] == b"\xff\xd8"
-    return jpeg[:2] + app1 + jpeg[2:]
 
 
 def is_red(px) -> bool:
@@ -124,6 +114,49 @@ def test_bad_data_raises_badimage(make, reason):
     pngb = png(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     with pytest.raises(BadImage, match=reason):
         decode_image(make(jpeg, pngb), "x/sample.jpg")
+
+
+def test_corrupt_jpeg_data_is_bad_and_silent(capfd):
+    """libjpeg only warns about corrupt entropy data (OpenCV returns a damaged picture and prints the warning to
+    stderr): the warning must make the image bad, with the decoder's words as the reason, and print nothing."""
+    rng = np.random.default_rng(3)
+    jpeg = encode_jpeg(cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (5, 5), 2))
+    sos = jpeg.rfind(b"\xff\xda")
+    cut_then_eoi = jpeg[: (sos + len(jpeg)) // 2] + b"\xff\xd9"  # a scan cut short, its end marker added back
+    with pytest.raises(BadImage, match="corrupt JPEG data .*premature end of data segment"):
+        decode_image(cut_then_eoi, "x/cut.jpg")
+    with pytest.raises(BadImage, match="corrupt JPEG data .*Corrupt JPEG data"):
+        decode_image(corrupt_jpeg_data(jpeg), "x/flipped.jpg")
+    with pytest.raises(BadImage, match="not a readable image .*decoder: .*PNG"):
+        decode_image(png(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))[:300], "x/cut.png")
+    assert decode_image(jpeg).shape == (48, 64, 3)  # the intact one still decodes
+    out, err = capfd.readouterr()
+    assert "Corrupt JPEG" not in err and "PNG" not in err and "libpng" not in err, err
+
+
+def test_other_stderr_output_during_a_decode_is_passed_through(capfd):
+    import threading
+
+    from dirl.data import images
+
+    jpeg = encode_jpeg(halves())
+    stop = threading.Event()
+
+    def chatter():
+        while not stop.is_set():
+            os.write(2, b"hello from another thread\n")
+            stop.wait(0.001)
+
+    t = threading.Thread(target=chatter)
+    t.start()
+    try:
+        for _ in range(200):
+            images._imdecode_quiet(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR_RGB)
+    finally:
+        stop.set()
+        t.join()
+    err = capfd.readouterr().err
+    assert "hello from another thread" in err and all(ln == "hello from another thread" for ln in err.splitlines())
 
 
 def test_bad_file_names_the_path(tmp_path):

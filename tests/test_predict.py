@@ -98,3 +98,129 @@ def test_pyfunc_round_trip_any_size(tmp_path):
 
     with pytest.raises(Exception, match="row 0 is not a readable image"):
         pm.predict(pd.DataFrame({"image": [b"not an image"]}))
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+
+def bomb_png(w: int = 30000, h: int = 30000) -> bytes:
+    """A tiny PNG whose IHDR declares w x h RGB pixels (a decompression bomb's header; its IDAT holds 2 rows)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    idat = zlib.compress(b"\0" * (2 * (3 * w + 1)), 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def test_declared_size_reads_headers_without_decoding():
+    from dirl.data.images import declared_size
+
+    img, _ = composite(5, 37, 53)
+    for ext in (".png", ".jpg", ".bmp", ".webp", ".tiff"):
+        ok, buf = cv2.imencode(ext, img)
+        assert declared_size(buf.tobytes()) == (37, 53), ext
+    assert declared_size(bomb_png()) == (30000, 30000) and len(bomb_png()) < 1000
+    assert declared_size(b"") is None and declared_size(b"\xff\xd8\xff\xe0\x00") is None
+    assert declared_size(b"not an image at all") is None
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bomb.png").write_bytes(bomb_png())
+    weights = make_weights(tmp_path / "unet.pt")
+    out = tmp_path / "out"
+    before = peak_rss_mb()
+    summary = predict_paths(make_cfg(tmp_path), [str(tmp_path / "in")], str(weights), str(out))
+    assert peak_rss_mb() - before < 200  # decoding it would take 2.7 GB
+    assert summary["written"] == 0 and summary["tried"] == 1
+    (failed,) = summary["failed"]
+    assert failed["file"].endswith("bomb.png") and "30000x30000" in failed["reason"] and "pixel cap" in failed["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]  # no output file, no temporary file
+
+
+def test_pixel_cap_is_configurable(tmp_path, monkeypatch):
+    from dirl.data.images import BadImage, decode_image
+
+    img, _ = composite(6, 40, 50)
+    ok, buf = cv2.imencode(".png", img)
+    assert decode_image(buf.tobytes()).shape == (40, 50, 3)
+    with pytest.raises(BadImage, match="above the pixel cap"):
+        decode_image(buf.tobytes(), max_pixels=1999)
+    monkeypatch.setenv("DIRL_MAX_PIXELS", "1999")
+    with pytest.raises(BadImage, match="DIRL_MAX_PIXELS"):
+        decode_image(buf.tobytes())
+    assert decode_image(buf.tobytes(), max_pixels=0).shape == (40, 50, 3)  # 0 = no cap
+    monkeypatch.setenv("DIRL_MAX_PIXELS", "0")
+    assert decode_image(buf.tobytes()).shape == (40, 50, 3)
+
+
+def test_pyfunc_refuses_a_bomb(tmp_path):
+    from dirl.lifecycle.pyfunc import DirlPyfunc
+
+    model, info = load_weights(make_weights(tmp_path / "unet.pt"))
+    pm = DirlPyfunc()
+    pm.model, pm.info, pm.input_size, pm.device = model, info, int(info["input_size"]), "cpu"
+    before = peak_rss_mb()
+    with pytest.raises(ValueError, match=r"row 0 .*30000x30000 pixels.*pixel cap"):
+        pm.predict(None, pd.DataFrame({"image": [bomb_png()]}))
+    assert peak_rss_mb() - before < 200
+
+
+def _cli_predict(tmp_path, inputs, *extra):
+    from dirl.cli import main
+
+    weights = make_weights(tmp_path / "unet.pt")
+    sets = ["model.name=unet", "model.input_size=32", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    argv = ["predict", "--params", str(PARAMS), *[a for s in sets for a in ("--set", s)], *map(str, inputs),
+            "--model", str(weights), "--out", str(tmp_path / "out"), *extra]
+    return main(argv)
+
+
+PARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "params.yaml")
+
+
+def test_cli_predict_fails_when_nothing_was_written(tmp_path, capsys):
+    (tmp_path / "bomb.png").write_bytes(bomb_png())
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    with pytest.raises(SystemExit) as e:
+        _cli_predict(tmp_path, [tmp_path / "bomb.png", tmp_path / "corrupt.jpg", tmp_path / "missing.png"])
+    assert e.value.code != 0 and "3 of 3 inputs failed; nothing written" in str(e.value.code)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.json"]
+
+
+def test_cli_predict_max_pixels_and_partial_failure(tmp_path, capsys):
+    img, _ = composite(7, 40, 50)
+    cv2.imwrite(str(tmp_path / "ok.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    with pytest.raises(SystemExit, match="1 of 1 inputs failed"):
+        _cli_predict(tmp_path, [tmp_path / "ok.png"], "--max-pixels", "1000")
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert _cli_predict(tmp_path, [tmp_path / "ok.png", tmp_path / "empty.png"]) == 0
+    assert "1 of 2 inputs failed" in capsys.readouterr().err
+    assert (tmp_path / "out" / "ok_mask.png").is_file() and (tmp_path / "out" / "ok_overlay.png").is_file()
+
+
+def test_a_failed_write_leaves_no_partial_output(tmp_path, monkeypatch):
+    import dirl.lifecycle.predict as predict_mod
+
+    img, _ = composite(8, 40, 50)
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+    def no_memory(*a, **k):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(predict_mod, "overlay", no_memory)  # the mask is ready, the overlay fails
+    out = tmp_path / "out"
+    summary = predict_paths(make_cfg(tmp_path), [str(tmp_path / "a.png")], str(make_weights(tmp_path / "w.pt")),
+                            str(out))
+    assert summary["written"] == 0 and "cannot write its outputs" in summary["failed"][0]["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]

@@ -181,3 +181,111 @@ def test_shard_dataset_with_torch_dataloader_and_pickle(tmp_path):
     assert batch["id"] == [f"item{100 + i:03d}" for i in range(4)]
     with pytest.raises(IndexError):
         ds[len(ds)]
+
+
+# --- check_shards: the fast pre-flight check before training --------------------------------------------------
+
+def _toy(tmp_path):
+    from dirl.data.toy import toy_shards
+
+    return toy_shards(tmp_path / "toy", n_train=16, n_val=4, size=32)
+
+
+def _one_line_naming(err, path) -> str:
+    msg = str(err)
+    assert path.name in msg and "run `dirl data verify`" in msg and "\n" not in msg, msg
+    return msg
+
+
+def test_check_shards_passes_good_shards(tmp_path):
+    from dirl.data.shards import check_shards
+
+    toy = _toy(tmp_path)
+    assert check_shards([toy]) is None and check_shards(toy) is None
+
+
+def test_check_shards_names_a_corrupt_shard(tmp_path):
+    from dirl.data.shards import ShardError, check_shards
+
+    toy = _toy(tmp_path)
+    shard = sorted(toy.glob("train-*.arrow"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one byte: same size, same rows
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardError) as e:
+        check_shards([toy])
+    assert "sha256" in _one_line_naming(e.value, shard)
+    assert isinstance(e.value, ValueError)
+
+
+def test_check_shards_names_a_missing_and_a_truncated_shard(tmp_path):
+    from dirl.data.shards import ShardError, check_shards
+
+    toy = _toy(tmp_path)
+    shard = sorted(toy.glob("val-*.arrow"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardError) as e:
+        check_shards([toy])
+    assert "bytes, manifest says" in _one_line_naming(e.value, shard)
+    shard.unlink()
+    with pytest.raises(ShardError) as e:
+        check_shards([toy])
+    assert "missing" in _one_line_naming(e.value, shard)
+    (toy / MANIFEST).unlink()
+    with pytest.raises(ShardError, match="manifest.json not found"):
+        check_shards([toy])
+
+
+def test_check_shards_skips_the_hash_above_the_size_limit(tmp_path, monkeypatch):
+    import dirl.data.shards as shards_mod
+
+    toy = _toy(tmp_path)
+    shard = sorted(toy.glob("train-*.arrow"))[0]
+    data = bytearray(shard.read_bytes())
+    image = next(iter_rows(toy, "train", ["image"]))["image"]
+    data[data.find(image) + len(image) // 2] ^= 0x01  # inside a JPEG payload: Arrow's structure is intact
+    shard.write_bytes(bytes(data))
+    with pytest.raises(shards_mod.ShardError, match="sha256"):
+        shards_mod.check_shards([toy])
+    monkeypatch.setattr(shards_mod, "HASH_BELOW_BYTES", 0)  # "the data is too big to hash in seconds"
+    shards_mod.check_shards([toy])  # size, rows and schema agree: only the hash would see it
+    shard.write_bytes(bytes(data[:-10]))
+    with pytest.raises(shards_mod.ShardError, match=shard.name):
+        shards_mod.check_shards([toy])
+
+
+def test_train_on_a_corrupt_shard_fails_fast_without_starting_ray(tmp_path):
+    import ray
+
+    from dirl.config import config_from_dict
+    from dirl.data.shards import ShardError
+    from dirl.train.trainer import train
+
+    toy = _toy(tmp_path)
+    shard = sorted(toy.glob("train-*.arrow"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    cfg = config_from_dict({"train": {"storage_path": str(tmp_path / "ray_results")},
+                            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    assert not ray.is_initialized()
+    with pytest.raises(ShardError) as e:
+        train(cfg, out_dir=tmp_path / "out", data_dirs=[toy], root=tmp_path)
+    _one_line_naming(e.value, shard)
+    assert not ray.is_initialized()
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "out").exists()
+
+
+def test_check_shards_names_a_malformed_manifest(tmp_path):
+    from dirl.data.shards import ShardError, check_shards
+
+    toy = _toy(tmp_path)
+    m = json.loads((toy / MANIFEST).read_text())
+    del m["shards"][0]["sha256"]
+    (toy / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(ShardError, match=r"manifest\.json: malformed shard list"):
+        check_shards([toy])
+    (toy / MANIFEST).write_text("{not json")
+    with pytest.raises(ShardError, match=r"manifest\.json is not valid JSON.*dirl data verify"):
+        check_shards([toy])

@@ -252,3 +252,33 @@ def test_bench_synthesis_reports_every_method():
     rates = bench_synthesis(size=64, n=2, seed=0)
     assert set(rates) == set(METHODS) and all(r > 0 for r in rates.values())
     assert cv2.getNumThreads() == threads
+
+
+def test_free_form_masks_are_one_blob_of_the_asked_area_anywhere():
+    from dirl.data.synth import free_form_mask
+
+    centres, areas = [], []
+    for seed in range(60):
+        m = free_form_mask(96, 128, np.random.default_rng(seed), area=(0.05, 0.4))
+        assert m.shape == (96, 128) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1}
+        assert cv2.connectedComponents(m)[0] == 2  # background + one blob
+        areas.append(m.mean())
+        ys, xs = np.nonzero(m)
+        centres.append((ys.mean() / 96, xs.mean() / 128))
+    assert 0.02 <= min(areas) and max(areas) <= 0.45
+    cy, cx = np.array(centres).T
+    assert cy.min() < 0.35 and cy.max() > 0.65 and cx.min() < 0.35 and cx.max() > 0.65  # not only centred
+    assert np.array_equal(free_form_mask(64, 64, np.random.default_rng(3)), free_form_mask(64, 64, np.random.default_rng(3)))
+
+
+def test_recolour_changes_the_whole_photo_consistently(photos):
+    from dirl.data.synth import recolour_image
+
+    image = photos["coffee"][0]
+    out = recolour_image(image, np.random.default_rng(0))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - image.astype(int)).mean() > 3  # a visible change ...
+    # ... that is one colour mapping: equal input colours map to equal output colours everywhere
+    flat_in, flat_out = image.reshape(-1, 3), out.reshape(-1, 3)
+    _, first, inverse = np.unique(flat_in, axis=0, return_index=True, return_inverse=True)
+    assert np.array_equal(flat_out, flat_out[first][inverse.ravel()])

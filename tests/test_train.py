@@ -227,7 +227,7 @@ def test_plan_workers_fits_the_cluster(params_path):
     assert p.num_workers == 1 and p.cpus_per_worker == 1.0 and p.notes  # 2 - 0.1 kept for the drivers
     assert p.num_workers * p.cpus_per_worker <= 2.0 - 0.1
     cfg = load_config(params_path, overrides={"train.num_workers": 3, "train.min_workers": 1,
-                                              "train.cpus_per_worker": 0.5})
+                                              "train.cpus_per_worker": 0.5, "train.batch_size": 12})
     p = plan_workers(cfg, {"CPU": 2.0})
     assert p.num_workers == (1, 3) and not p.notes and p.threads_per_worker == 1
     cfg = load_config(params_path, overrides={"train.num_workers": 8, "train.min_workers": 4,
@@ -328,8 +328,10 @@ def test_global_batch_is_split_over_workers():
     from dirl.train.worker import local_batch_size
 
     assert local_batch_size(16, 1) == 16 and local_batch_size(16, 4) == 4
-    with pytest.raises(ValueError, match="global batch"):
-        local_batch_size(10, 4)
+    assert local_batch_size(10, 4) == 2  # an elastic group of 4: rounds down (and says so)
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(Path(__file__).resolve().parents[1] / "params.yaml",
+                    overrides={"train.batch_size": 10, "train.num_workers": 4})
 
 
 def test_warmup_then_cosine_schedule(params_path):

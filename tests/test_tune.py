@@ -223,41 +223,43 @@ def test_search_logs_a_parent_run_with_one_child_run_per_trial(searched):
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(ray_local, shards, tmp_path, monkeypatch):
-    """``train.weight_decay`` -1 is out of range: that trial raises, the other one trains."""
+    """``train.weight_decay`` 1e300 passes the config check (a number >= 0) but overflows float32 in the first
+    optimizer step: that trial's worker raises on the non-finite loss, the other one trains."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = tune_cfg(tmp_path, **{"tune.num_samples": 1,
-                                "tune.search_space": {"weight_decay": {"grid": [0.0, -1.0]}}})
+                                "tune.search_space": {"weight_decay": {"grid": [0.0, 1e300]}}})
     out = tune(cfg, out_dir=tmp_path / "out", data_dirs=[shards], root=tmp_path)
     assert out["trials"] == 2 and out["trials_ok"] == 1 and out["trials_failed"] == 1
     rows = {r["train.weight_decay"]: r for r in read_trials(tmp_path / "out" / "trials.csv")}
-    assert rows["-1.0"]["status"] == "failed" and "out of range" in rows["-1.0"]["error"]
-    assert rows["-1.0"]["val_iou"] == "" and rows["0.0"]["status"] == "ok" and rows["0.0"]["val_iou"]
+    bad = rows["1e+300"]
+    assert bad["status"] == "failed" and "non-finite training loss" in bad["error"]
+    assert bad["val_iou"] == "" and rows["0.0"]["status"] == "ok" and rows["0.0"]["val_iou"]
     best = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
     assert best["train"]["weight_decay"] == 0.0 and best["tune"]["trial_id"] == rows["0.0"]["trial_id"]
     assert best["train"]["lr"] == 1e-4 and best["tune"]["searched"] == ["train.weight_decay"]  # lr: default
 
     client, children = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", out["parent_run_id"])
     by_wd = {r.data.params.get("train.weight_decay"): r for r in children}
-    assert set(by_wd) == {"0.0", "-1.0"}
-    failed = by_wd["-1.0"]
-    assert failed.info.status == "FAILED" and "out of range" in failed.data.tags["error"]
+    assert set(by_wd) == {"0.0", "1e+300"}
+    failed = by_wd["1e+300"]
+    assert failed.info.status == "FAILED" and "non-finite training loss" in failed.data.tags["error"]
     assert failed.data.tags["tune.status"] == "failed" and by_wd["0.0"].info.status == "FINISHED"
     assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
 
 
 @pytest.mark.slow
 def test_a_trial_whose_workers_raise_is_recorded(ray_local, shards, tmp_path, monkeypatch):
-    """An infinite loss weight passes the config check but makes the first loss non-finite: the trial's Ray Train
-    worker raises inside fit()."""
+    """A loss weight of 1e300 passes the config check but makes the first loss non-finite in float32: the trial's
+    Ray Train worker raises inside fit()."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = tune_cfg(tmp_path, **{"tune.num_samples": 1, "train.lam": None,
-                                "tune.search_space": {"lam": {"grid": [1.0, float("inf")]}}})
+                                "tune.search_space": {"lam": {"grid": [1.0, 1e300]}}})
     out = tune(cfg, out_dir=tmp_path / "out", data_dirs=[shards], root=tmp_path)
     rows = {r["train.lam"]: r for r in read_trials(tmp_path / "out" / "trials.csv")}
-    assert rows["inf"]["status"] == "failed" and "non-finite training loss" in rows["inf"]["error"]
+    assert rows["1e+300"]["status"] == "failed" and "non-finite training loss" in rows["1e+300"]["error"]
     assert rows["1.0"]["status"] == "ok" and out["best"] == {"train.lam": 1.0}
     _, children = child_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", out["parent_run_id"])
-    failed = [r for r in children if r.data.params.get("train.lam") == "inf"]
+    failed = [r for r in children if r.data.params.get("train.lam") == "1e+300"]
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
     assert "non-finite training loss" in failed[0].data.tags["error"]
 
@@ -370,7 +372,10 @@ def test_dvc_shows_tuned_values_and_an_explicit_value_wins(tmp_path):
         assert r.returncode == 0, f"{cmd}: {r.stdout}\n{r.stderr}"
         return r.stdout
 
-    (repo / "params.yaml").write_text("train: {lr: null, weight_decay: null}\ntune: {enabled: false}\n")
+    full = yaml.safe_load(PARAMS.read_text())  # a params file holds every section
+    full["train"].update(lr=None, weight_decay=None)
+    full["tune"]["enabled"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     (repo / "tune.py").write_text(DVC_TUNE)
     (repo / "train.py").write_text(DVC_TRAIN)
     py = sys.executable

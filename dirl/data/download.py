@@ -2,8 +2,14 @@
 
 Sources: http(s) URLs (streamed to ``<name>.part``, resumed with HTTP Range requests, retried with backoff),
 local paths or ``file://`` URIs (hard-linked or copied), and object-storage URIs (``s3://``, ``gs://``, ...)
-read through fsspec. iHarmony4 has no published checksums, so the first fetch of each archive records its
-size and sha256 in a lock file and every later fetch of the same name must match it.
+read through fsspec. iHarmony4 has no published checksums, so the size and sha256 of each archive are recorded
+in a lock file the first time it is used and every later fetch of the same name must match them. The record is
+made (``LockFile.record``) only once the archive has unpacked with every member's checksum verified: ``fetch``
+checks against an existing entry but never creates one, so a corrupt first download never becomes the reference.
+
+A corrupt archive (bad zip CRC, a truncated or bit-flipped .tar.gz whose gzip checksum fails, a damaged tar
+header) raises :class:`CorruptArchive`, a ``ValueError`` whose one-line message names the archive and says what to
+do; nothing of it is left extracted.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import errno
 import hashlib
 import http.client
 import json
+import lzma
 import os
 import re
 import shutil
@@ -24,6 +31,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,6 +64,18 @@ class UnsafeArchive(ValueError):
     """An archive member would escape the target, is a link or device, or the archive is a bomb."""
 
 
+class CorruptArchive(ValueError):
+    """An archive is damaged or incomplete (bad CRC, truncated, failed gzip checksum): nothing was extracted.
+
+    ``archive`` is its path (None while unknown), ``problem`` what is wrong with it, without advice.
+    """
+
+    def __init__(self, message: str, archive: Path | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.archive = archive
+        self.problem = problem or message
+
+
 def sha256_file(path: Path, chunk: int = CHUNK) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
@@ -63,6 +83,18 @@ def sha256_file(path: Path, chunk: int = CHUNK) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime_ns) -> sha256
+
+
+def _digest(path: Path) -> str:
+    """``sha256_file`` remembered per file version, so a 20 GB archive is hashed once per run, not per check."""
+    st = Path(path).stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
 
 
 def _now() -> str:
@@ -103,33 +135,52 @@ class LockFile:
         if data["archives"].pop(name, None) is not None:
             write_json_atomic(self.path, data)
 
-    def verify(self, name: str, path: Path, source: str, sha256: str | None = None) -> dict:
-        """Check ``path`` against the entry for ``name``; record it if there is none. Returns the entry.
+    def check(self, name: str, path: Path, source: str, sha256: str | None = None) -> dict | None:
+        """Check ``path`` against the entry for ``name`` without recording anything; returns the entry or None.
 
         Raises ``ChecksumMismatch`` when the size or sha256 differ from the recorded ones.
         """
-        path = Path(path)
+        entry = self.get(name)
+        if entry is not None:
+            self._compare(name, Path(path), source, entry, sha256)
+        return entry
+
+    def _compare(self, name: str, path: Path, source: str, entry: dict, sha256: str | None) -> str:
         size = path.stat().st_size
-        digest = sha256 or sha256_file(path)
+        digest = sha256 or _digest(path)
+        if entry.get("sha256") != digest or int(entry.get("size", -1)) != size:
+            raise ChecksumMismatch(
+                f"archive {name!r} ({path}) does not match {self.path}: expected sha256 "
+                f"{entry.get('sha256')} ({entry.get('size')} bytes, first fetched from "
+                f"{entry.get('source')}), got {digest} ({size} bytes) from {source}. If the archive was "
+                f"deliberately replaced, delete the {name!r} entry from {self.path} and rerun; otherwise "
+                f"delete {path} and rerun to fetch it again."
+            )
+        return digest
+
+    def record(self, name: str, path: Path, source: str, sha256: str | None = None) -> dict:
+        """Check ``path`` against the entry for ``name``, or record it if there is none. Returns the entry.
+
+        Call it only once the archive has unpacked and verified (``safe_extract``), so that a corrupt download
+        never becomes the reference. Raises ``ChecksumMismatch`` when the size or sha256 differ from the recorded
+        ones.
+        """
+        path = Path(path)
         data = self.load()
         entry = data["archives"].get(name)
         if entry is not None:
-            if entry.get("sha256") != digest or int(entry.get("size", -1)) != size:
-                raise ChecksumMismatch(
-                    f"archive {name!r} ({path}) does not match {self.path}: expected sha256 "
-                    f"{entry.get('sha256')} ({entry.get('size')} bytes, first fetched from "
-                    f"{entry.get('source')}), got {digest} ({size} bytes) from {source}. If the archive was "
-                    f"deliberately replaced, delete the {name!r} entry from {self.path} and rerun; otherwise "
-                    f"delete {path} and rerun to fetch it again."
-                )
+            self._compare(name, path, source, entry, sha256)
             if entry.get("source") == source:
                 return entry
             entry = {**entry, "source": source}  # same bytes from a new link: keep the checksum
         else:
-            entry = {"source": source, "size": size, "sha256": digest, "recorded": _now()}
+            entry = {"source": source, "size": path.stat().st_size, "sha256": sha256 or _digest(path),
+                     "recorded": _now()}
         data["archives"][name] = entry
         write_json_atomic(self.path, data)
         return entry
+
+    verify = record  # the older name
 
 
 # ---------------------------------------------------------------------------------------------- fetching
@@ -162,9 +213,10 @@ def fetch(
 ) -> Path:
     """Bring ``source`` into ``dest_dir/<name>`` and check it against ``lock``; returns the local path.
 
-    A file already at the destination that matches its lock entry is not fetched again. Downloads go to
-    ``<name>.part`` and are renamed only once complete and verified; an interrupted HTTP download resumes
-    from the ``.part`` file. ``retries`` counts consecutive attempts that made no progress.
+    A file already at the destination that matches its lock entry (or has none yet) is not fetched again.
+    Downloads go to ``<name>.part`` and are renamed only once complete and checked; an interrupted HTTP download
+    resumes from the ``.part`` file. ``retries`` counts consecutive attempts that made no progress. Nothing is
+    recorded in ``lock`` here: call ``lock.record`` once the archive has extracted (``safe_extract``).
     """
     source = str(source)
     dest_dir = Path(dest_dir)
@@ -172,7 +224,7 @@ def fetch(
     dest = dest_dir / name
     part = dest_dir / f"{name}.part"
     if dest.exists():
-        lock.verify(name, dest, source)
+        lock.check(name, dest, source)
         return dest
     dest_dir.mkdir(parents=True, exist_ok=True)
     if source.startswith(("http://", "https://")):
@@ -180,12 +232,12 @@ def fetch(
     elif source.startswith("file://") or not _URL_RE.match(source):
         local = _local_path(source)
         if local.resolve() == dest.resolve():
-            lock.verify(name, dest, source)
+            lock.check(name, dest, source)
             return dest
         _copy_local(local, part, name, progress=progress)
     else:
         _download_fsspec(source, part, name, progress=progress, retries=retries, backoff=backoff)
-    lock.verify(name, part, source)  # on mismatch the complete .part stays for inspection
+    lock.check(name, part, source)  # on mismatch the complete .part stays for inspection
     os.replace(part, dest)
     return dest
 
@@ -417,10 +469,26 @@ def _extract_zip(archive: Path, root: Path, max_total_bytes: int, max_files: int
             if info.is_dir():
                 dest.mkdir(parents=True, exist_ok=True)
                 continue
-            with zf.open(info) as src:
+            with zf.open(info) as src:  # reading a member to its end checks its CRC-32
                 written = _copy_limited(src, dest, written, max_total_bytes, info.filename, archive)
             files += 1
     return files, written
+
+
+def _check_tar_end(tf: tarfile.TarFile, archive: Path) -> None:
+    """After the last member only the end-of-archive zero blocks may follow, and the compressed stream must end
+    cleanly: tarfile stops quietly at a damaged header (the members after it would be lost without a word), and
+    a gzip/bz2/xz checksum is verified only when the stream is read to its very end."""
+    f = tf.fileobj
+    f.seek(tf.offset)
+    zeros = 0
+    while block := f.read(CHUNK):
+        if block.count(0) != len(block):
+            raise CorruptArchive(f"data after the end of the member list at byte {tf.offset} (a damaged member "
+                                 f"header: the members after it would be lost)")
+        zeros += len(block)
+    if zeros < tarfile.BLOCKSIZE:
+        raise CorruptArchive(f"no end-of-archive marker after byte {tf.offset}: the archive is cut short")
 
 
 def _extract_tar(archive: Path, root: Path, max_total_bytes: int, max_files: int) -> tuple[int, int]:
@@ -451,7 +519,25 @@ def _extract_tar(archive: Path, root: Path, max_total_bytes: int, max_files: int
             with src:
                 written = _copy_limited(src, dest, written, max_total_bytes, m.name, archive)
             files += 1
+        _check_tar_end(tf, archive)
     return files, written
+
+
+_ARCHIVE_EXTS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+def _corruption(e: BaseException) -> str | None:
+    """What a decompression or format error says, when ``e`` is one (None for other errors, e.g. a full disk)."""
+    if isinstance(e, (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)):
+        pass
+    elif isinstance(e, OSError) and e.errno is None:  # gzip.BadGzipFile, bz2 "Invalid data stream"
+        pass
+    elif isinstance(e, CorruptArchive):
+        return str(e)
+    else:
+        return None
+    text = str(e).strip() or type(e).__name__
+    return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
 
 
 def _read_marker(target: Path) -> dict | None:
@@ -475,10 +561,12 @@ def safe_extract(
     or more than ``max_total_bytes`` uncompressed raise ``UnsafeArchive``. The archive is unpacked into a
     hidden temp folder beside ``target`` and renamed into place at the end, so ``target`` is either absent,
     the previous complete tree, or the new complete tree. ``target/.extracted.json`` records the archive's
-    sha256 (``sha256`` saves rehashing it): rerunning with the same archive does nothing.
+    sha256 (``sha256`` saves rehashing it): rerunning with the same archive does nothing. A damaged archive (bad
+    CRC, truncated, a failed gzip/bz2/xz checksum, a damaged tar header) raises ``CorruptArchive`` and leaves
+    nothing extracted.
     """
     archive, target = Path(archive), Path(target)
-    digest = sha256 or sha256_file(archive)
+    digest = sha256 or _digest(archive)
     marker = _read_marker(target)
     if marker is not None and marker.get("sha256") == digest:
         return target
@@ -492,13 +580,34 @@ def safe_extract(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     try:
         os.chmod(tmp, 0o755)
-        if zipfile.is_zipfile(archive):
-            files, size = _extract_zip(archive, tmp, max_total_bytes, max_files)
-        elif tarfile.is_tarfile(archive):
-            files, size = _extract_tar(archive, tmp, max_total_bytes, max_files)
-        else:
-            raise ValueError(f"{archive}: not a zip or tar(.gz/.bz2/.xz) archive; unpack it by hand and "
-                             f"point data.iharmony4.extracted_dir at the result")
+        try:
+            if zipfile.is_zipfile(archive):
+                files, size = _extract_zip(archive, tmp, max_total_bytes, max_files)
+            elif tarfile.is_tarfile(archive):
+                files, size = _extract_tar(archive, tmp, max_total_bytes, max_files)
+            elif archive.name.lower().endswith(_ARCHIVE_EXTS):
+                raise CorruptArchive(f"not a zip or tar(.gz/.bz2/.xz) archive although its name says so (cut "
+                                     f"short before its index, or an error page saved under its name?)")
+            else:
+                raise ValueError(f"{archive}: not a zip or tar(.gz/.bz2/.xz) archive; unpack it by hand and "
+                                 f"point data.iharmony4.extracted_dir at the result")
+        except NotImplementedError as e:  # a zip compression method Python lacks
+            raise ValueError(f"{archive}: {e}; unpack it by hand and point data.iharmony4.extracted_dir at the "
+                             f"result") from None
+        except RuntimeError as e:
+            if "encrypted" not in str(e):
+                raise
+            raise ValueError(f"{archive}: {e}; unpack it by hand and point data.iharmony4.extracted_dir at the "
+                             f"result") from None
+        except Exception as e:
+            what = _corruption(e)
+            if what is None:
+                raise
+            raise CorruptArchive(
+                f"{archive}: corrupt or incomplete archive ({what}); nothing was extracted. Delete {archive} and "
+                f"rerun to fetch it again (a half-finished or damaged download), or check the source",
+                archive, what,
+            ) from None
         write_json_atomic(tmp / MARKER, {"archive": archive.name, "sha256": digest, "files": files,
                                          "bytes": size, "extracted": _now()})
         if target.exists():

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from dirl.data.issues import IssueLog
@@ -119,11 +118,15 @@ def image_size(path: Path) -> tuple[int, int] | None:
 
 
 def foreground_ratio(mask_path: Path) -> float:
-    """Fraction of mask pixels above 127 (the inharmonious region's share of the image)."""
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-    if mask is None or mask.size == 0:
-        raise ValueError(f"mask {mask_path} cannot be decoded")
-    return float(np.count_nonzero(mask > 127)) / mask.size
+    """Fraction of mask pixels above half scale (the inharmonious region's share of the image).
+
+    Raises ``BadImage`` (a ``ValueError`` naming the file and why) for a mask that cannot be decoded; the
+    decoder's own messages go into that reason, not to stderr.
+    """
+    from dirl.data.images import decode_mask
+
+    mask, _ = decode_mask(mask_path)  # (H, W) {0, 1}
+    return float(np.count_nonzero(mask)) / mask.size
 
 
 # ---------------------------------------------------------------------------------------------- layout
@@ -376,7 +379,9 @@ def assign_splits(
     is the list naming it; listed items that are absent go to ``issues`` (or its notes when ``missing_ok``,
     or when their whole subset is absent). Without lists the test split is a deterministic
     ``test_fraction`` of source photos. ``le50`` drops composites whose mask covers more than
-    ``max_fg_ratio`` of the image (DIRL's filter computed from the masks). ``val`` is a deterministic
+    ``max_fg_ratio`` of the image (DIRL's filter computed from the masks). Every item a filter leaves out (in
+    neither list, or over the foreground limit) is named with its reason in ``issues`` as an exclusion (a note,
+    not a bad item: ``IssueLog.exclude``), so nothing disappears silently. ``val`` is a deterministic
     ``val_fraction`` of train chosen by a hash of the source photo id, so it is stable when items are added
     and no photo is in both train and val.
     """
@@ -387,6 +392,7 @@ def assign_splits(
     if use_lists:
         _report_absent(by_key, {**train_keys, **test_keys}, {it.subset for it in items}, log, missing_ok)
     ratios: dict[Path, float | str] = {}  # mask -> foreground ratio, or why it failed
+    lists = ", ".join(sorted(set(train_keys.values()) | set(test_keys.values()))) or "the split lists"
     out = []
     for it in items:
         if use_lists:
@@ -397,6 +403,7 @@ def assign_splits(
             elif it.key in train_keys:
                 split = "train"
             else:
+                log.exclude(it.key, f"not in any split list ({lists}): left out")
                 continue
         else:
             split = "test" if unit_hash(f"{it.subset}/{it.image_id}", seed, "test") < test_fraction else "train"
@@ -411,6 +418,8 @@ def assign_splits(
                 log.add(it.key, r)
                 continue
             if r > max_fg_ratio:
+                log.exclude(it.key, f"mask {it.subset}/{MASKS}/{it.mask.name} covers {r:.1%} of the image, above "
+                                    f"{max_fg_ratio:.0%}: left out by the <= {max_fg_ratio:.0%} foreground filter")
                 continue
         if split == "train" and unit_hash(f"{it.subset}/{it.image_id}", seed, "val") < val_fraction:
             split = "val"

@@ -2,6 +2,11 @@
 
 A stage that meets a bad item (missing mask, unreadable file, ...) records it here and goes on; at the end
 it writes ``issues.json`` and fails only if the fraction of bad items exceeds ``data.max_bad_fraction``.
+
+Three kinds of entries: ``issues`` (the item is bad: it counts against ``max_bad_fraction``), exclusions
+(the item was dropped on purpose by a filter, e.g. the <= 50 % foreground rule: a note, not an error, but
+counted and named) and plain ``notes`` (remarks that drop nothing). The fraction is taken over every item the
+stage saw, the bad and excluded ones included.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import TextIO
+
+CONSOLE_LIMIT = 20  # bad items named on the console; beyond that the console points at the full report
 
 
 class TooManyBadItems(RuntimeError):
@@ -43,8 +50,10 @@ class IssueLog:
         self.stage = stage
         self.path = Path(path) if path is not None else None  # where write()/check() put issues.json
         self.issues: list[dict[str, str]] = []
-        self.notes: list[dict[str, str]] = []
+        self.notes: list[dict] = []
         self.total = 0  # items the stage looked at; set by check() or write(total=...)
+        self.max_bad_fraction: float | None = None  # the limit check() applied, once it ran
+        self.error: str | None = None  # why the stage failed, when it did (written into the report)
 
     def add(self, item: str, reason: str, stage: str | None = None) -> None:
         """Record that ``item`` is bad because of ``reason`` (``stage`` defaults to the log's stage)."""
@@ -54,9 +63,17 @@ class IssueLog:
         """Record a remark about ``item`` that does not make it bad (e.g. an optional file absent)."""
         self.notes.append({"item": str(item), "reason": reason})
 
+    def exclude(self, item: str, reason: str) -> None:
+        """Record that a filter dropped ``item`` on purpose: a note (not bad), counted in ``excluded``."""
+        self.notes.append({"item": str(item), "reason": reason, "excluded": True})
+
     def bad_items(self) -> set[str]:
         """Distinct items with at least one issue."""
         return {i["item"] for i in self.issues}
+
+    def excluded_items(self) -> set[str]:
+        """Distinct items a filter dropped on purpose."""
+        return {n["item"] for n in self.notes if n.get("excluded")}
 
     def __len__(self) -> int:
         """Number of distinct bad items (an item with two problems counts once)."""
@@ -69,15 +86,27 @@ class IssueLog:
             return 1.0 if bad else 0.0
         return bad / total
 
+    def passed(self, total: int | None = None) -> bool | None:
+        """Whether the bad fraction is within the limit check() applied (None before check())."""
+        if self.max_bad_fraction is None:
+            return None
+        return self.fraction(self.total if total is None else total) <= self.max_bad_fraction
+
     def to_dict(self, total: int) -> dict:
-        return {
+        out = {
             "stage": self.stage,
             "total": int(total),
             "bad": len(self),
+            "excluded": len(self.excluded_items()),
             "fraction": self.fraction(total),
+            "max_bad_fraction": self.max_bad_fraction,
+            "passed": self.passed(total),
             "issues": self.issues,
             "notes": self.notes,
         }
+        if self.error:
+            out["error"] = self.error
+        return out
 
     def write(self, path: Path | str | None = None, total: int | None = None) -> Path:
         """Write the log as JSON (atomically) to ``path`` or the log's own path; returns the path."""
@@ -90,33 +119,57 @@ class IssueLog:
         self.path = target
         return target
 
-    def print_summary(self, total: int | None = None, limit: int = 10, file: TextIO | None = None) -> None:
-        """Print a count and the first ``limit`` issues to the console (stderr by default)."""
+    def _by_item(self) -> dict[str, list[str]]:
+        """Bad item -> its reasons, in the order items were first reported."""
+        out: dict[str, list[str]] = {}
+        for issue in self.issues:
+            out.setdefault(issue["item"], []).append(issue["reason"])
+        return out
+
+    def print_summary(self, total: int | None = None, limit: int = CONSOLE_LIMIT, file: TextIO | None = None) -> None:
+        """Print a count and the bad items to the console (stderr by default).
+
+        Every bad item is named when there are at most ``limit``; otherwise the first ``limit`` and the path of
+        the full report.
+        """
         out = file if file is not None else sys.stderr
         of = f" of {total} ({self.fraction(total):.2%})" if total is not None else ""
-        print(f"[{self.stage}] {len(self)} bad item(s){of}, {len(self.notes)} note(s)", file=out)
-        for issue in self.issues[:limit]:
-            print(f"  {issue['item']}: {issue['reason']}", file=out)
-        if len(self.issues) > limit:
-            where = f" (all in {self.path})" if self.path else ""
-            print(f"  ... and {len(self.issues) - limit} more{where}", file=out)
+        excluded = len(self.excluded_items())
+        ex = f", {excluded} excluded by filters" if excluded else ""
+        where = f"; report: {self.path}" if self.path else ""
+        print(f"[{self.stage}] {len(self)} bad item(s){of}{ex}, {len(self.notes) - excluded} note(s){where}",
+              file=out)
+        items = list(self._by_item().items())
+        for item, reasons in items[:limit]:
+            print(f"  {item}: {'; '.join(reasons)}", file=out)
+        if len(items) > limit:
+            full = f": all in {self.path}" if self.path else ""
+            print(f"  ... and {len(items) - limit} more bad item(s){full}", file=out)
 
-    def check(self, total: int, max_bad_fraction: float) -> None:
+    def check(self, total: int, max_bad_fraction: float, file: TextIO | None = None) -> None:
         """Raise ``TooManyBadItems`` if more than ``max_bad_fraction`` of ``total`` items are bad.
 
-        The log is written first when it has a path, so the error can point at the full list.
+        The full log is written first when it has a path (on success and on failure), so the error can point at
+        it; on failure the bad items are also printed (``print_summary``) before the error is raised.
         """
         self.total = total
+        self.max_bad_fraction = max_bad_fraction
+        frac = self.fraction(total)
+        failed = frac > max_bad_fraction
+        if failed:
+            self.error = (f"{len(self)} of {total} items are bad ({frac:.2%}), above "
+                          f"data.max_bad_fraction = {max_bad_fraction:.2%}")
         if self.path is not None:
             self.write()
-        frac = self.fraction(total)
-        if frac <= max_bad_fraction:
+        if not failed:
             return
-        shown = "; ".join(f"{i['item']}: {i['reason']}" for i in self.issues[:5])
-        more = f" (+{len(self.issues) - 5} more)" if len(self.issues) > 5 else ""
-        where = f"Full list: {self.path}." if self.path else "No issues.json path was set for this log."
+        self.print_summary(total, file=file)
+        items = list(self._by_item())
+        shown = ", ".join(items[:CONSOLE_LIMIT])
+        more = f" (+{len(items) - CONSOLE_LIMIT} more)" if len(items) > CONSOLE_LIMIT else ""
+        where = f"Full report: {self.path}." if self.path else "No issues.json path was set for this log."
         raise TooManyBadItems(
             f"[{self.stage}] {len(self)} of {total} items are bad ({frac:.2%}), above the limit "
-            f"data.max_bad_fraction = {max_bad_fraction:.2%}. {where} First: {shown}{more}. "
+            f"data.max_bad_fraction = {max_bad_fraction:.2%}. {where} Bad: {shown}{more}. "
             f"Fix or remove the bad items, or raise data.max_bad_fraction in params.yaml."
         )

@@ -272,13 +272,15 @@ def swap_in(new: Path, out_dir: Path) -> None:
 def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: int = 0,
                issues: IssueLog | None = None, max_bad_fraction: float = 0.05, jpeg_quality: int = 95,
                store_real: bool = True, max_shard_bytes: int = 256 << 20, batch_rows: int = 256,
-               progress: bool = True, keep_test_originals: bool = True) -> dict:
+               progress: bool = True, keep_test_originals: bool = True, dropped: int = 0) -> dict:
     """Build the shard folder ``out_dir`` from ``items``; returns the manifest.
 
     ``workers``: processes (0 = all cores, 1 = in this process). Shards are named by split (``train-00000.arrow``).
     ``keep_test_originals``: store test composites (``source == "composite"``) at their original resolution and
     bytes instead of ``size`` x ``size`` (module docstring); train/val rows and other sources are always resized.
     ``issues`` collects bad items (default: a new log); it is also written to ``<out_dir>/issues.json``.
+    ``dropped``: items the caller saw and left out before this call (already in ``issues`` as bad items or as
+    exclusions); they count in the total that the bad fraction is taken over, so every item seen counts.
     Raises ``TooManyBadItems`` (from ``issues.check``) above ``max_bad_fraction``; ``out_dir`` is then untouched.
     """
     out_dir = Path(out_dir).absolute()
@@ -316,11 +318,16 @@ def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: in
                     writers[split] = ShardWriter(tmp, split, max_shard_bytes, batch_rows)
                 writers[split].write(row)
         shards = [info for w in writers.values() for info in w.close()]
+        seen = total + dropped
         if total == 0:
+            if dropped:
+                issues.check(seen, max_bad_fraction)  # all of them bad: the full report, then TooManyBadItems
+                raise ValueError(f"preprocess into {out_dir}: nothing left to store; all {dropped} item(s) were "
+                                 f"left out before preprocessing (reasons in the stage's issues.json)")
             raise ValueError(f"preprocess into {out_dir}: no items given")
-        issues.check(total, max_bad_fraction)
-        write_json_atomic(tmp / ISSUES_FILE, issues.to_dict(total))
-        extra = {"items": total, "bad": len(issues), "notes": len(issues.notes), "stored_size": size,
+        issues.check(seen, max_bad_fraction)
+        write_json_atomic(tmp / ISSUES_FILE, issues.to_dict(seen))
+        extra = {"items": seen, "bad": len(issues), "notes": len(issues.notes), "stored_size": size,
                  "jpeg_quality": jpeg_quality, "store_real": store_real,
                  "keep_test_originals": keep_test_originals}
         manifest = write_manifest(tmp, shards, extra)

@@ -266,6 +266,30 @@ def _open(path: Path) -> pa.ipc.RecordBatchFileReader:
     return pa.ipc.open_file(pa.memory_map(str(path), "r"))
 
 
+def _shard_problems(out_dir: Path, s: dict, check_hash: bool) -> list[str]:
+    """The problems of one shard file against its manifest entry ``s``: missing, size, sha256, rows, schema."""
+    path = out_dir / s["file"]
+    if not path.is_file():
+        return [f"{path}: missing (listed in {MANIFEST})"]
+    problems = []
+    size = path.stat().st_size
+    if size != s["bytes"]:
+        problems.append(f"{path}: {size} bytes, manifest says {s['bytes']}")
+    elif check_hash and sha256_file(path) != s["sha256"]:
+        problems.append(f"{path}: sha256 differs from the manifest (file corrupted or replaced)")
+    try:
+        reader = _open(path)
+        rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    except (pa.ArrowException, OSError) as e:
+        problems.append(f"{path}: not a readable Arrow IPC file ({str(e).splitlines()[0] if str(e) else e!r})")
+        return problems
+    if rows != s["rows"]:
+        problems.append(f"{path}: {rows} rows, manifest says {s['rows']}")
+    if not reader.schema.equals(SCHEMA):
+        problems.append(f"{path}: schema differs from shards.SCHEMA version {SCHEMA_VERSION}")
+    return problems
+
+
 def verify_shards(out_dir: str | Path, check_hash: bool = True) -> list[str]:
     """Check a shard folder against its manifest; return a list of problems (empty = good).
 
@@ -280,32 +304,55 @@ def verify_shards(out_dir: str | Path, check_hash: bool = True) -> list[str]:
     problems = []
     listed = set()
     for s in manifest["shards"]:
-        path = out_dir / s["file"]
         listed.add(s["file"])
-        if not path.is_file():
-            problems.append(f"{path}: missing (listed in {MANIFEST})")
-            continue
-        size = path.stat().st_size
-        if size != s["bytes"]:
-            problems.append(f"{path}: {size} bytes, manifest says {s['bytes']}")
-        elif check_hash and sha256_file(path) != s["sha256"]:
-            problems.append(f"{path}: sha256 differs from the manifest (file corrupted or replaced)")
-        try:
-            reader = _open(path)
-            rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-        except (pa.ArrowException, OSError) as e:
-            problems.append(f"{path}: not a readable Arrow IPC file ({e})")
-            continue
-        if rows != s["rows"]:
-            problems.append(f"{path}: {rows} rows, manifest says {s['rows']}")
-        if not reader.schema.equals(SCHEMA):
-            problems.append(f"{path}: schema differs from shards.SCHEMA version {SCHEMA_VERSION}")
+        problems += _shard_problems(out_dir, s, check_hash)
     for p in sorted(out_dir.iterdir()):
         if p.name.endswith(".tmp"):
             problems.append(f"{p}: stray temporary file (an interrupted write)")
         elif p.suffix == ".arrow" and p.name not in listed:
             problems.append(f"{p}: shard not listed in {MANIFEST}")
     return problems
+
+
+HASH_BELOW_BYTES = 2 << 30  # check_shards hashes the shards it checks when they total less (seconds of sha256)
+
+
+class ShardError(ValueError):
+    """A shard folder that training cannot use; the message is one line naming the file."""
+
+
+def check_shards(dirs: str | Path | Sequence[str | Path], splits: Sequence[str] | None = ("train", "val")) -> None:
+    """Fail fast, before any training starts, when a shard that training reads is missing or damaged.
+
+    For every folder in ``dirs``: its manifest must be readable, and every shard holding rows of ``splits`` (the
+    train and val rows training reads; None = every shard) must exist with the manifest's size, row count and
+    schema. The sha256 of those shards is checked too when they total less than ``HASH_BELOW_BYTES`` (~2 GB,
+    seconds of hashing); above that only sizes, rows and schemas are checked (`dirl data verify` hashes all).
+    A bad shard is a data error, not a worker fault: retrying the workers would fail the same way.
+
+    Raises :class:`ShardError` (a ValueError) whose one-line message names the first bad file and says to run
+    ``dirl data verify`` (which lists every problem).
+    """
+    folders = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
+    todo: list[tuple[Path, dict]] = []
+    for folder in folders:
+        try:
+            manifest = read_manifest(folder)
+            shards = [s for s in manifest["shards"] if splits is None or any(s["splits"].get(sp) for sp in splits)]
+            if not all({"file", "bytes", "rows", "sha256"} <= set(s) for s in shards):
+                raise KeyError("each shard needs file, bytes, rows and sha256")
+        except (FileNotFoundError, ValueError) as e:
+            raise ShardError(f"{e}; run `dirl data verify`") from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ShardError(f"{folder / MANIFEST}: malformed shard list ({type(e).__name__}: {e}); rebuild the "
+                             f"shards (`dvc repro`), then run `dirl data verify`") from None
+        todo += [(folder, s) for s in shards]
+    check_hash = sum(int(s["bytes"]) for _, s in todo) < HASH_BELOW_BYTES
+    problems = [p for folder, s in todo for p in _shard_problems(folder, s, check_hash)]
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ShardError(f"{problems[0]}{more}: the training data is damaged; run `dirl data verify` to list every "
+                         f"problem, then rebuild them (`dvc repro`)")
 
 
 def _shards_for(manifest: dict, split: str | None) -> list[dict]:

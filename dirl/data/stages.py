@@ -34,6 +34,32 @@ def _workers(cfg: Config) -> int:
     return cfg.data.workers or len(os.sched_getaffinity(0))
 
 
+
+class _Reporting:
+    """``with _Reporting(stage) as issues``: the stage's IssueLog, reporting to ``results/<stage>/issues.json``.
+
+    The report of an earlier run is removed on entry, so a stale one never stays behind. The full report is
+    written whatever happens: ``IssueLog.check`` writes it on success and when there are too many bad items
+    (then also naming them on the console); any other failure writes what was found so far, with the error.
+    """
+
+    def __init__(self, stage: str):
+        self.path = RESULTS / stage / "issues.json"
+        self.path.unlink(missing_ok=True)
+        self.issues = IssueLog(stage, self.path)
+
+    def __enter__(self) -> IssueLog:
+        return self.issues
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is not None:
+            self.issues.error = f"{kind.__name__}: {error}" if str(error) else kind.__name__
+            try:
+                self.issues.write()
+            except OSError:
+                pass  # the original error matters more
+
+
 def _finish(stage: str, summary: dict, issues: IssueLog | None = None, total: int = 0) -> dict:
     out = RESULTS / stage
     out.mkdir(parents=True, exist_ok=True)
@@ -70,83 +96,148 @@ def _ingest_photos(root: Path, dest: Path, issues: IssueLog) -> dict:
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     categories = {}
-    for item in photos:
-        if item.image_path is not None:
-            _link_or_copy(item.image_path, tmp / "images" / item.image_path.name)
-            stem = item.image_path.stem
-        else:
-            raise ValueError(f"photo {item.id!r} has no file; photo folders must hold image files")
-        mask_name = f"{item.id}.png"
-        if item.mask_path is not None and item.polygons is None and item.mask_path.stem == item.id:
-            _link_or_copy(item.mask_path, tmp / "masks" / mask_name)
-        else:  # COCO polygons or several objects per photo: render this object's mask
-            (tmp / "masks").mkdir(parents=True, exist_ok=True)
-            (tmp / "masks" / mask_name).write_bytes(encode_png(item.load_mask()))
-        categories[item.id] = {"image": f"images/{item.image_path.name}", "category": item.category,
-                               "photo": stem}
-    write_json_atomic(tmp / "objects.json", {k: v["category"] for k, v in categories.items() if v["category"]})
-    write_json_atomic(tmp / "items.json", categories)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    try:
+        for item in photos:
+            if item.image_path is not None:
+                _link_or_copy(item.image_path, tmp / "images" / item.image_path.name)
+                stem = item.image_path.stem
+            else:
+                raise ValueError(f"photo {item.id!r} has no file; photo folders must hold image files")
+            mask_name = f"{item.id}.png"
+            if item.mask_path is not None and item.polygons is None and item.mask_path.stem == item.id:
+                _link_or_copy(item.mask_path, tmp / "masks" / mask_name)
+            else:  # COCO polygons or several objects per photo: render this object's mask
+                (tmp / "masks").mkdir(parents=True, exist_ok=True)
+                (tmp / "masks" / mask_name).write_bytes(encode_png(item.load_mask()))
+            categories[item.id] = {"image": f"images/{item.image_path.name}", "category": item.category,
+                                   "photo": stem}
+        write_json_atomic(tmp / "objects.json", {k: v["category"] for k, v in categories.items() if v["category"]})
+        write_json_atomic(tmp / "items.json", categories)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return {"photos": len(photos)}
 
 
+DOWNLOADS = Path("data/.raw-downloads")  # archives being fetched: a partial download survives a failed ingest
+
+
 def ingest(cfg: Config) -> dict:
-    """Bring the configured source into ``data/raw`` and write ``data/raw/index.json`` describing it."""
+    """Bring the configured source into ``data/raw`` and write ``data/raw/index.json`` describing it.
+
+    The new ``data/raw`` is built in a hidden sibling (``data/.raw.tmp-<pid>``) and swapped in only once the bad
+    fraction is within ``data.max_bad_fraction``: after a failure, or a kill, the previous ``data/raw`` (its
+    ``index.json`` included) is left exactly as it was. ``results/ingest/issues.json`` is written either way.
+    """
+    from dirl.data.preprocess import _remove_stale, swap_in
+
     t0 = time.time()
     source = cfg.data.source
-    issues = IssueLog("ingest")
-    RAW.mkdir(parents=True, exist_ok=True)
-    if source == "sample":
-        from dirl.data.sources import sample_photos
+    with _Reporting("ingest") as issues:
+        RAW.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(RAW.absolute())  # work folders of killed runs
+        stage = RAW.parent / f".{RAW.name}.tmp-{os.getpid()}"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        try:
+            if source == "sample":
+                from dirl.data.sources import sample_photos
 
-        items = sample_photos(RAW / "photos", size=cfg.data.stored_size)
-        index = {"kind": "photos", "root": "photos", "subset": "sample"}
-        total = len(items)
-    elif source == "photos":
-        if not cfg.data.photos_dir:
-            raise ValueError("data.source=photos needs data.photos_dir (a folder with images/ + masks/ or a COCO json)")
-        counts = _ingest_photos(Path(cfg.data.photos_dir), RAW / "photos", issues)
-        index = {"kind": "photos", "root": "photos", "subset": Path(cfg.data.photos_dir).name}
-        total = counts["photos"] + len(issues)
-    else:
-        index, total = _ingest_iharmony4(cfg, issues)
-    write_json_atomic(RAW / INDEX, index)
-    if total:
-        issues.check(total, cfg.data.max_bad_fraction)
+                items = sample_photos(stage / "photos", size=cfg.data.stored_size)
+                index = {"kind": "photos", "root": "photos", "subset": "sample"}
+                total = len(items)
+            elif source == "photos":
+                if not cfg.data.photos_dir:
+                    raise ValueError("data.source=photos needs data.photos_dir (a folder with images/ + masks/ or "
+                                     "a COCO json)")
+                counts = _ingest_photos(Path(cfg.data.photos_dir), stage / "photos", issues)
+                index = {"kind": "photos", "root": "photos", "subset": Path(cfg.data.photos_dir).name}
+                total = counts["photos"] + len(issues)  # every item seen: the kept and the bad
+            else:
+                index, total = _ingest_iharmony4(cfg, issues, stage)
+            issues.check(total, cfg.data.max_bad_fraction)  # writes the full report; raises TooManyBadItems
+            if total == 0:
+                raise ValueError(f"ingest found no items in data.source={source}; check its settings "
+                                 f"(data.photos_dir, data.iharmony4.*)")
+            write_json_atomic(stage / INDEX, index)
+            swap_in(stage, RAW.absolute())
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        if index["kind"] == "iharmony4" and not cfg.data.iharmony4.extracted_dir:
+            shutil.rmtree(DOWNLOADS, ignore_errors=True)  # what it held is in data/raw/archives now
     summary = {"source": source, "items": total, "bad": len(issues), "seconds": round(time.time() - t0, 2)}
     if index["kind"] == "iharmony4":
         summary["subsets"] = index.get("counts", {})
     return _finish("ingest", summary, issues, total)
 
 
-def _ingest_iharmony4(cfg: Config, issues: IssueLog) -> tuple[dict, int]:
-    from dirl.data.download import LockFile, archive_stem, fetch, safe_extract
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy the tree ``src`` to ``dst`` with hard links (a copy where links fail): instant, no extra space."""
+    shutil.copytree(src, dst, copy_function=lambda a, b: _link_or_copy(Path(a), Path(b)), symlinks=True)
+
+
+def _ingest_iharmony4(cfg: Config, issues: IssueLog, stage: Path) -> tuple[dict, int]:
+    """Fetch + extract the archives into the staging folder ``stage`` (or point at ``extracted_dir``), scan them.
+
+    An archive is fetched into ``data/.raw-downloads`` (so a partial download resumes after a failure) unless
+    ``data/raw/archives`` holds it already; an unchanged archive's extracted tree is hard-linked from the
+    previous ``data/raw`` instead of unpacked again. Its size and sha256 go into the lock file only once it has
+    extracted with every checksum verified. Returns ``(index, items seen)``; the index names the roots where they
+    will be once ``stage`` is swapped in as ``data/raw``.
+    """
+    from dirl.data.download import MARKER, CorruptArchive, LockFile, archive_stem, fetch, safe_extract, source_name
     from dirl.data.ihd import find_root, verify_layout
 
     ih = cfg.data.iharmony4
-    roots: list[Path] = []
+    scan_roots: list[Path] = []  # where to scan now
+    roots: list[Path] = []  # where the index says they are
     if ih.extracted_dir:
-        roots.append(find_root(Path(ih.extracted_dir)))
+        root = find_root(Path(ih.extracted_dir)).resolve()
+        scan_roots.append(root)
+        roots.append(root)
     elif ih.archives:
         lock = LockFile(Path(ih.lock_file))
-        for src in ih.archives:
-            archive = fetch(src, RAW / "archives", lock)
-            target = safe_extract(archive, RAW / "iharmony4" / archive_stem(archive))
-            roots.append(find_root(target))
+        for src in map(str, ih.archives):
+            name = source_name(src)
+            kept, downloaded = RAW / "archives" / name, DOWNLOADS / name
+            if kept.is_file() and not downloaded.exists():
+                _link_or_copy(kept, downloaded)  # already ingested: fetch() only checks it against the lock
+            archive = fetch(src, DOWNLOADS, lock)
+            stem = archive_stem(archive)
+            target = stage / "iharmony4" / stem
+            previous = RAW / "iharmony4" / stem
+            if (previous / MARKER).is_file():  # safe_extract keeps it if it came from this very archive
+                _link_tree(previous, target)
+            try:
+                safe_extract(archive, target)
+            except CorruptArchive as e:  # never recorded in the lock: drop the damaged copy so a rerun refetches it
+                archive.unlink(missing_ok=True)
+                raise CorruptArchive(
+                    f"archive {name} (from {src}) is corrupt or incomplete: {e.problem}. Nothing was extracted, "
+                    f"the lock file and data/raw are unchanged, and the damaged copy was deleted: rerun to fetch "
+                    f"it again, or check the source if it fails the same way", archive, e.problem) from None
+            lock.record(name, archive, src)  # only now: it has extracted, every checksum verified
+            _link_or_copy(archive, stage / "archives" / name)
+            root = find_root(target)
+            scan_roots.append(root)
+            roots.append(RAW.resolve() / root.relative_to(stage))
     else:
         raise ValueError(
             "data.source=iharmony4 needs data.iharmony4.archives (URLs, paths or s3:// URIs of the archives) "
             "or data.iharmony4.extracted_dir (an extracted iHarmony4 root)"
         )
-    counts, total = {}, 0
-    for root in roots:
+    counts: dict[str, int] = {}
+    total = 0
+    for root in scan_roots:
         report = verify_layout(root, issues, subsets=ih.subsets)
         for sub, c in report.get("subsets", {}).items():
-            counts[sub] = c.get("composites", 0)
+            counts[sub] = counts.get(sub, 0) + c.get("composites", 0)  # every composite file, the bad ones too
             total += c.get("composites", 0)
-    index = {"kind": "iharmony4", "roots": [str(r.resolve()) for r in roots], "counts": counts}
+    index = {"kind": "iharmony4", "roots": [str(r) for r in roots], "counts": counts}
     return index, total
 
 
@@ -200,11 +291,16 @@ def _photo_items(raw: Path, index: dict, cfg: Config, issues: IssueLog) -> list[
     return items
 
 
-def _ihd_items(index: dict, cfg: Config, issues: IssueLog) -> list[dict]:
+def _ihd_items(index: dict, cfg: Config, issues: IssueLog) -> tuple[list[dict], set[str]]:
+    """Items to preprocess, and their keys (``HFlickr/composite_images/f1_1_1.jpg``, the names ``issues`` uses).
+
+    Composites the scan rejects go to ``issues`` as bad; those a split filter leaves out (the <= 50 % foreground
+    rule, or in no split list) as exclusions, each with its reason.
+    """
     from dirl.data.ihd import assign_splits, official_lists, scan
 
     ih = cfg.data.iharmony4
-    items = []
+    items, keys = [], set()
     for root in map(Path, index["roots"]):
         found = scan(root, issues, subsets=ih.subsets)
         if ih.split == "official":
@@ -219,24 +315,39 @@ def _ihd_items(index: dict, cfg: Config, issues: IssueLog) -> list[dict]:
                                   issues=issues, test_fraction=cfg.data.test_fraction)
         items += [{"id": it.id, "subset": it.subset, "split": it.split, "composite": it.composite,
                    "mask": it.mask, "real": it.real, "source": "composite"} for it in found]
-    return items
+        keys |= {it.key for it in found}
+    return items, keys
 
 
 def preprocess(cfg: Config) -> dict:
-    """Decode, check, resize and shard everything in ``data/raw`` into ``data/shards``."""
+    """Decode, check, resize and shard everything in ``data/raw`` into ``data/shards``.
+
+    The bad fraction is taken over every item seen: those stored, those found bad (at scan time or when
+    decoded) and those a filter left out. ``results/preprocess/issues.json`` names each bad or left-out item
+    with its reason, on success and on failure.
+    """
     from dirl.data.preprocess import preprocess as build_shards
 
     t0 = time.time()
-    index = json.loads((RAW / INDEX).read_text())
-    issues = IssueLog("preprocess")
-    items = _photo_items(RAW, index, cfg, issues) if index["kind"] == "photos" else _ihd_items(index, cfg, issues)
-    manifest = build_shards(items, SHARDS, size=cfg.data.stored_size, workers=_workers(cfg), issues=issues,
-                            max_bad_fraction=cfg.data.max_bad_fraction)
+    with _Reporting("preprocess") as issues:
+        if not (RAW / INDEX).is_file():
+            raise FileNotFoundError(f"{RAW / INDEX} not found: run `dvc repro ingest` (or `dirl data ingest`) first")
+        index = json.loads((RAW / INDEX).read_text())
+        if index["kind"] == "photos":
+            items = _photo_items(RAW, index, cfg, issues)
+            names = {it["id"] for it in items}
+        else:
+            items, names = _ihd_items(index, cfg, issues)
+        dropped = len((issues.bad_items() | issues.excluded_items()) - names)  # seen, not passed on
+        manifest = build_shards(items, SHARDS, size=cfg.data.stored_size, workers=_workers(cfg), issues=issues,
+                                max_bad_fraction=cfg.data.max_bad_fraction, dropped=dropped)
     seconds = time.time() - t0
-    summary = {"rows": manifest["rows"], "bad": len(issues), "splits": manifest.get("splits", {}),
+    total = len(items) + dropped
+    summary = {"items": total, "rows": manifest["rows"], "bad": len(issues),
+               "excluded": len(issues.excluded_items()), "splits": manifest.get("splits", {}),
                "dataset_hash": manifest.get("dataset_hash"), "seconds": round(seconds, 2),
                "images_per_s": round(len(items) / max(seconds, 1e-9), 1)}
-    return _finish("preprocess", summary, issues, len(items))
+    return _finish("preprocess", summary, issues, total)
 
 
 # ----------------------------------------------------------------------------- synthesize
@@ -363,37 +474,37 @@ def synthesize(cfg: Config) -> dict:
         raise ValueError(f"{SHARDS} has no real photos to synthesize from (data.source={cfg.data.source}); "
                          "use source sample/photos, or set synth.augment_iharmony4: true for iHarmony4")
     refs = _references(sources, seed=cfg.synth.seed)
-    issues = IssueLog("synthesize")
-    args = [(sources[i:i + 8], cfg.synth.per_image, tuple(cfg.synth.methods), cfg.synth.max_tries, cfg.synth.seed,
-             cfg.synth.free_form, cfg.synth.recolour) for i in range(0, len(sources), 8)]
-    tmp = SYNTH.parent / f".{SYNTH.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    writers: dict[str, ShardWriter] = {}
-    methods: dict[str, int] = {}
-    try:
-        workers = min(_workers(cfg), len(args))
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_synth,
-                                 initargs=(refs,)) as pool, tqdm(total=len(sources), unit="img", desc="synthesize") as bar:
-            for chunk, results in zip(args, pool.map(_synth_chunk, args)):
-                bar.update(len(chunk[0]))
-                for row, problem in results:
-                    if problem:
-                        issues.add(problem.split(":")[0], problem)
-                        continue
-                    methods[row["synth_method"]] = methods.get(row["synth_method"], 0) + 1
-                    if row["split"] not in writers:
-                        writers[row["split"]] = ShardWriter(tmp, row["split"])
-                    writers[row["split"]].write(row)
-        shards = [info for w in writers.values() for info in w.close()]
-        issues.check(len(sources), cfg.data.max_bad_fraction)
-        manifest = write_manifest(tmp, shards, {"per_image": cfg.synth.per_image, "methods": methods,
-                                                "seed": cfg.synth.seed})
-        swap_in(tmp, SYNTH.absolute())
-    except BaseException:
-        for w in writers.values():
-            w.abort()
+    with _Reporting("synthesize") as issues:  # the full report, on success and on failure
+        args = [(sources[i:i + 8], cfg.synth.per_image, tuple(cfg.synth.methods), cfg.synth.max_tries, cfg.synth.seed,
+                 cfg.synth.free_form, cfg.synth.recolour) for i in range(0, len(sources), 8)]
+        tmp = SYNTH.parent / f".{SYNTH.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        writers: dict[str, ShardWriter] = {}
+        methods: dict[str, int] = {}
+        try:
+            workers = min(_workers(cfg), len(args))
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_synth,
+                                     initargs=(refs,)) as pool, tqdm(total=len(sources), unit="img", desc="synthesize") as bar:
+                for chunk, results in zip(args, pool.map(_synth_chunk, args)):
+                    bar.update(len(chunk[0]))
+                    for row, problem in results:
+                        if problem:
+                            issues.add(problem.split(":")[0], problem)
+                            continue
+                        methods[row["synth_method"]] = methods.get(row["synth_method"], 0) + 1
+                        if row["split"] not in writers:
+                            writers[row["split"]] = ShardWriter(tmp, row["split"])
+                        writers[row["split"]].write(row)
+            shards = [info for w in writers.values() for info in w.close()]
+            issues.check(len(sources), cfg.data.max_bad_fraction)
+            manifest = write_manifest(tmp, shards, {"per_image": cfg.synth.per_image, "methods": methods,
+                                                    "seed": cfg.synth.seed})
+            swap_in(tmp, SYNTH.absolute())
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     seconds = time.time() - t0
     summary = {"real_images": len(sources), "composites": manifest["rows"], "bad": len(issues),
                "methods": methods, "splits": manifest.get("splits", {}), "seconds": round(seconds, 2),
@@ -404,14 +515,25 @@ def synthesize(cfg: Config) -> dict:
 # ----------------------------------------------------------------------------- verify / show
 
 
+class NothingToVerify(FileNotFoundError):
+    """``dirl data verify`` found no shard folder to check."""
+
+
 def verify(cfg: Config) -> list[str]:
-    """Re-check every shard folder against its manifest; prints and returns the problems."""
+    """Re-check every shard folder against its manifest; prints and returns the problems.
+
+    Raises ``NothingToVerify`` when ``data/shards`` has no manifest (the preprocess stage has not run): a verify
+    that checked nothing must not pass.
+    """
     from dirl.data.shards import verify_shards
 
+    if not (SHARDS / "manifest.json").is_file():
+        raise NothingToVerify(f"nothing to verify: {SHARDS} has no manifest.json; run `dvc repro preprocess` "
+                              f"(or `dirl data preprocess`) first")
     problems = []
     for folder in (SHARDS, SYNTH):
         if not (folder / "manifest.json").is_file():
-            print(f"{folder}: no manifest.json (stage not run yet)")
+            print(f"{folder}: no manifest.json (stage not run yet): skipped")
             continue
         found = verify_shards(folder)
         problems += found

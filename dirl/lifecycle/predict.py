@@ -8,7 +8,10 @@ the image's own size:
   binary mask, or pass ``threshold`` to write a 0/255 mask instead);
 - ``<stem>_overlay.png``: the image tinted red by the probability, with the 0.5 contour in yellow.
 Two inputs with the same stem get ``<stem>-1``, ``<stem>-2`` ... Unreadable inputs (missing, corrupt,
-truncated, not an image) are reported with the reason and skipped; ``summary.json`` lists them.
+truncated, not an image, or above the pixel cap: ``max_pixels``, default ``dirl.data.images.pixel_cap()``, checked
+from the file's header before decoding) are reported with the reason and skipped; ``summary.json`` lists them.
+Outputs appear only complete: both files of an image are encoded first, then written to temporary files and
+renamed, so an interrupted or failed write leaves no partial file.
 
 Pre- and post-processing (:func:`predict_maps`) is shared with the MLflow pyfunc model: every image is resized
 to the model's square input size (so images of any size batch together), ImageNet-normalised, predicted, and
@@ -97,16 +100,32 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[d
     return paths, problems
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
-    """Write a PNG atomically (temp file + rename); RGB arrays are converted to OpenCV's BGR."""
+def _encode_png(path: Path, img: np.ndarray) -> bytes:
+    """PNG bytes of ``img`` (RGB arrays are converted to OpenCV's BGR)."""
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"{path}: OpenCV failed to encode the PNG")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    return buf.tobytes()
+
+
+def _write_files(files: dict[Path, bytes]) -> None:
+    """Write every file to a temporary name, then rename them all: no partial file is ever left behind."""
+    tmps = {path: path.with_name(f".{path.name}.tmp") for path in files}
+    try:
+        for path, data in files.items():
+            tmps[path].write_bytes(data)
+        for path in files:
+            os.replace(tmps[path], path)
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    """Write a PNG atomically (temp file + rename); RGB arrays are converted to OpenCV's BGR."""
+    _write_files({path: _encode_png(path, img)})
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
@@ -120,11 +139,13 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref: str, out_dir: str | os.PathLike,
-                  batch_size: int = 8, threshold: float | None = None) -> dict:
+                  batch_size: int = 8, threshold: float | None = None, max_pixels: int | None = None) -> dict:
     """Predict a map for every image in ``inputs`` (files or folders) and write masks and overlays.
 
-    Returns ``{"model", "inputs", "written", "failed": [{"file", "reason"}], "out_dir", "seconds",
-    "images_per_s"}`` and writes it to ``<out_dir>/summary.json``.
+    ``max_pixels``: refuse images declaring more pixels (default ``dirl.data.images.pixel_cap()``: 40 MP or
+    ``$DIRL_MAX_PIXELS``; 0 = no cap). Returns ``{"model", "inputs", "tried", "written", "failed": [{"file",
+    "reason"}], "out_dir", "seconds", "images_per_s"}`` (``inputs``: image files found; ``tried``: those plus
+    the inputs that were not found or held no image) and writes it to ``<out_dir>/summary.json``.
     """
     from tqdm import tqdm
 
@@ -135,7 +156,10 @@ def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if max_pixels is not None and max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0 = no cap), got {max_pixels}")
     paths, failed = find_images(inputs)
+    tried = len(paths) + len(failed)
     for f in failed:
         log.warning("skipping %s: %s", f["file"], f["reason"])
     out = Path(out_dir)
@@ -149,24 +173,32 @@ def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref:
     t0 = time.perf_counter()
     with tqdm(total=len(paths), desc="predict", unit="img") as bar:
         for start in range(0, len(paths), batch_size):
-            batch, names = [], []
+            batch, names, sources = [], [], []
             for path, stem in zip(paths[start:start + batch_size], stems[start:start + batch_size]):
                 try:
-                    batch.append(decode_image(path))  # (h, w, 3) RGB uint8, EXIF-rotated
+                    batch.append(decode_image(path, max_pixels=max_pixels))  # (h, w, 3) RGB uint8, EXIF-rotated
                     names.append(stem)
+                    sources.append(path)
                 except BadImage as e:
                     failed.append({"file": str(path), "reason": e.reason})
                     log.warning("skipping %s: %s", path, e.reason)
-            for img, stem, prob in zip(batch, names, predict_maps(model, batch, size, batch_size, device)):
+            maps = predict_maps(model, batch, size, batch_size, device)
+            for img, stem, source, prob in zip(batch, names, sources, maps):
                 mask = (prob > threshold).astype(np.uint8) * 255 if threshold is not None else to_png8(prob)
-                _write_png(out / f"{stem}_mask.png", mask)
-                _write_png(out / f"{stem}_overlay.png", overlay(img, prob))
+                mask_path, over_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
+                try:  # both files or neither
+                    _write_files({mask_path: _encode_png(mask_path, mask),
+                                  over_path: _encode_png(over_path, overlay(img, prob))})
+                except (OSError, MemoryError, cv2.error) as e:
+                    failed.append({"file": str(source), "reason": f"cannot write its outputs ({e})"})
+                    log.warning("skipping %s: cannot write its outputs (%s)", source, e)
+                    continue
                 written += 1
             bar.update(len(paths[start:start + batch_size]))
     seconds = time.perf_counter() - t0
     summary = {
         "model": {"ref": model_ref, "name": info.get("model"), "input_size": size, "label": info.get("label")},
-        "inputs": len(paths), "written": written, "failed": failed, "out_dir": str(out),
+        "inputs": len(paths), "tried": tried, "written": written, "failed": failed, "out_dir": str(out),
         "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 2) if seconds > 0 else None,
     }
     write_json_atomic(out / "summary.json", summary)

@@ -125,7 +125,13 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Mapping], loss_fn: nn.Mo
         x, m = _to_device(batch, device, speed)
         with autocast(device, speed):
             outputs = model(x)  # list of (B, 1, H, W) probability maps, final first
-        loss, parts = loss_fn([o.float() for o in outputs], m)
+        try:
+            loss, parts = loss_fn([o.float() for o in outputs], m)
+        except RuntimeError as e:  # BCE refuses NaN probabilities: the weights diverged at the previous step
+            if "between 0 and 1" not in str(e):
+                raise
+            raise FloatingPointError(f"non-finite training loss at step {steps}: the model output NaN (the weights "
+                                     f"diverged); lower train.lr or use precision fp32") from None
         if not math.isfinite(parts["total"]):
             raise FloatingPointError(f"non-finite training loss {parts['total']} at step {steps} "
                                      f"(parts {parts}); lower train.lr or use precision fp32")

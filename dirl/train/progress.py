@@ -13,6 +13,14 @@ import sys
 import time
 
 
+def emit(line: str, stream=None) -> None:
+    """Write one console line. Ray Train patches ``print`` in workers into its logger, which reaches the console
+    twice; writing to the process's real stderr shows it once (Ray forwards worker stderr to the driver)."""
+    stream = stream or sys.__stderr__ or sys.stderr
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def _eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
@@ -24,7 +32,7 @@ class EpochProgress:
     def __init__(self, epoch: int, epochs: int, steps: int, world: int = 1, every: float | None = None,
                  stream=None):
         self.epoch, self.epochs, self.steps, self.world = epoch, epochs, steps, world
-        self.stream = stream or sys.stderr
+        self.stream = stream or sys.__stderr__ or sys.stderr
         self.every = float(os.environ.get("DIRL_PROGRESS_EVERY", "30")) if every is None else every
         self.start = self.last = time.perf_counter()
         self.bar = None
@@ -43,8 +51,8 @@ class EpochProgress:
         if now - self.last >= self.every and steps < self.steps:
             self.last = now
             eta = (self.steps - steps) * (now - self.start) / max(steps, 1)
-            print(f"epoch {self.epoch}/{self.epochs}  step {steps}/{self.steps}  loss {loss:.4f}  "
-                  f"{rate:.1f} img/s  eta {_eta(eta)}", file=self.stream, flush=True)
+            emit(f"epoch {self.epoch}/{self.epochs}  step {steps}/{self.steps}  loss {loss:.4f}  "
+                 f"{rate:.1f} img/s  eta {_eta(eta)}", self.stream)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -418,6 +418,8 @@ def train(cfg: Config, out_dir: str | os.PathLike = "results/train", parent_run_
     """
     import ray
 
+    from dirl.data.shards import check_shards
+
     t_start = time.perf_counter()
     root = Path(root).resolve() if root else workspace_root()
     out_dir = Path(out_dir)
@@ -427,6 +429,7 @@ def train(cfg: Config, out_dir: str | os.PathLike = "results/train", parent_run_
     print("tuned values: " + ", ".join(f"{k}={shown[k]} ({src}{': ' + str(tune_best) if src == 'tune' else ''})"
                                        for k, src in tuned.items()), file=sys.stderr, flush=True)
     dirs = [Path(d).resolve() for d in data_dirs] if data_dirs else default_data_dirs(root)
+    check_shards(dirs)  # a bad shard is a data error: fail here, in one line, before Ray starts
     storage = storage_path(cfg, root)
     name = name or run_name(cfg, dirs)
     run_dir = Path(storage) / name if "://" not in storage else None

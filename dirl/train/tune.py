@@ -65,8 +65,9 @@ from typing import Any, Sequence
 import yaml
 
 from dirl import tracking
-from dirl.config import TUNED_DEFAULTS, Config, ConfigError, ModelConfig, TrainConfig, config_from_dict, \
-    save_resolved, tracking_uri, workspace_root
+from dirl.config import TUNED_DEFAULTS, Config, ConfigError, canonical_key, config_from_dict, \
+    parse_search_space, save_resolved, tracking_uri, workspace_root  # noqa: F401 (canonical_key: re-exported)
+from dirl.data.shards import check_shards
 from dirl.train.trainer import DRIVER_CPU_RESERVE, build_trainer, default_data_dirs, init_ray, plan_workers, \
     resolve_tuned, storage_path
 
@@ -74,13 +75,7 @@ log = logging.getLogger("dirl.tune")
 
 DRIVER_CPU = 0.01  # the trial driver only waits on fit(); {"cpu": 0} is refused by Tune
 SMALL_CLUSTER_CPUS = 4  # below this, trials run one at a time (concurrent trials deadlock, Ray issue 54305)
-KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
-NOT_SEARCHABLE = {"train.epochs": "every trial trains tune.epochs epochs",
-                  "train.use_tune_best": "trials never read best.yaml",
-                  "train.val_every": "trials validate after every epoch"}
 TRIAL_COLUMNS = ["trial_id", "status"]  # then the searched keys, the metric, epochs, seconds, run id, error
-MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def metric_mode(metric: str) -> str:
@@ -89,75 +84,6 @@ def metric_mode(metric: str) -> str:
 
 
 # ----------------------------------------------------------------------------- search space
-
-
-def canonical_key(key: str, where: str = "tune.search_space") -> str:
-    """``lr`` -> ``train.lr``, ``input_size`` -> ``model.input_size``, ``model.name`` stays; else ConfigError."""
-    key = str(key)
-    if "." in key:
-        section, name = key.split(".", 1)
-        fields = {"train": TRAIN_FIELDS, "model": MODEL_FIELDS}.get(section)
-        if fields is None or name not in fields:
-            raise ConfigError(f"{where}.{key}: unknown key: use train.<field> or model.<field> "
-                              f"(train fields: {', '.join(sorted(TRAIN_FIELDS))}; "
-                              f"model fields: {', '.join(sorted(MODEL_FIELDS))})")
-        full = key
-    elif key in MODEL_FIELDS:
-        full = f"model.{key}"
-    elif key in TRAIN_FIELDS:
-        full = f"train.{key}"
-    else:
-        raise ConfigError(f"{where}.{key}: unknown key: a bare key must be a train field "
-                          f"({', '.join(sorted(TRAIN_FIELDS))}) or a model field ({', '.join(sorted(MODEL_FIELDS))})")
-    if full in NOT_SEARCHABLE:
-        raise ConfigError(f"{where}.{key}: {full} cannot be searched ({NOT_SEARCHABLE[full]})")
-    return full
-
-
-def _number(v: Any) -> bool:
-    if isinstance(v, str):  # PyYAML reads 3e-5 (no dot) as a string
-        try:
-            v = float(v)
-        except ValueError:
-            return False
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def parse_search_space(space: dict, where: str = "tune.search_space") -> dict[str, tuple[str, list]]:
-    """Validate ``tune.search_space``; return ``{canonical key: (kind, args)}``.
-
-    Raises :class:`ConfigError` naming the key and the accepted forms for a malformed entry.
-    """
-    if not isinstance(space, dict) or not space:
-        raise ConfigError(f"{where} must be a non-empty mapping of key -> {{kind: args}} "
-                          f"(kinds: {', '.join(KINDS)}), got {space!r}")
-    forms = ("{loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi]} (hi excluded), "
-             "{choice: [v1, v2, ...]} or {grid: [v1, v2, ...]}")
-    parsed: dict[str, tuple[str, list]] = {}
-    for key, spec in space.items():
-        full = canonical_key(key, where)
-        if full in parsed:
-            raise ConfigError(f"{where}.{key}: {full} is given twice (as a bare and a dotted key)")
-        bad = ConfigError(f"{where}.{key} = {spec!r} is not a valid search space: expected {forms}")
-        if not isinstance(spec, dict) or len(spec) != 1:
-            raise bad
-        ((kind, args),) = spec.items()
-        if kind not in KINDS or not isinstance(args, (list, tuple)) or not args:
-            raise bad
-        args = list(args)
-        if kind in ("loguniform", "uniform", "randint"):
-            if len(args) != 2 or not all(_number(a) for a in args):
-                raise bad
-            lo, hi = (float(a) for a in args) if kind != "randint" else args
-            if kind == "randint" and not all(isinstance(a, int) for a in args):
-                raise ConfigError(f"{where}.{key} = {spec!r}: randint bounds must be integers")
-            if not lo < hi:
-                raise ConfigError(f"{where}.{key} = {spec!r}: the lower bound must be below the upper bound")
-            if kind == "loguniform" and lo <= 0:
-                raise ConfigError(f"{where}.{key} = {spec!r}: loguniform bounds must be > 0")
-            args = [lo, hi]
-        parsed[full] = (kind, args)
-    return parsed
 
 
 def plan_search(cfg: Config) -> tuple[dict[str, tuple[str, list]], list[str]]:
@@ -205,6 +131,8 @@ def trial_config(cfg: Config | dict, values: dict[str, Any], epochs: int, src: s
         section, name = key.split(".", 1)
         data[section][name] = _plain(value)
     data["train"].update(epochs=epochs, val_every=1, use_tune_best=False)
+    if data.get("tune", {}).get("max_steps_per_epoch"):
+        data["train"]["max_steps_per_epoch"] = data["tune"]["max_steps_per_epoch"]
     return resolve_tuned(config_from_dict(data, src), None)[0]
 
 
@@ -533,6 +461,7 @@ def tune(cfg: Config, out_dir: str | os.PathLike = "results/tune", data_dirs: Se
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     dirs = [Path(d).resolve() for d in data_dirs] if data_dirs else default_data_dirs(root)
+    check_shards(dirs)  # a bad shard fails here, in a line, not in every trial's workers
     metric, mode = cfg.tune.metric, metric_mode(cfg.tune.metric)
     storage = storage_path(cfg, root)
     name = f"tune-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"

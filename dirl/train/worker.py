@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from dirl.models import create_model
 from dirl.speed import SpeedConfig, make_grad_scaler
 from dirl.speed import prepare_model as prepare_speed
 from dirl.train.checkpoint import load_checkpoint, save_checkpoint
-from dirl.train.progress import EpochProgress
+from dirl.train.progress import EpochProgress, emit
 from dirl.train.loop import VAL_KEYS, build_optimizer, build_scheduler, evaluate_batches, seed_everything, \
     train_one_epoch
 
@@ -47,11 +46,16 @@ VAL_CACHE_BYTES = 512 << 20  # decoded validation batches up to this size are ke
 
 
 def local_batch_size(global_batch: int, world: int) -> int:
-    """Each worker's batch: ``train.batch_size`` split evenly over ``world`` workers."""
-    if global_batch % world:
-        raise ValueError(f"train.batch_size = {global_batch} is the global batch and must split evenly over "
-                         f"{world} workers; use a multiple of {world}")
-    return global_batch // world
+    """Each worker's batch: ``train.batch_size`` (the global batch) split evenly over ``world`` workers.
+
+    ``dirl config`` refuses a batch that ``train.num_workers`` does not divide; when Ray runs fewer workers
+    (an elastic range, or a group shrunk to fit the cluster), an uneven split rounds down and says so.
+    """
+    local = max(1, global_batch // world)
+    if local * world != global_batch:
+        emit(f"train.batch_size {global_batch} does not split evenly over {world} workers: "
+             f"{local} per worker, a global batch of {local * world}")
+    return local
 
 
 def model_kwargs(cfg) -> dict:
@@ -227,7 +231,7 @@ def train_loop_per_worker(config: dict) -> dict:
         row["best_val_iou"] = best if math.isfinite(best) else float("nan")
         history.append(row)
         if rank == 0:
-            print(epoch_line(row, tc.epochs), file=sys.stderr, flush=True)
+            emit(epoch_line(row, tc.epochs))
 
         with tempfile.TemporaryDirectory(prefix="dirl-ckpt-") as tmp:
             checkpoint = None
