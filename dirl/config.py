@@ -157,6 +157,9 @@ class TrainConfig:
     precision: str = _f("fp32", choices=("fp32", "bf16", "fp16"))
     channels_last: bool = _f(False)
     compile: bool = _f(False)
+    checkpoint: str = _f("best", choices=("best", "last"),
+                         doc="the exported model: best = highest validation IoU (the reference's rule), last = the "
+                         "final epoch (for a validation set too small to tell epochs apart)")
     use_tune_best: bool = _f(True, doc="fill the null tuned keys (TUNED_DEFAULTS: train.lr, ...) from "
                              "results/tune/best.yaml; false = ignore best.yaml, null keys take their defaults")
 

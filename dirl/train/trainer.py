@@ -50,7 +50,7 @@ DRIVER_CPU_RESERVE = 0.1  # CPUs left free for the Tune trial driver and Ray's o
 RUN_FILE = "dirl_run.json"  # beside Ray's files in <storage>/<name>: the MLflow run this Ray run logs into
 # train keys that do not change what is learnt: a run differing only in these resumes the same Ray run
 RESUMABLE_KEYS = ("epochs", "val_every", "max_failures", "storage_path", "num_workers", "min_workers",
-                  "cpus_per_worker", "use_gpu", "use_tune_best")
+                  "cpus_per_worker", "use_gpu", "use_tune_best", "checkpoint")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -389,8 +389,11 @@ def plot_learning_curve(history: list[dict], path: Path) -> Path:
     return path
 
 
-def _best_checkpoint(result):
-    """The reported checkpoint with the highest finite val_iou (the latest when none was validated)."""
+def _best_checkpoint(result, select: str = "best"):
+    """The reported checkpoint with the highest finite val_iou (the latest when none was validated);
+    ``select="last"``: the last epoch's checkpoint."""
+    if select == "last":
+        return result.checkpoint, None
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if _num((m or {}).get(SCORE)) is not None]
     if not scored:
         return result.checkpoint, None
@@ -479,8 +482,10 @@ def _write_outputs(cfg: Config, result, out_dir: Path, client, run_id: str, exp_
     with result.checkpoint.as_directory() as d:
         state = load_checkpoint(d, restore_rng=False)
     history = state["history"]
-    best_ckpt, best_metrics = _best_checkpoint(result)
+    best_ckpt, best_metrics = _best_checkpoint(result, cfg.train.checkpoint)
     best_epoch = int(best_metrics["epoch"]) if best_metrics else state.get("best_epoch")
+    if cfg.train.checkpoint == "last":
+        best_epoch = int(history[-1]["epoch"])
     best_row = next((r for r in history if r["epoch"] == best_epoch), None) or history[-1]
     last = history[-1]
     metrics = {
