@@ -94,16 +94,31 @@ def bce(pred: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy(pred, target)
 
 
-def map_loss(pred: Tensor, target: Tensor, use_ssim: bool = True, use_iou: bool = True) -> dict[str, Tensor]:
-    """l(P, G) of one map and its parts: {'bce', 'ssim' (1 - SSIM), 'iou', 'total'}, float32 tensors."""
-    with torch.autocast(device_type=pred.device.type, enabled=False):
-        p, g = pred.float(), target.float()
-        parts = {"bce": bce(p, g)}
-        zero = p.new_zeros(())
-        parts["ssim"] = 1.0 - ssim(p, g) if use_ssim else zero
-        parts["iou"] = iou_loss(p, g) if use_iou else zero
+def stacked_map_losses(maps: Tensor, target: Tensor, use_ssim: bool = True,
+                       use_iou: bool = True) -> dict[str, Tensor]:
+    """l(P, G) of M maps at once, ``maps`` (M, B, 1, H, W) against ``target`` (B, 1, H, W): per-map parts
+    {'bce', 'ssim' (1 - SSIM), 'iou', 'total'}, each (M,) float32, computed with autocast disabled."""
+    with torch.autocast(device_type=maps.device.type, enabled=False):
+        p = maps.float()
+        n = p.shape[0]
+        g = target.float().unsqueeze(0).expand_as(p)
+        zero = p.new_zeros(n)
+        parts = {"bce": F.binary_cross_entropy(p, g, reduction="none").flatten(1).mean(1)}  # (M,)
+        parts["ssim"] = (1.0 - _ssim_map(p.flatten(0, 1), g.flatten(0, 1), SSIM_WINDOW, SSIM_SIGMA)
+                         .view(n, -1).mean(1)) if use_ssim else zero  # (M,)
+        if use_iou:
+            inter = (p * g).flatten(2).sum(2)  # (M, B)
+            union = g.flatten(2).sum(2) + p.flatten(2).sum(2) - inter  # (M, B)
+            parts["iou"] = (1.0 - inter / union.clamp_min(IOU_EPS)).mean(1)  # (M,)
+        else:
+            parts["iou"] = zero
         parts["total"] = parts["bce"] + parts["ssim"] + parts["iou"]
     return parts
+
+
+def map_loss(pred: Tensor, target: Tensor, use_ssim: bool = True, use_iou: bool = True) -> dict[str, Tensor]:
+    """l(P, G) of one map and its parts: {'bce', 'ssim' (1 - SSIM), 'iou', 'total'}, float32 tensors."""
+    return {k: v[0] for k, v in stacked_map_losses(pred.unsqueeze(0), target, use_ssim, use_iou).items()}
 
 
 class DIRLLoss(nn.Module):
@@ -139,24 +154,9 @@ class DIRLLoss(nn.Module):
                 )
         target = mask.float()
         maps = maps if self.aux else maps[:1]
-        with torch.autocast(device_type=target.device.type, enabled=False):
-            # every map in one pass: (M, B, 1, H, W) -> per-map losses (M,)
-            p = torch.stack([m.float() for m in maps])
-            n, b = p.shape[0], p.shape[1]
-            g = target.unsqueeze(0).expand_as(p)
-            per_bce = F.binary_cross_entropy(p, g, reduction="none").flatten(1).mean(1)  # (M,)
-            zero = p.new_zeros(n)
-            per_ssim = (1.0 - _ssim_map(p.flatten(0, 1), g.flatten(0, 1), SSIM_WINDOW, SSIM_SIGMA)
-                        .view(n, -1).mean(1)) if self.use_ssim else zero  # (M,)
-            if self.use_iou:
-                inter = (p * g).flatten(2).sum(2)  # (M, B)
-                union = g.flatten(2).sum(2) + p.flatten(2).sum(2) - inter  # (M, B)
-                per_iou = (1.0 - inter / union.clamp_min(IOU_EPS)).mean(1)  # (M,)
-            else:
-                per_iou = zero
-            per_map = per_bce + per_ssim + per_iou  # (M,)
-            final = {"bce": per_bce[0], "ssim": per_ssim[0], "iou": per_iou[0], "total": per_map[0]}
-            aux_total = per_map[1:].sum()
+        per_map = stacked_map_losses(torch.stack(maps), target, self.use_ssim, self.use_iou)  # every map at once
+        final = {k: v[0] for k, v in per_map.items()}
+        aux_total = per_map["total"][1:].sum()
         total = final["total"] + self.lam * aux_total
         names = ["bce", "ssim", "iou", "final", "aux", "total"]
         values = torch.stack([final["bce"], final["ssim"], final["iou"], final["total"], aux_total, total])
