@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PROFILE ?= smoke
 
-.PHONY: install run test test-slow test-all bench mlflow-ui plots profile clean help
+.PHONY: install run test test-slow test-all bench mlflow-ui plots profile clean help team-up team-down test-team
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
@@ -31,10 +31,10 @@ run: $(STAMP)  ## dvc repro the whole pipeline on the built-in sample
 	$(PY) -m dirl.cli summary
 
 test: $(STAMP)  ## fast test suite (CPU, < 20 min on 2 cores)
-	$(PY) -m pytest -m "not slow" -q --timeout=900
+	$(PY) -m pytest -m "not slow and not team" -q --timeout=900
 
 test-slow: $(STAMP)  ## slow tests: multi-node Ray cluster, mlflow server, fault injection
-	$(PY) -m pytest -m slow -q --timeout=1800
+	$(PY) -m pytest -m "slow and not team" -q --timeout=1800
 
 test-all: $(STAMP)  ## every test
 	$(PY) -m pytest -q --timeout=1800
@@ -51,10 +51,28 @@ mlflow-ui: $(STAMP)  ## browse experiments at http://127.0.0.1:5000 (default SQL
 plots: $(STAMP)  ## render DVC plots offline into dvc_plots/index.html (vega inlined)
 	$(VENV)/bin/dvc plots show
 
-profile: $(STAMP)  ## use params/$(PROFILE).yaml as params.yaml (PROFILE=smoke | iharmony4-gpu), validated
-	$(PY) -m dirl.cli config --params params/$(PROFILE).yaml > /dev/null
-	cp params/$(PROFILE).yaml params.yaml
-	@echo "params.yaml <- params/$(PROFILE).yaml; now run: make run (or dvc repro)"
+profile: $(STAMP)  ## apply params/$(PROFILE).yaml to params.yaml (PROFILE=smoke | photos-cpu | iharmony4-gpu)
+	@echo "make profile: changing params.yaml in place with params/$(PROFILE).yaml (undo: git checkout params.yaml)"
+	$(PY) -m dirl.cli config --profile $(PROFILE) --write
+	@echo "now run: make run (or dvc repro)"
 
-clean:  ## remove pipeline outputs (keeps .venv)
-	rm -rf results data/raw data/shards data/synth data/.raw-downloads ray_results mlflow.db mlartifacts dvc_plots
+clean:  ## remove every pipeline output and run store (keeps .venv, the DVC cache and the team stack's .team/)
+	rm -rf results data/raw data/shards data/synth data/.raw-downloads data/.raw.* data/.shards.* data/.synth.* \
+	  ray_results mlflow.db mlartifacts dvc_plots
+
+# ---- team stack (pipeline/team.py): PostgreSQL + S3 server (moto) + mlflow server on 127.0.0.1, state in .team/
+TEAM_STAMP := $(VENV)/.installed-team
+
+$(TEAM_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[team]'
+	@touch $(TEAM_STAMP)
+
+team-up: $(TEAM_STAMP)  ## start the team stack (PostgreSQL, S3 server, mlflow server); then: source .team/team.env
+	$(PY) pipeline/team.py up
+	@echo "team stack up: source .team/team.env, then make profile PROFILE=team (or dirl config --profile team --write)"
+
+team-down:  ## stop the team stack started by team-up (by pid); the database stays in .team/
+	$(PY) pipeline/team.py down
+
+test-team: $(TEAM_STAMP)  ## the team stack end to end: dvc repro on it, push/pull, predict, racing promotions
+	$(PY) -m pytest -m team -q --timeout=1800 tests/test_team.py

@@ -51,7 +51,7 @@ def bare_loop(cfg, data: Path, threads: int) -> dict:
     from dirl.speed import SpeedConfig, make_grad_scaler, prepare_model
     from dirl.train.loop import build_optimizer, seed_everything, train_one_epoch
 
-    from dirl.train.trainer import resolve_tuned
+    from dirl.train.tuned import resolve_tuned
 
     torch.set_num_threads(threads)
     tc = resolve_tuned(cfg, None)[0].train  # null tuned keys -> their defaults
@@ -83,7 +83,8 @@ def ray_loop(cfg, data: Path, work: Path) -> dict:
     """The candidate: dirl.train.train on a fresh local Ray; returns step time and fixed-cost breakdown."""
     import ray
 
-    from dirl.train.trainer import ray_env, train
+    from dirl.cluster import ray_env
+    from dirl.train.trainer import train
 
     ray_env()
     t0 = time.perf_counter()
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from dirl.config import load_config
-    from dirl.train.trainer import plan_workers
+    from dirl.cluster import plan_workers
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
@@ -130,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
             "train.epochs": args.epochs, "train.batch_size": args.batch, "train.max_steps_per_epoch": args.steps,
             "train.val_every": args.epochs, "train.precision": args.precision,
             "train.channels_last": args.channels_last, "train.compile": False, "train.use_tune_best": False,
-            "train.num_workers": 1, "train.min_workers": 0,
-            "train.storage_path": str(work / "ray_results"), "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+            "cluster.num_workers": 1, "cluster.min_workers": 0,
+            "cluster.storage_path": str(work / "ray_results"), "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
             "cluster.address": "",
         })
         threads = plan_workers(cfg, {"CPU": float(os.cpu_count())}).threads_per_worker

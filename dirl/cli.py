@@ -22,17 +22,32 @@ from pathlib import Path
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+    p.add_argument("--profile", default=None, metavar="NAME",
+                   help="apply the profile params/NAME.yaml (only the keys it changes) on top of --params")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a parameter, e.g. --set train.epochs=1 (repeatable)",
+        help="override a parameter, e.g. --set train.epochs=1 (repeatable; applied after --profile)",
     )
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's and Ray Tune's own console output (result tables, progress reporters)")
+    return p
+
+
+def _stage(sub, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand that writes a results folder: the common options plus ``--out`` (default results/<name>)."""
+    from dirl import workspace
+
+    p = _common(sub.add_parser(name, help=text))
+    p.add_argument("--out", default=str(workspace.results(name)), help="output folder (default: %(default)s)")
     return p
 
 
 def load_cfg(args):
     from dirl.config import load_config, parse_override
 
-    return load_config(args.params, overrides=dict(parse_override(o) for o in args.overrides))
+    if getattr(args, "verbose", False):
+        os.environ["DIRL_VERBOSE"] = "1"
+    return load_config(args.params, overrides=dict(parse_override(o) for o in args.overrides), profile=args.profile)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -41,23 +56,34 @@ def load_cfg(args):
 def cmd_config(args):
     import yaml
 
+    from dirl.config import write_profile
+
+    if args.write:
+        if not args.profile:
+            raise SystemExit("dirl config --write needs --profile NAME (the profile to apply to --params)")
+        changed = write_profile(args.params, args.profile)
+        for key, (old, new) in changed.items():
+            print(f"  {key}: {old!r} -> {new!r}")
+        print(f"{args.params}: {len(changed)} value(s) changed by profile {args.profile} (comments kept); "
+              f"undo with `git checkout {args.params}`", file=sys.stderr)
+        return
     cfg = load_cfg(args)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
 
 
 def cmd_data(args):
-    from dirl.data import stages
+    from dirl.data import build
 
     cfg = load_cfg(args)
     if args.action == "show":
-        path = stages.show(cfg, split=args.split, n=args.n, out=args.out, source=args.source)
+        path = build.show(cfg, split=args.split, n=args.n, out=args.out, source=args.source)
         print(f"contact sheet: {path}")
     elif args.action == "verify":
-        problems = stages.verify(cfg)  # raises NothingToVerify (exit 1, one line) when there are no shards
+        problems = build.verify(cfg)  # raises NothingToVerify (exit 1, one line) when there are no shards
         if problems:
             sys.exit(1)
     else:
-        getattr(stages, args.action)(cfg)
+        getattr(build, args.action)(cfg)
 
 
 def cmd_train(args):
@@ -82,20 +108,20 @@ def cmd_evaluate(args):
 
 
 def cmd_register(args):
-    from dirl.lifecycle.registry import register_stage
+    from dirl.lifecycle.release import register_stage
 
     info = register_stage(load_cfg(args), out_dir=args.out)
     print(json.dumps(info, indent=2))
 
 
 def cmd_promote(args):
-    from dirl.lifecycle.registry import promote
+    from dirl.lifecycle.release import promote
 
     print(json.dumps(promote(load_cfg(args), force=args.force, reason=args.reason), indent=2))
 
 
 def cmd_rollback(args):
-    from dirl.lifecycle.registry import rollback
+    from dirl.lifecycle.release import rollback
 
     print(json.dumps(rollback(load_cfg(args)), indent=2))
 
@@ -125,13 +151,15 @@ def cmd_predict(args):
 def cmd_summary(args):
     from dirl.summary import print_summary
 
-    print_summary(Path("."))
+    print_summary(Path(args.params).resolve().parent)
 
 
 # ----------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dirl import workspace
+
     ap = argparse.ArgumentParser(
         prog="dirl",
         description="Inharmonious region localization (DIRL): data, training, tracking and model lifecycle.",
@@ -147,38 +175,33 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"dirl {ver}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _common(sub.add_parser("config", help="validate params.yaml and print the resolved config"))
+    p = _common(sub.add_parser("config", help="validate params.yaml (plus --profile) and print the resolved config"))
+    p.add_argument("--write", action="store_true",
+                   help="apply --profile to the --params file in place (its comments kept) instead of printing")
     p.set_defaults(func=cmd_config)
 
-    p = _common(sub.add_parser("data", help="data stages: ingest, preprocess, synthesize, verify, show"))
-    p.add_argument(
-        "action", choices=["ingest", "preprocess", "synthesize", "verify", "show"],
-        help="ingest: fetch/copy the source into data/raw; preprocess: decode, resize and write Arrow "
-        "shards to data/shards; synthesize: new composites into data/synth; verify: re-check shards "
-        "against their manifests; show: contact-sheet PNG (composite | mask | real | overlay)",
-    )
-    p.add_argument("--split", default="train", help="show: split to draw from (train/val/test)")
-    p.add_argument("--source", default="synth", choices=["shards", "synth"], help="show: which shard set")
-    p.add_argument("-n", type=int, default=8, help="show: number of items")
-    p.add_argument("--out", default=None, help="show: output PNG (default results/show/<set>-<split>.png)")
+    data = sub.add_parser("data", help="data stages: ingest, preprocess, synthesize, verify, show")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("ingest", "fetch or copy data.source into data/raw"),
+                         ("preprocess", "decode, resize and write Arrow shards to data/shards"),
+                         ("synthesize", "new composites from the photos + masks into data/synth"),
+                         ("verify", "re-check the shards against their manifests (sizes, sha256, rows)")):
+        _common(actions.add_parser(action, help=text)).set_defaults(func=cmd_data)
+    p = _common(actions.add_parser("show", help="contact-sheet PNG of shard rows: composite | mask | real | overlay"))
+    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split to draw from")
+    p.add_argument("--source", default="synth", choices=["shards", "synth"],
+                   help="which shard set: data/shards (preprocessed) or data/synth (synthesized)")
+    p.add_argument("-n", type=int, default=8, help="number of rows, from distinct photos (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output PNG (default results/show/<set>-<split>.png)")
     p.set_defaults(func=cmd_data)
 
-    p = _common(sub.add_parser("tune", help="Ray Tune hyperparameter search; writes results/tune/best.yaml"))
-    p.add_argument("--out", default="results/tune", help="output folder (default: %(default)s)")
-    p.set_defaults(func=cmd_tune)
-
-    p = _common(sub.add_parser("train", help="Ray Train (DDP) training with checkpoints, resume and MLflow"))
-    p.add_argument("--out", default="results/train", help="output folder (default: %(default)s)")
-    p.set_defaults(func=cmd_train)
-
-    p = _common(sub.add_parser("evaluate", help="AP/F1/IoU on the test split and extra sets, with plots"))
-    p.add_argument("--model", default="results/train/model.pt", help="weights path, run id or models:/ URI")
-    p.add_argument("--out", default="results/evaluate", help="output folder (default: %(default)s)")
+    _stage(sub, "tune", "Ray Tune hyperparameter search; writes results/tune/best.yaml").set_defaults(func=cmd_tune)
+    _stage(sub, "train", "Ray Train (DDP) training with checkpoints, resume and MLflow").set_defaults(func=cmd_train)
+    p = _stage(sub, "evaluate", "AP/F1/IoU on the test split and extra sets, beside the centred prior, with figures")
+    p.add_argument("--model", default=str(workspace.MODEL), help="weights path, run id or models:/ URI")
     p.set_defaults(func=cmd_evaluate)
-
-    p = _common(sub.add_parser("register", help="log the trained model to MLflow and register a version"))
-    p.add_argument("--out", default="results/register", help="output folder (default: %(default)s)")
-    p.set_defaults(func=cmd_register)
+    _stage(sub, "register", "register the trained model (logged by train) as a new version, alias @challenger"
+           ).set_defaults(func=cmd_register)
 
     p = _common(sub.add_parser("promote", help="move @champion to @challenger if it is better by the margin"))
     p.add_argument("--force", action="store_true", help="promote even if not better (recorded as a tag)")
@@ -188,9 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _common(sub.add_parser("rollback", help="restore @champion to the @previous version"))
     p.set_defaults(func=cmd_rollback)
 
-    p = _common(sub.add_parser("compare", help="compare models (weights, run ids, models:/ URIs) on one set"))
+    p = _stage(sub, "compare", "compare models (weights, run ids, models:/ URIs) on one set")
     p.add_argument("models", nargs="+", help="weights files, MLflow run ids or models:/<name>@<alias> URIs")
-    p.add_argument("--out", default="results/compare", help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_compare)
 
     p = _common(sub.add_parser("predict", help="predict masks for images or folders"))
@@ -204,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("summary", help="print the pipeline's latest results and where to look next")
+    p.add_argument("--params", default="params.yaml",
+                   help="the workspace's parameters file; its folder holds results/ (default: %(default)s)")
     p.set_defaults(func=cmd_summary)
     return ap
 

@@ -2,8 +2,8 @@
 
 ``load_config("params.yaml")`` returns a :class:`Config`. Every value is checked against its
 declared type and range; an unknown key, a wrong type, an out-of-range or non-finite value, a key given twice, a
-missing section (a params file holds them all) or an inconsistent pair (``train.min_workers`` above
-``train.num_workers``, a ``train.batch_size`` that does not split over the workers, a bad ``tune.search_space``)
+missing section (a params file holds them all) or an inconsistent pair (``cluster.min_workers`` above
+``cluster.num_workers``, a ``train.batch_size`` that does not split over the workers, a bad ``tune.search_space``)
 raises :class:`ConfigError` whose message names the file, the dotted key and the allowed values, e.g.::
 
     params.yaml: train.lr = -1.0 is out of range: expected a number > 0
@@ -90,16 +90,15 @@ class DataConfig:
     test_fraction: float = _f(0.2, ge=0.0, lt=1.0, doc="held-out photos for sample/photos sources")
     val_fraction: float = _f(0.1, ge=0.0, lt=1.0, doc="part of train held out for validation")
     max_bad_fraction: float = _f(0.05, ge=0.0, le=1.0, doc="a stage fails only above this fraction of bad items")
-    workers: int = _f(0, ge=0, le=MAX_CPUS, doc="processes; 0 = number of CPU cores")
     seed: int = _f(42, ge=0, le=MAX_SEED)
 
 
 @dataclass
 class SynthConfig:
     methods: list[str] = _f(list(SYNTH_METHODS), choices=SYNTH_METHODS)
-    per_image: int = _f(4, ge=1, le=1000, doc="accepted composites per real image")
+    per_image: int = _f(8, ge=1, le=1000, doc="accepted composites per real image")
     max_tries: int = _f(20, ge=1, le=100_000)
-    recolour: float = _f(0.0, ge=0.0, le=1.0, doc="probability that a composite starts from the photo globally "
+    recolour: float = _f(0.8, ge=0.0, le=1.0, doc="probability that a composite starts from the photo globally "
                          "recoloured by a random LUT (no colour stays specific to one photo)")
     free_form: int = _f(0, ge=0, le=1000, doc="extra composites per real image whose region is a random free-form "
                         "blob instead of the object mask")
@@ -109,8 +108,8 @@ class SynthConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _f("dirl_lite", choices=MODEL_NAMES)
-    input_size: int = _f(128, ge=32, le=2048, doc="multiple of 16; reference 224, MadisNet 256")
+    name: str = _f("dirl_tiny", choices=MODEL_NAMES)
+    input_size: int = _f(96, ge=32, le=2048, doc="multiple of 16; reference 224, MadisNet 256")
     pretrained: str = _f("", doc="torchvision-format resnet34 state dict (path or URL); empty = random init")
     pretrained_sha256: str = _f("")
 
@@ -124,40 +123,29 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(60, ge=1, le=MAX_EPOCHS)
-    batch_size: int = _f(8, ge=1, le=MAX_BATCH, doc="global batch: a multiple of num_workers, split evenly over "
+    epochs: int = _f(7, ge=1, le=MAX_EPOCHS)
+    batch_size: int = _f(16, ge=1, le=MAX_BATCH, doc="global batch: a multiple of num_workers, split evenly over "
                          "the workers (each takes batch_size / num_workers); the lr is not rescaled")
-    lr: float | None = _f(TUNED_DEFAULTS["train.lr"], gt=0.0,
+    lr: float | None = _f(None, gt=0.0,
                           doc="null = the tune stage's value (results/tune/best.yaml); a number wins")
-    weight_decay: float | None = _f(TUNED_DEFAULTS["train.weight_decay"], ge=0.0,
+    weight_decay: float | None = _f(None, ge=0.0,
                                     doc="null = the tune stage's value (results/tune/best.yaml); a number wins")
     betas: list[float] = _f([0.9, 0.999], ge=0.0, lt=1.0, doc="Adam (beta1, beta2): two numbers in [0, 1)")
     milestones: list[int] = _f([30, 40, 50, 55], ge=1, le=MAX_EPOCHS,
                                doc="epochs at which lr is multiplied by gamma")
-    schedule: str = _f("multistep", choices=("multistep", "cosine"),
+    schedule: str = _f("cosine", choices=("multistep", "cosine"),
                        doc="multistep (the reference: x gamma at each milestone) or cosine (to 0 at the last epoch)")
-    warmup_steps: int = _f(0, ge=0, le=MAX_STEPS, doc="linear lr warm-up over this many optimizer steps")
+    warmup_steps: int = _f(100, ge=0, le=MAX_STEPS, doc="linear lr warm-up over this many optimizer steps")
     gamma: float = _f(0.5, gt=0.0, le=1.0)
     lam: float | None = _f(TUNED_DEFAULTS["train.lam"], ge=0.0,
                            doc="weight of the attention-map losses; null = the tune stage's value")
     seed: int = _f(42, ge=0, le=MAX_SEED)
     val_every: int = _f(1, ge=1, le=MAX_EPOCHS, doc="validate every N epochs; best checkpoint by validation IoU")
     max_steps_per_epoch: int = _f(0, ge=0, le=MAX_STEPS, doc="0 = full epoch; >0 caps steps (smoke runs)")
-    num_workers: int = _f(1, ge=1, le=MAX_WORKERS, doc="Ray Train workers (max of the elastic range)")
-    min_workers: int = _f(0, ge=0, le=MAX_WORKERS, doc="elastic minimum; 0 = fixed size num_workers")
-    cpus_per_worker: float = _f(0.5, gt=0.0, le=MAX_CPUS, doc="leave CPU for Ray Data on small machines")
-    placement_strategy: str = _f("PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
-                                 doc="how Ray places the workers; STRICT_SPREAD = one worker per node")
-    threads_per_worker: int = _f(0, ge=0, le=MAX_CPUS,
-                                 doc="torch threads per worker; 0 = the CPUs it reserves, at least 1")
-    use_gpu: bool = _f(False)
-    max_failures: int = _f(2, ge=-1, le=1000, doc="worker-group restarts before the run fails (-1 = forever)")
-    storage_path: str = _f("", doc="absolute path or URI for Ray checkpoints; empty = $DIRL_STORAGE_PATH, "
-                           "else <workspace>/ray_results")
-    precision: str = _f("fp32", choices=("fp32", "bf16", "fp16"))
-    channels_last: bool = _f(False)
+    precision: str = _f("bf16", choices=("fp32", "bf16", "fp16"))
+    channels_last: bool = _f(True)
     compile: bool = _f(False)
-    checkpoint: str = _f("best", choices=("best", "last"),
+    checkpoint: str = _f("last", choices=("best", "last"),
                          doc="the exported model: best = highest validation IoU (the reference's rule), last = the "
                          "final epoch (for a validation set too small to tell epochs apart)")
     use_tune_best: bool = _f(True, doc="fill the null tuned keys (TUNED_DEFAULTS: train.lr, ...) from "
@@ -166,26 +154,20 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.betas, list) and len(self.betas) != 2:
             raise ConfigError(f"train.betas = {self.betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
-        if self.min_workers > self.num_workers:
-            raise ConfigError(f"train.min_workers = {self.min_workers} is above train.num_workers = "
-                              f"{self.num_workers}: the elastic range is min_workers..num_workers")
-        if self.batch_size % self.num_workers:
-            raise ConfigError(f"train.batch_size = {self.batch_size} is the global batch and must be a multiple of "
-                              f"train.num_workers = {self.num_workers} (each worker takes batch_size / num_workers)")
 
 
 @dataclass
 class TuneConfig:
     enabled: bool = _f(True)
-    num_samples: int = _f(4, ge=1, le=100_000)
-    max_concurrent: int = _f(1, ge=1, le=MAX_WORKERS, doc="1 on 2-CPU machines (trials deadlock otherwise)")
-    epochs: int = _f(2, ge=1, le=MAX_EPOCHS)
-    max_steps_per_epoch: int = _f(0, ge=0, le=MAX_STEPS, doc="cap each trial epoch at this many steps (0 = whole epochs)")
+    num_samples: int = _f(2, ge=1, le=100_000)
+    epochs: int = _f(1, ge=1, le=MAX_EPOCHS)
+    max_steps_per_epoch: int = _f(60, ge=0, le=MAX_STEPS,
+                                  doc="cap each trial epoch at this many steps (0 = whole epochs)")
     grace_period: int = _f(1, ge=1, le=MAX_EPOCHS, doc="ASHA: epochs before a trial may be stopped")
     reduction_factor: int = _f(2, ge=2, le=100)
     metric: str = _f("val_iou", choices=("val_iou", "val_f1", "val_ap", "val_loss"))
     search_space: dict = _f(
-        {"lr": {"loguniform": [3e-5, 3e-4]}, "weight_decay": {"choice": [0.0, 1e-4]}},
+        {"lr": {"loguniform": [1e-3, 3e-3]}, "weight_decay": {"choice": [0.0, 1e-4]}},
         doc="key -> {loguniform|uniform: [lo, hi]} or {choice: [...]}; keys: those of TUNED_DEFAULTS "
             "(train.lr, train.weight_decay, train.lam), searched only where params.yaml leaves them null",
     )
@@ -229,13 +211,44 @@ class PromoteConfig:
 
 @dataclass
 class ClusterConfig:
+    """Machine settings: where the stages run and how the work is spread, never what is learnt. No DVC stage
+    declares this section (nor ``mlflow``), so moving from a laptop to a cluster re-runs nothing."""
     address: str = _f("", doc="empty = start Ray locally; 'auto' or 'ray://host:port' = existing cluster")
     num_cpus: int = _f(0, ge=0, le=1_000_000, doc="CPUs for a local Ray; 0 = all")
+    num_workers: int = _f(1, ge=1, le=MAX_WORKERS, doc="Ray Train workers (max of the elastic range)")
+    min_workers: int = _f(0, ge=0, le=MAX_WORKERS, doc="elastic minimum; 0 = fixed size num_workers")
+    cpus_per_worker: float = _f(2.0, gt=0.0, le=MAX_CPUS, doc="CPUs each training worker reserves (lowered to fit)")
+    placement_strategy: str = _f("PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+                                 doc="how Ray places the workers; STRICT_SPREAD = one worker per node")
+    threads_per_worker: int = _f(0, ge=0, le=MAX_CPUS,
+                                 doc="torch threads per worker; 0 = the CPUs it reserves, at least 1")
+    use_gpu: bool = _f(False)
+    max_failures: int = _f(2, ge=-1, le=1000, doc="worker-group restarts before the run fails (-1 = forever)")
+    storage_path: str = _f("", doc="absolute path or URI for Ray checkpoints; empty = $DIRL_STORAGE_PATH, "
+                           "else <state root>/ray_results (dirl/workspace.py)")
+    max_concurrent_trials: int = _f(1, ge=1, le=MAX_WORKERS, doc="tune trials at once (lowered to fit the cluster)")
+    data_workers: int = _f(0, ge=0, le=MAX_CPUS, doc="processes of the data stages; 0 = number of CPU cores")
+    data_engine: str = _f("auto", choices=("auto", "local", "ray"),
+                          doc="where preprocess and synthesize run: local processes, Ray tasks across the cluster's "
+                          "nodes (same rows, byte for byte), or auto = ray when cluster.address is set")
+
+    def __post_init__(self):
+        if self.min_workers > self.num_workers:
+            raise ConfigError(f"cluster.min_workers = {self.min_workers} is above cluster.num_workers = "
+                              f"{self.num_workers}: the elastic range is min_workers..num_workers")
+
+
+MACHINE_SECTIONS = ("cluster", "mlflow")  # where a stage runs and records: not DVC params of any stage
+# Keys that moved to another section: an old params file gets a one-line fix instead of "unknown key".
+MOVED = {f"train.{k}": f"cluster.{k}" for k in ("num_workers", "min_workers", "cpus_per_worker", "placement_strategy",
+                                                "threads_per_worker", "use_gpu", "max_failures", "storage_path")}
+MOVED.update({"tune.max_concurrent": "cluster.max_concurrent_trials", "data.workers": "cluster.data_workers"})
 
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str = _f("", doc="empty = $MLFLOW_TRACKING_URI, else sqlite:///<workspace>/mlflow.db")
+    tracking_uri: str = _f("", doc="empty = $MLFLOW_TRACKING_URI, else sqlite:///<state root>/mlflow.db "
+                           "(dirl/workspace.py)")
     experiment: str = _f("dirl")
 
     def __post_init__(self):
@@ -262,6 +275,12 @@ class Config:
     promote: PromoteConfig = _f(PromoteConfig)
     cluster: ClusterConfig = _f(ClusterConfig)
     mlflow: MlflowConfig = _f(MlflowConfig)
+
+    def __post_init__(self):
+        if self.train.batch_size % self.cluster.num_workers:
+            raise ConfigError(f"train.batch_size = {self.train.batch_size} is the global batch and must be a multiple "
+                              f"of cluster.num_workers = {self.cluster.num_workers} (each worker takes batch_size / "
+                              f"num_workers)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -461,6 +480,9 @@ def _build(cls, data: dict, prefix: str, src: str):
     unknown = sorted(set(data) - set(names))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        if key in MOVED:
+            raise ConfigError(f"{src}: '{key}' has moved to '{MOVED[key]}' (machine settings live in the cluster "
+                              f"section): move it there")
         raise ConfigError(f"{src}: unknown key '{key}': allowed keys here are {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
@@ -515,17 +537,12 @@ def _no_duplicate_keys(node, prefix: str, seen_nodes: set) -> None:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
-def load_config(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> Config:
-    """Load ``params.yaml`` (plus optional dotted ``overrides``) into a validated :class:`Config`.
-
-    A params file must hold every section (``SECTIONS``): a missing one would silently take the code defaults,
-    which are not any profile's values. A key given twice is refused (YAML would keep the last one).
-    """
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
+    """A YAML file's data; ConfigError (one line: file, line, what the parser expected) when it cannot be read."""
     if not path.exists():
         raise ConfigError(f"{path}: file not found (run from the project root or pass --params)")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:  # one line: where, and what the parser expected
@@ -533,6 +550,60 @@ def load_config(path: str | os.PathLike = "params.yaml", overrides: dict | None 
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = " ".join(str(getattr(e, "problem", None) or e).split())
         raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
+
+
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "params"  # the profiles of a source checkout
+
+
+def profile_path(profile: str | os.PathLike) -> Path:
+    """``smoke`` -> ``params/smoke.yaml`` of the project; a path is taken as it is."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
+        return p
+    from dirl.workspace import root
+
+    where = root() / "params"
+    found = where / f"{profile}.yaml"
+    if not found.is_file():
+        where = PROFILES_DIR
+        found = where / f"{profile}.yaml"
+    if not found.is_file():
+        names = sorted(q.stem for q in where.glob("*.yaml"))
+        raise ConfigError(f"profile {profile!r} not found: expected {found} (profiles: {', '.join(names)})")
+    return found
+
+
+def profile_overrides(profile: str | os.PathLike) -> dict[str, Any]:
+    """A profile (``params/<name>.yaml``: only the keys that differ from params.yaml) as dotted overrides."""
+    path = profile_path(profile)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of sections holding only the keys it changes")
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            # a nested mapping is walked, except the values that are mappings themselves (a search space)
+            if isinstance(value, dict) and name not in ("tune.search_space",):
+                walk(value, name)
+            else:
+                flat[name] = value
+
+    walk(data, "")
+    return flat
+
+
+def load_config(path: str | os.PathLike = "params.yaml", overrides: dict | None = None,
+                profile: str | os.PathLike | None = None) -> Config:
+    """Load ``params.yaml``, then a ``profile`` overlay (:func:`profile_overrides`), then dotted ``overrides``,
+    into a validated :class:`Config`.
+
+    A params file must hold every section (``SECTIONS``): a missing one would silently take the code defaults.
+    A key given twice is refused (YAML would keep the last one).
+    """
+    path = Path(path)
+    data = _read_yaml(path)
     if data is None:
         raise ConfigError(f"{path}: the file is empty: a params file must hold every section "
                           f"({', '.join(SECTIONS)}); copy params.yaml or a profile from params/")
@@ -542,9 +613,62 @@ def load_config(path: str | os.PathLike = "params.yaml", overrides: dict | None 
     if missing:
         raise ConfigError(f"{path}: missing section(s) {', '.join(missing)}: a params file must hold every section "
                           f"({', '.join(SECTIONS)}); a missing one would silently take the code defaults")
+    src = str(path)
+    if profile is not None:
+        src = f"{path} + {profile_path(profile)}"
+        for key, value in profile_overrides(profile).items():
+            _set_known(data, key, value, str(profile_path(profile)))
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
-    return config_from_dict(data, str(path))
+    return config_from_dict(data, src)
+
+
+def _set_known(data: dict, key: str, value: Any, src: str) -> None:
+    """``set_dotted`` for an overlay: the key must exist in the base (a typo would add a section or key)."""
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            break
+        node = node[p]
+    else:
+        if parts[-1] in node:
+            node[parts[-1]] = value
+            return
+    hint = f" (moved to '{MOVED[key]}')" if key in MOVED else ""
+    raise ConfigError(f"{src}: unknown key '{key}'{hint}: a profile may only change keys of params.yaml")
+
+
+def write_profile(params: str | os.PathLike, profile: str | os.PathLike) -> dict[str, tuple[Any, Any]]:
+    """Apply a profile to the params file in place, keeping its comments and layout (ruamel round trip);
+    validated first. Returns ``{key: (old, new)}`` of the values that changed."""
+    from ruamel.yaml import YAML
+
+    params = Path(params)
+    load_config(params, profile=profile)  # refuses a bad profile before anything is written
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 4096
+    rt.representer.add_representer(type(None), lambda r, d: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = rt.load(params.read_text())
+    changed: dict[str, tuple[Any, Any]] = {}
+    for key, value in profile_overrides(profile).items():
+        node = doc
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        old = node[leaf]
+        if old != value:  # written as PyYAML writes it (3.0e-05, not 3e-05, which PyYAML reads as a string)
+            node[leaf] = rt.load(yaml.safe_dump({"v": value}, default_flow_style=True, width=4096))["v"]
+            changed[key] = (old, value)
+    import io as _io
+
+    from dirl.io import write_text_atomic
+
+    buf = _io.StringIO()
+    rt.dump(doc, buf)
+    write_text_atomic(params, buf.getvalue())
+    return changed
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:
@@ -566,29 +690,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def save_resolved(cfg: Config | dict, out_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved config beside an output (atomically) and return its path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from dirl.io import write_text_atomic
+
     data = cfg.to_dict() if isinstance(cfg, Config) else cfg
-    target = out / name
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, target)
-    return target
-
-
-def workspace_root(start: str | os.PathLike | None = None) -> Path:
-    """The project workspace: the nearest parent holding params.yaml (else the current directory)."""
-    here = Path(start or os.getcwd()).resolve()
-    for p in (here, *here.parents):
-        if (p / "params.yaml").exists():
-            return p
-    return here
-
-
-def tracking_uri(cfg: Config, root: str | os.PathLike | None = None) -> str:
-    """The MLflow tracking URI: the configured one, or an absolute SQLite store in the workspace."""
-    if cfg.mlflow.tracking_uri:
-        return cfg.mlflow.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(Path(root) if root else workspace_root()).resolve() / 'mlflow.db'}"
+    return write_text_atomic(Path(out_dir) / name, yaml.safe_dump(data, sort_keys=False))

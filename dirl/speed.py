@@ -43,6 +43,11 @@ class SpeedConfig:
         return "+".join(parts + [self.precision] + (["compile"] if self.compile else []))
 
 
+def default_device() -> torch.device:
+    """CUDA when there is a GPU, else CPU: where evaluation and serving run."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _device_type(device: torch.device | str) -> str:
     return torch.device(device).type
 

@@ -31,12 +31,12 @@ def summary_lines(root: Path) -> list[str]:
     tune = _load(r / "tune" / "summary.json")
     if tune:
         lines.append(f"tune     {json.dumps({k: v for k, v in tune.items() if not isinstance(v, (dict, list))})}")
-    train = _load(r / "train" / "metrics.json")
+    train = _load(r / "train" / "info.json")
     if train:
         lines.append(f"train    best epoch {train.get('best_epoch')} of {train.get('epochs')}: "
                      f"val IoU {train.get('val_iou') or float('nan'):.2f}, val AP {train.get('val_ap') or float('nan'):.2f}"
                      f" ({train.get('images_per_s') or 0:.1f} img/s)")
-    ev = _load(r / "evaluate" / "metrics.json")
+    ev = _load(r / "evaluate" / "scores.json")
     if ev:
         lines.append("evaluate (model beside the centred-prior baseline on the same images)")
         for name, sets in ev.items():

@@ -1,37 +1,59 @@
-"""MLflow tracking: URI + experiment set-up, run provenance tags (git, DVC, data) and flat params.
+"""MLflow tracking: every MLflow run is opened and closed here.
 
-Every stage that records into MLflow goes through :func:`setup`, which points MLflow at the tracking
-URI of the config (an absolute ``sqlite:///`` store in the workspace by default, or an
-``http://host:port`` server), checks that the store is reachable and returns the experiment id.
+    exp_id = setup(cfg)                                  # URI + experiment, before any mlflow call
+    run = open_run(cfg, "train-x", tags, record=path)    # create, or reopen the run recorded in ``path``
+    with closing(run):                                   # FINISHED on success, FAILED (with the error) if not
+        MlflowEpochLogger(run.uri, run.run_id).sync(history)
+    reconcile_child_runs(...)                            # tune: every trial's child run complete and closed
+
+:func:`setup` points MLflow at the tracking URI of the config (an absolute ``sqlite:///`` store in the state
+root by default, see :mod:`dirl.workspace`, or an ``http://host:port`` server), checks that the store is
+reachable and returns the experiment id.
 For a SQLite store the experiment's artifacts live beside the database in ``mlartifacts/``
 (MLflow's own default, ``./mlruns`` under the current directory, would scatter them).
 
-    exp_id = setup(cfg)                      # before any mlflow call
-    tags = provenance_tags(data_dirs=["data/shards"])
-    with start_child_run(parent_id, "trial-3"):
-        log_params_flat(cfg.to_dict())
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import logging
+import math
 import os
 import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
-from dirl.config import Config, tracking_uri, workspace_root
+from dirl import workspace
+from dirl.config import Config
 
+log = logging.getLogger("dirl.tracking")
+
+EXPERIMENT_KIND, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value (characters)
 BATCH_MAX = 100  # MLflow's limit on params per log_batch call
 
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be used; the message names the URI and the fix."""
+
+
+def tracking_uri(cfg: Config, root: str | os.PathLike | None = None) -> str:
+    """The MLflow tracking URI: ``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store in
+    the state root (``mlflow.db``, see :mod:`dirl.workspace`)."""
+    if cfg.mlflow.tracking_uri:
+        return cfg.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{workspace.mlflow_db(root).resolve()}"
 
 
 def _server_hint(uri: str) -> str:
@@ -65,6 +87,17 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     return None
 
 
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (database migrations, input-example validation), its pickling notice and its artifact
+    progress bars stay off the console unless ``dirl -v`` (``$DIRL_VERBOSE``)."""
+    if os.environ.get("DIRL_VERBOSE"):
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 def setup(cfg: Config, root: str | os.PathLike | None = None, experiment: str | None = None) -> str:
     """Point MLflow at the configured tracking URI and experiment; return the experiment id.
 
@@ -74,6 +107,7 @@ def setup(cfg: Config, root: str | os.PathLike | None = None, experiment: str | 
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    quiet_mlflow()
     uri = tracking_uri(cfg, root)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -95,13 +129,18 @@ def setup(cfg: Config, root: str | os.PathLike | None = None, experiment: str | 
             exp_id = exp.experiment_id
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"MLflow tracking store {uri} failed: {e}; {_server_hint(uri)}") from None
+    try:  # the MLflow UI opens an experiment of this kind on its runs table (model training), not the GenAI view
+        if client.get_experiment(exp_id).tags.get(EXPERIMENT_KIND) != KIND_TRAINING:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND, KIND_TRAINING)
+    except mlflow.exceptions.MlflowException:
+        pass  # a read-only or older store: cosmetic only
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
 
 def git_commit(root: str | os.PathLike | None = None) -> str:
     """The workspace's HEAD commit (suffixed ``-dirty`` with uncommitted changes); "" outside git."""
-    cwd = str(root or workspace_root())
+    cwd = str(root or workspace.root())
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
@@ -177,14 +216,75 @@ def start_child_run(parent_id: str, name: str, tags: Mapping[str, str] | None = 
     return mlflow.start_run(run_name=name, parent_run_id=parent_id, nested=True, tags=dict(tags or {}))
 
 
-def provenance_tags(root: str | os.PathLike | None = None,
-                    data_dirs: list[str | os.PathLike] = ()) -> dict[str, str]:
-    """Tags that pin a run to its code and data: git commit, dvc.lock output hashes, shard manifests."""
-    root = Path(root or workspace_root())
-    tags = {}
+def _git(root: Path, *args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def source_tags(root: str | os.PathLike | None = None) -> dict[str, str]:
+    """MLflow's standard tags, which the UI shows as "Created by", "Source" and the git commit: the user, the
+    command (``stages.py train``, ``dirl evaluate``), and the workspace's git commit, branch, remote and
+    whether the tree had uncommitted changes."""
+    import getpass
+
+    root = Path(root or workspace.root())
+    entry = " ".join([Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:3]])
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": entry[:500]}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
     commit = git_commit(root)
     if commit:
-        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+        tags["mlflow.source.git.dirty"] = str(commit.endswith("-dirty")).lower()
+        branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+        if branch and branch != "HEAD":
+            tags["mlflow.source.git.branch"] = branch
+        remote = _git(root, "config", "--get", "remote.origin.url")
+        if remote:
+            tags["mlflow.source.git.repoURL"] = remote
+    return tags
+
+
+def log_datasets(client, run_id: str, data_dirs: Sequence[str | os.PathLike], splits: Mapping[str, str]) -> int:
+    """Log the shard folders' ``splits`` (split -> MLflow context: ``{"train": "training", "val": "validation"}``)
+    as the run's dataset inputs (the UI's "Datasets" column): name ``<folder>-<split>``, digest = the manifest's
+    dataset hash, source = the shard folder, profile = the row count. Returns how many were logged."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for d in data_dirs:
+        manifest = Path(str(d)) / "manifest.json"
+        try:
+            info = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        for split, context in splits.items():
+            rows = (info.get("splits") or {}).get(split)
+            if not rows:
+                continue
+            ds = Dataset(name=f"{Path(str(d)).name}-{split}", digest=str(info.get("dataset_hash", ""))[:16] or "none",
+                         source_type="local" if "://" not in str(d) else str(d).split("://", 1)[0],
+                         source=json.dumps({"uri": str(d), "split": split}),
+                         profile=json.dumps({"num_rows": rows, "sources": info.get("sources", {})}))
+            inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)]))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+    return len(inputs)
+
+
+def provenance_tags(root: str | os.PathLike | None = None,
+                    data_dirs: Sequence[str | os.PathLike] = ()) -> dict[str, str]:
+    """Tags that pin a run to its code and data: MLflow's source and git tags (:func:`source_tags`), the git
+    commit, dvc.lock output hashes, shard manifests."""
+    root = Path(root or workspace.root())
+    tags = source_tags(root)
+    commit = tags.get("mlflow.source.git.commit", "")
+    if commit:
+        tags["git_commit"] = commit + ("-dirty" if tags.get("mlflow.source.git.dirty") == "true" else "")
     for key, digest in dvc_lock_hashes(root / "dvc.lock").items():
         tags[f"dvc.{key}"[:250]] = digest
     for d in data_dirs:
@@ -197,3 +297,165 @@ def provenance_tags(root: str | os.PathLike | None = None,
             if digest:
                 tags[f"data.{Path(d).name}.dataset_hash"] = str(digest)
     return tags
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass
+class Run:
+    """An open MLflow run: its client, ids and store; ``reopened`` when a resumed run was found."""
+
+    client: Any
+    run_id: str
+    experiment_id: str
+    uri: str
+    reopened: bool = False
+
+
+def open_run(cfg: Config, name: str, tags: Mapping[str, str], *, root: str | os.PathLike | None = None,
+             record: Path | None = None, parent_run_id: str | None = None) -> Run:
+    """Create an MLflow run in the configured experiment, or reopen the one named in ``record`` (a JSON file a
+    resumed Ray run keeps beside its checkpoints) when it is still active in the same store; a new run is
+    written to ``record``. ``parent_run_id`` nests it (``mlflow.parentRunId``)."""
+    import mlflow
+
+    exp_id = setup(cfg, root)
+    uri = tracking_uri(cfg, root)
+    client = mlflow.MlflowClient(uri)
+    if record is not None and record.is_file():
+        try:
+            prev = json.loads(record.read_text())
+            run = client.get_run(prev["run_id"])
+            if run.info.lifecycle_stage == "active" and prev.get("tracking_uri") == uri:
+                client.update_run(run.info.run_id, status="RUNNING")
+                return Run(client, run.info.run_id, run.info.experiment_id, uri, True)
+        except (ValueError, KeyError, mlflow.exceptions.MlflowException):
+            pass  # unreadable record or a run of another store: start a new MLflow run
+    tags = dict(tags)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    if record is not None:
+        from dirl.io import write_json_atomic
+
+        write_json_atomic(record, {"run_id": run.info.run_id, "experiment_id": exp_id, "tracking_uri": uri})
+    return Run(client, run.info.run_id, exp_id, uri)
+
+
+@contextlib.contextmanager
+def closing(run: Run) -> Iterator[Run]:
+    """Close ``run`` FINISHED when the block succeeds, FAILED (with the error as a tag) when it raises."""
+    try:
+        yield run
+    except BaseException as e:
+        record_failure(run.client, run.run_id, e)
+        raise
+    run.client.set_terminated(run.run_id, status="FINISHED")
+
+
+class MlflowEpochLogger:
+    """Rank 0's MLflow writer: params once, one point per metric and epoch, never the same epoch twice."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        import mlflow
+
+        self.client = mlflow.MlflowClient(tracking_uri)
+        self.run_id = run_id
+        logged = self.client.get_metric_history(run_id, "train_loss")
+        self.logged_epochs = {int(m.step) for m in logged}
+
+    def log_params(self, params: dict) -> None:
+        """Log the config flat, once; values changed since (a resume with more epochs) become tags."""
+        changed = log_params_flat(params, run_id=self.run_id, client=self.client)
+        for key, (old, new) in changed.items():
+            self.client.set_tag(self.run_id, f"resumed_with.{key}", f"{old} -> {new}"[:5000])
+
+    def log_epoch(self, row: dict) -> bool:
+        """Log one history row at ``step=row['epoch']``; False when the run already holds that epoch."""
+        from mlflow.entities import Metric
+
+        epoch = int(row["epoch"])
+        if epoch in self.logged_epochs:
+            return False
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, epoch) for k, v in row.items()
+                   if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=metrics)  # one transaction: the whole epoch or nothing
+        self.logged_epochs.add(epoch)
+        return True
+
+    def sync(self, history: list[dict]) -> int:
+        """Log every epoch of ``history`` the run lacks; a tracking-store error is a warning, retried next epoch."""
+        import mlflow
+
+        n = 0
+        try:
+            for row in history:
+                n += self.log_epoch(row)
+        except (mlflow.exceptions.MlflowException, OSError) as e:
+            log.warning("MLflow logging failed (%s); epochs will be logged at the next epoch or restart", e)
+        return n
+
+
+
+# ----------------------------------------------------------------------------- tune's child runs
+
+
+def trial_title(trial_id: str, values: dict[str, Any]) -> str:
+    """A trial's run name in the MLflow runs table: ``trial 00001 lr=0.0012 weight_decay=0``."""
+    shown = " ".join(f"{k.split('.', 1)[-1]}={v:.2g}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}"
+                     for k, v in values.items())
+    return f"trial {trial_id.rsplit('_', 1)[-1]} {shown}".strip()
+
+
+def error_text(e: BaseException) -> tuple[str, str]:
+    """(one line: the innermost ``Type: message``, the full text) of an exception from a trial."""
+    full = f"{type(e).__name__}: {e}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    short = next((ln for ln in reversed(lines) if ":" in ln and ln.split(":", 1)[0].replace(".", "").isidentifier()
+                  and ("Error" in ln.split(":", 1)[0] or "Exception" in ln.split(":", 1)[0])), None)
+    return (short or (f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__))[:500], full[:5000]
+
+
+def record_failure(client, run_id: str, e: BaseException) -> None:
+    short, full = error_text(e)
+    client.set_tag(run_id, "error", short)
+    client.set_tag(run_id, "error_detail", full)
+    client.set_terminated(run_id, status="FAILED")
+
+
+def child_runs(client, exp_id: str, parent_id: str) -> dict[str, Any]:
+    runs = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=5000)
+    return {r.data.tags.get("trial_id", ""): r for r in runs}
+
+
+def reconcile_child_runs(client, uri: str, exp_id: str, parent_id: str, trials: list[dict]) -> None:
+    """Make every trial's MLflow child run complete: create it when the driver never ran, log epochs it lacks
+    (a trial stopped by ASHA dies right after its last report), and close it with the trial's status."""
+    from mlflow.entities import Param
+
+    for t in trials:
+        if not t["run_id"]:
+            tags = {"mlflow.parentRunId": parent_id, "stage": "tune", "trial_id": t["trial_id"]}
+            name = trial_title(t["trial_id"], {k: v for k, v in t["values"].items() if v is not None})
+            t["run_id"] = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+            params = [Param(k, str(v)) for k, v in t["values"].items() if v is not None]
+            if params:
+                client.log_batch(t["run_id"], params=params)
+        run_id = t["run_id"]
+        if t["history"]:
+            MlflowEpochLogger(uri, run_id).sync(t["history"])
+        run = client.get_run(run_id)
+        client.set_tag(run_id, "tune.status", t["status"])
+        if t["status"] == "failed":
+            if not run.data.tags.get("error"):
+                client.set_tag(run_id, "error", t["error"] or "the trial failed (see the Ray Tune trial folder)")
+            if run.info.status != "FAILED":
+                client.set_terminated(run_id, status="FAILED")
+        else:  # a driver stopped by ASHA may have seen its run abort: that is no failure
+            for tag in ("error", "error_detail"):
+                if tag in run.data.tags:
+                    client.delete_tag(run_id, tag)
+            if run.info.status != "FINISHED":
+                client.set_terminated(run_id, status="FINISHED")

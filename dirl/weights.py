@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from dirl.io import atomic_path
+
 FORMAT = "dirl-weights/1"
 
 
@@ -26,9 +28,8 @@ class WeightsError(RuntimeError):
 
 def save_weights(path: str | os.PathLike, model: nn.Module, name: str, input_size: int,
                  options: dict | None = None, metrics: dict | None = None, epoch: int | None = None) -> Path:
-    """Write the weights file atomically (temp file, then rename)."""
+    """Write the weights file atomically (temp file beside it, fsync, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)  # unwrap DDP
     module = getattr(module, "_orig_mod", module)  # unwrap torch.compile
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
@@ -36,9 +37,8 @@ def save_weights(path: str | os.PathLike, model: nn.Module, name: str, input_siz
         "format": FORMAT, "model": name, "options": dict(options or {}), "input_size": int(input_size),
         "state_dict": state, "metrics": dict(metrics or {}), "epoch": epoch,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

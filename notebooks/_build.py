@@ -67,7 +67,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from dirl.config import load_config, tracking_uri
+from dirl.config import load_config
+from dirl.tracking import tracking_uri
 
 cfg = load_config("params.yaml")
 uri = tracking_uri(cfg, root)
@@ -108,7 +109,7 @@ counts
 ### A contact sheet of synthesized composites
 
 One line per composite: the composite, its inharmonious-region mask, the real photo it was made from and the mask
-drawn over the composite. `dirl.data.visual.contact_sheet` writes it as a PNG (`dirl data show` does the same from
+drawn over the composite. `dirl.data.show.contact_sheet` writes it as a PNG (`dirl data show` does the same from
 the command line). One composite per method, from the test split where there is one.
 """),
     code("""
@@ -116,7 +117,7 @@ import tempfile
 
 from IPython.display import Image, display
 
-from dirl.data.visual import contact_sheet
+from dirl.data.show import contact_sheet
 
 sheet_dir = Path("data/synth") if "synth" in found else Path("data/shards")
 columns = ["id", "source", "synth_method", "image", "mask", "real"]
@@ -175,7 +176,7 @@ gives the IoU of the map binarised at 0.5, as the evaluation computes it.
     code("""
 import torch
 
-from dirl.lifecycle import SHARD_DIRS
+from dirl.workspace import SHARD_DIRS
 from dirl.lifecycle.evaluate import pick_indices, shard_set
 from dirl.metrics import per_image_metrics
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.paths import PARAMS, ROOT
 CLUSTER = ROOT / "pipeline" / "cluster"
 LOCAL_SH = CLUSTER / "local.sh"
 RUN_SH = CLUSTER / "run-pipeline.sh"
@@ -68,7 +68,7 @@ def _check_overrides(args: list[str]) -> dict:
     pairs = [args[i + 1] for i, a in enumerate(args) if a in ("-S", "--set-param")]
     assert pairs, f"no -S overrides in {args}"
     overrides = dict(parse_override(p) for p in pairs)
-    load_config(ROOT / "params.yaml", overrides)  # raises ConfigError naming a wrong key/value
+    load_config(PARAMS, overrides)  # raises ConfigError naming a wrong key/value
     return overrides
 
 
@@ -200,7 +200,7 @@ def test_kuberay_job_entrypoint_runs_a_real_command_with_valid_overrides():
     assert "COPY --chown=ray:users . /app" in (CLUSTER / "Dockerfile").read_text()
     extra = args[args.index("--") + 1:]
     overrides = _check_overrides(extra)
-    assert overrides["train.use_gpu"] is True
+    assert overrides["cluster.use_gpu"] is True
 
     # What the script runs, with the environment of the pods.
     env = next(c for c in _cluster_specs()["RayJob"]["headGroupSpec"]["template"]["spec"]["containers"])["env"]
@@ -212,7 +212,7 @@ def test_kuberay_job_entrypoint_runs_a_real_command_with_valid_overrides():
     assert cmd[:3] == ["dvc", "exp", "run"]
     resolved = _check_overrides(cmd)
     assert resolved["cluster.address"] == "auto"
-    assert resolved["train.storage_path"] == env["DIRL_STORAGE_PATH"]
+    assert resolved["cluster.storage_path"] == env["DIRL_STORAGE_PATH"]
     assert resolved["mlflow.tracking_uri"] == env["MLFLOW_TRACKING_URI"]
     dvc = VENV_BIN / "dvc" if (VENV_BIN / "dvc").exists() else "dvc"
     assert subprocess.run([str(dvc), "exp", "run", "--help"], capture_output=True, timeout=60).returncode == 0
@@ -323,9 +323,9 @@ tmp, storage = Path(sys.argv[1]), sys.argv[2]
 data = toy_shards(tmp / "toy", n_train=16, n_val=4, size=32)
 cfg = load_config("params.yaml", overrides={
     "model.name": "unet", "model.input_size": 32, "train.epochs": 1, "train.batch_size": 2,
-    "train.max_steps_per_epoch": 2, "train.num_workers": 2, "train.cpus_per_worker": 1.0,
-    "train.placement_strategy": "STRICT_SPREAD", "train.precision": "fp32", "train.channels_last": False,
-    "train.storage_path": storage, "train.use_tune_best": False, "cluster.address": "auto",
+    "train.max_steps_per_epoch": 2, "cluster.num_workers": 2, "cluster.cpus_per_worker": 1.0,
+    "cluster.placement_strategy": "STRICT_SPREAD", "train.precision": "fp32", "train.channels_last": False,
+    "cluster.storage_path": storage, "train.use_tune_best": False, "cluster.address": "auto",
     "mlflow.tracking_uri": "sqlite:///" + str(tmp / "mlflow.db")})
 out = train(cfg, out_dir=tmp / "out", data_dirs=[data], root=tmp, status_dir=tmp / "status")
 print(json.dumps({"checkpoint": out["checkpoint"], "run_id": out["run_id"]}))

@@ -9,15 +9,14 @@ import yaml
 
 from dirl.cli import main
 from dirl.data.shards import read_manifest, read_table, verify_shards
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.paths import PARAMS, ROOT
 
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     params["data"]["stored_size"] = 96
-    params["data"]["workers"] = 1
+    params["cluster"]["data_workers"] = 1
     params["synth"]["per_image"] = 2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
@@ -121,15 +120,15 @@ def test_verify_with_nothing_to_verify_fails(workspace, capsys):
 STAGE_SCRIPT = """
 import os, pathlib, sys, time
 from dirl.config import load_config
-from dirl.data import preprocess, stages
+from dirl.data import build
 if os.environ.get("PAUSE_AT"):  # the new output is complete but not yet swapped in: a kill lands here
-    real = preprocess.swap_in
+    real = build.swap_in
     def paused(new, out):
         pathlib.Path(os.environ["PAUSE_AT"]).write_text(str(new))
         time.sleep(300)
         real(new, out)
-    preprocess.swap_in = paused
-stages.ingest(load_config("params.yaml"))
+    build.swap_in = paused
+build.ingest(load_config("params.yaml"))
 """
 
 
@@ -174,13 +173,14 @@ def test_stage_killed_under_dvc_repro_keeps_its_previous_output(tmp_path):
 
     run("git", "init", "-q")
     run(*dvc, "init", "-q")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(source="photos", photos_dir="photos", workers=1, max_bad_fraction=0.0)
+    params = yaml.safe_load(PARAMS.read_text())
+    params["data"].update(source="photos", photos_dir="photos", max_bad_fraction=0.0)
+    params["cluster"]["data_workers"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "stage.py").write_text(STAGE_SCRIPT)
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ingest": {
         "cmd": f"{sys.executable} stage.py", "deps": ["stage.py", "photos"], "params": ["data"],
-        "outs": real["ingest"]["outs"], "metrics": real["ingest"]["metrics"]}}}))
+        "outs": real["ingest"]["outs"]}}}))
     _photo_folder(tmp_path / "photos", 3, seed=0)
     run(*dvc, "repro", "-q")
     first = _tree(tmp_path / "data" / "raw")
@@ -215,7 +215,7 @@ def test_stage_killed_under_dvc_repro_keeps_its_previous_output(tmp_path):
 
 
 def test_photo_splits_keep_whole_photos_and_minimums():
-    from dirl.data.stages import photo_splits
+    from dirl.data.build import photo_splits
 
     photos = [f"p{i}" for i in range(13)]
     split = photo_splits(photos * 3, seed=42, test_fraction=0.2, val_fraction=0.1)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import UNSAFE_ARCHIVES, ihd_tree, make_tar, make_zip
 from dirl.data.download import (
     MARKER,
     ChecksumMismatch,
@@ -30,6 +29,7 @@ from dirl.data.download import (
 )
 from dirl.data.ihd import find_root, scan
 from dirl.data.issues import IssueLog
+from helpers.builders import UNSAFE_ARCHIVES, ihd_tree, make_tar, make_zip
 
 FAST = dict(progress=False, retries=3, timeout=5.0, backoff=0.01)
 

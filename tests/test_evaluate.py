@@ -1,70 +1,27 @@
 """Evaluation stage: metrics beside the centred prior, CSVs, figures, MLflow logging, comparison table.
 
-Also holds the small builders the other lifecycle tests import: a shard folder of composites written through
-``dirl.data.shards``, weights files of real (untrained) models, an MLflow "training run" with its run.json.
+The builders (composites, shard folders, weights, configs, training runs) are in ``tests/helpers/lifecycle.py``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from dirl.config import load_config
-from dirl.data.images import encode_jpeg, encode_png, resize_mask
-from dirl.data.shards import ShardWriter, write_manifest
+from dirl.data.images import encode_jpeg, resize_mask
 from dirl.lifecycle.evaluate import compare, evaluate_stage
 from dirl.metrics import baseline_metrics
-from dirl.models import create_model
-from dirl.weights import save_weights
+from helpers.lifecycle import composite, make_cfg, make_training_run, make_weights, make_workspace
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# ----------------------------------------------------------------------------- builders (shared)
-
-
-def composite(seed: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """A smooth random photo with a colour-shifted rectangle: (RGB uint8 (h, w, 3), mask {0,1} (h, w))."""
-    rng = np.random.default_rng(seed)
-    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (7, 7), 3)
-    mask = np.zeros((h, w), np.uint8)
-    y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
-    mask[y:y + h // 3, x:x + w // 3] = 1
-    shifted = np.clip(img.astype(np.int16) + np.array([60, -40, 20]), 0, 255).astype(np.uint8)
-    return np.where(mask[..., None] == 1, shifted, img), mask
-
-
-def write_shards(out: Path, source: str, ids: list[str], split: str = "test", size: int = 48, seed: int = 0) -> Path:
-    """A shard folder of ``split`` composites (plus one train row) through the project's writer."""
-    rows = []
-    for i, item in enumerate(ids + [f"{ids[0]}_train"]):
-        img, mask = composite(seed + i, size, size)
-        rows.append({
-            "id": item, "subset": "unit", "split": split if i < len(ids) else "train", "image": encode_jpeg(img),
-            "mask": encode_png(mask), "real": None, "orig_h": size, "orig_w": size, "height": size, "width": size,
-            "fg_ratio": float(mask.mean()), "source": source,
-            "synth_method": "reinhard" if source == "synthesized" else None, "ref_id": None,
-        })
-    with ShardWriter(out, "all") as w:
-        for r in rows:
-            w.write(r)
-    write_manifest(out, w.shards)
-    return out
-
-
-def make_workspace(root: Path, n_synth: int = 4, n_real: int = 2) -> list[Path]:
-    """data/synth (synthesized) and data/shards (composite) test rows under ``root``; returns both dirs."""
-    synth = write_shards(root / "data" / "synth", "synthesized", [f"s{i:02d}" for i in range(n_synth)], seed=0)
-    shards = write_shards(root / "data" / "shards", "composite", [f"r{i:02d}" for i in range(n_real)], seed=100)
-    return [synth, shards]
+# ----------------------------------------------------------------------------- builders
 
 
 def make_ihd(root: Path, n: int = 3) -> Path:
@@ -78,56 +35,12 @@ def make_ihd(root: Path, n: int = 3) -> Path:
     return root
 
 
-def make_weights(path: Path, name: str = "unet", size: int = 32, seed: int = 0, constant: bool = False) -> Path:
-    """A weights file of an untrained model; ``constant`` zeroes a UNet's head so every map is flat (IoU 0)."""
-    torch.manual_seed(seed)
-    model = create_model(name)
-    if name == "unet":
-        with torch.no_grad():
-            if constant:
-                model.head.weight.zero_()
-                model.head.bias.fill_(-2.0)
-            else:  # spread the (untrained) output over (0, 1) so that the 0.5 threshold selects a region
-                model.head.weight.mul_(200.0)
-    return save_weights(path, model, name, size, metrics={"val_iou": 0.0}, epoch=1)
-
-
-def make_cfg(tmp: Path, size: int = 32, name: str = "unet", **over):
-    overrides = {"model.name": name, "model.input_size": size, "evaluate.batch_size": 4, "evaluate.grid_items": 3,
-                 "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "register.model_name": "dirl-test"}
-    overrides.update(over)
-    return load_config(ROOT / "params.yaml", overrides=overrides)
-
-
-def make_training_run(cfg, train_dir: Path) -> str:
-    """An MLflow run standing for a training run, and its run.json beside the weights."""
-    import mlflow
-
-    from dirl.config import tracking_uri
-    from dirl.tracking import setup
-
-    exp_id = setup(cfg)
-    run = mlflow.MlflowClient(tracking_uri(cfg)).create_run(exp_id, run_name="train")
-    (train_dir / "run.json").write_text(json.dumps(
-        {"run_id": run.info.run_id, "experiment_id": exp_id, "tracking_uri": tracking_uri(cfg)}))
-    return run.info.run_id
-
-
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A project-like folder (data/synth, data/shards) as the current directory."""
     monkeypatch.chdir(tmp_path)
     make_workspace(tmp_path)
     return tmp_path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny inputs on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention (~50x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -149,7 +62,11 @@ def test_evaluate_stage_outputs_beside_centre_prior_and_logged(workspace):
 
     metrics = evaluate_stage(cfg, model_ref=str(train / "model.pt"), out_dir="results/evaluate")
     out = workspace / "results" / "evaluate"
-    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert json.loads((out / "scores.json").read_text()) == metrics
+    # what `dvc metrics show` reads: the model and the prior in two small files with the same keys
+    small = {name: json.loads((out / name).read_text()) for name in ("metrics.json", "prior.json")}
+    assert small["metrics.json"]["test"] == {k: metrics["test"]["model"][k] for k in ("n", "AP", "F1", "IoU")}
+    assert small["prior.json"]["test"] == {k: metrics["test"]["centre_prior"][k] for k in ("n", "AP", "F1", "IoU")}
     assert set(metrics) == {"test", "ihd_mini"}  # the absent extra set is skipped with a note
     assert "does not exist" in " ".join(json.loads((out / "info.json").read_text())["notes"])
     assert metrics["test"]["model"]["n"] == metrics["test"]["centre_prior"]["n"] == 6  # 4 synthesized + 2 composite
@@ -257,7 +174,7 @@ def test_real_ihd_dev_set_beside_centre_prior(shared_data, tmp_path):
 def preprocessed_originals(root: Path) -> tuple[Path, dict[str, tuple[Path, Path]]]:
     """``root/data/shards`` built by ``dirl.data.preprocess`` (stored size 64) from JPEG files written here:
     two test composites (one 3-pixel foreground in 1000 x 800) and a train one. Returns it and {id: (jpg, png)}."""
-    from dirl.data.preprocess import preprocess
+    from dirl.data.preprocess import write_shards
 
     files = {}
     for seed, (name, (h, w), split) in enumerate((("c1_1_1", (300, 420), "test"), ("c2_1_1", (1000, 800), "test"),
@@ -273,7 +190,7 @@ def preprocessed_originals(root: Path) -> tuple[Path, dict[str, tuple[Path, Path
         files[name] = (jpg, png, split)
     items = [{"id": k, "subset": "HCOCO", "split": s, "composite": j, "mask": m} for k, (j, m, s) in files.items()]
     out = root / "data" / "shards"
-    manifest = preprocess(items, out, 64, workers=1, max_bad_fraction=0.0, progress=False)
+    manifest = write_shards(items, out, 64, workers=1, max_bad_fraction=0.0, progress=False)
     assert manifest["splits"] == {"test": 2, "train": 1}
     return out, {k: v[:2] for k, v in files.items() if v[2] == "test"}
 

@@ -4,7 +4,7 @@ Everything is generated here at test time (no data files are committed): an iHar
 bad items (empty, unreadable, truncated and corrupt files, missing / garbled / mis-sized / empty masks, a bad
 name), items a filter is meant to drop (all-foreground and > 50 % masks) and good-but-odd ones (CMYK, 16-bit,
 EXIF-rotated, RGBA, grey, progressive, trailing bytes, non-binary mask, missing or broken real image). It goes
-through the real stages (``dirl.data.stages.ingest`` + ``preprocess`` with a Config loaded from a params.yaml),
+through the real stages (``dirl.data.build.ingest`` + ``preprocess`` with a Config loaded from a params.yaml),
 from an extracted folder and from archives, damaged archives included; unsafe archives go through
 ``safe_extract``. Each test adds to the tally that ``tests/conftest.py`` prints at the end of the run:
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tarfile
 from pathlib import Path
@@ -25,15 +24,14 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import UNSAFE_ARCHIVES, corrupt_jpeg_data, make_tar, make_zip, with_exif_orientation
 from dirl.cli import main
 from dirl.config import load_config
-from dirl.data import stages
+from dirl.data import build
 from dirl.data.download import UnsafeArchive, safe_extract
 from dirl.data.issues import TooManyBadItems
 from dirl.data.shards import read_table
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.builders import UNSAFE_ARCHIVES, corrupt_jpeg_data, make_tar, make_zip, with_exif_orientation
+from helpers.paths import PARAMS
 H, W = 24, 32  # composite size (rows, columns)
 
 
@@ -164,8 +162,9 @@ def workspace(tmp_path, monkeypatch):
 
 def configure(ws: Path, **data) -> Path:
     """Write ``ws/params.yaml``: the real one, data section updated with ``data`` (``iharmony4_x`` = nested)."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(workers=1, stored_size=64)
+    params = yaml.safe_load(PARAMS.read_text())
+    params["data"].update(stored_size=64)
+    params["cluster"]["data_workers"] = 1
     for key, value in data.items():
         if key.startswith("iharmony4_"):
             params["data"]["iharmony4"][key[len("iharmony4_"):]] = value
@@ -202,12 +201,12 @@ def test_hostile_folder_every_bad_item_named_every_good_item_kept(workspace, cap
     # the rule passes exactly when every item seen is counted (scan rejects and filtered items too)
     cfg = load_config(configure(workspace, source="iharmony4", iharmony4_extracted_dir=str(src),
                                 iharmony4_split="le50", max_bad_fraction=frac + 0.001))
-    stages.ingest(cfg)
+    build.ingest(cfg)
     ing = report("ingest")
     scan_bad = {k for k in bad if named(ing, k)}
     assert ing["total"] == total and ing["bad"] == len(scan_bad) == 5 and ing["passed"] is True
 
-    stages.preprocess(cfg)
+    build.preprocess(cfg)
     rep = report("preprocess")
     assert (rep["total"], rep["bad"], rep["excluded"]) == (total, len(bad), len(excluded))
     assert rep["fraction"] == pytest.approx(frac) and rep["passed"] is True
@@ -240,7 +239,7 @@ def test_hostile_folder_every_bad_item_named_every_good_item_kept(workspace, cap
     cfg = load_config(configure(workspace, source="iharmony4", iharmony4_extracted_dir=str(src),
                                 max_bad_fraction=frac - 0.01))
     with pytest.raises(TooManyBadItems, match=re.escape(str(Path("results/preprocess/issues.json")))):
-        stages.preprocess(cfg)
+        build.preprocess(cfg)
     rep = report("preprocess")
     assert rep["passed"] is False and rep["bad"] == len(bad) and "max_bad_fraction" in rep["error"]
     assert all(named(rep, k) for k in bad)
@@ -295,7 +294,7 @@ def test_stale_report_is_removed_when_a_stage_fails_early(workspace):
     stale.parent.mkdir(parents=True)
     stale.write_text(json.dumps({"stage": "preprocess", "total": 99, "bad": 0, "issues": []}))
     with pytest.raises(FileNotFoundError, match="dvc repro ingest"):
-        stages.preprocess(load_config("params.yaml"))
+        build.preprocess(load_config("params.yaml"))
     rep = report("preprocess")
     assert rep["total"] == 0 and "FileNotFoundError" in rep["error"]  # this run's report, not the stale one
 
@@ -351,7 +350,7 @@ def test_corrupt_archives_one_line_nothing_kept_never_pinned(workspace, capsys, 
         reported += 1
         assert name not in json.loads(Path("lock.json").read_text())["archives"]  # never the reference
         assert snapshot(Path("data/raw")) == raw  # nothing half-extracted, nothing replaced
-        assert not list(Path("data").glob(".raw.*")) and not (stages.DOWNLOADS / name).exists()
+        assert not list(Path("data").glob(".raw.*")) and not (build.DOWNLOADS / name).exists()
         (src / name).write_bytes(intact)  # the real thing: accepted, and only now recorded
         assert main(["data", "ingest"]) == 0, name
         assert name in json.loads(Path("lock.json").read_text())["archives"]

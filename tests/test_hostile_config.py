@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import pytest
-
-from test_config import HOSTILE_CONFIGS, PARAMS, hostile_file
-from test_evaluate import composite, make_weights, one_torch_thread  # noqa: F401
-from test_predict import bomb_png, peak_rss_mb
 
 from dirl.cli import main
 from dirl.data.images import encode_jpeg
+from helpers.builders import bomb_png, peak_rss_mb
+from helpers.hostile import HOSTILE_CONFIGS, hostile_file
+from helpers.lifecycle import composite, make_weights
+from helpers.paths import PARAMS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TALLY = {"tried": 0, "named": 0, "good_tried": 0, "good_accepted": 0}
 

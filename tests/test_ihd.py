@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -23,16 +22,7 @@ from dirl.data.ihd import (
     verify_layout,
 )
 from dirl.data.issues import IssueLog, TooManyBadItems
-
-SHARED = Path(os.environ.get("DIRL_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-
-
-def shared(sub: str) -> Path:
-    path = SHARED / sub
-    if not path.exists():
-        pytest.skip(f"{path} absent: real data lives in ../shared/data (or set DIRL_SHARED_DATA)")
-    return path
-
+from helpers.paths import require_dir
 
 def write_image(path: Path, img: np.ndarray, **params) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -323,8 +313,8 @@ def test_failed_check_writes_the_full_report_and_names_up_to_20_items(tmp_path, 
 # ---------------------------------------------------------------------------------------------- real sample
 
 
-def test_scan_real_ihd_dev():
-    root = shared("ihd_dev")
+def test_scan_real_ihd_dev(shared_data):
+    root = require_dir(shared_data / "ihd_dev")
     issues = IssueLog("ingest")
     assert find_root(root.parent) == root
     items = scan(root, issues)
@@ -337,8 +327,8 @@ def test_scan_real_ihd_dev():
     assert {s: r["items"] for s, r in report["subsets"].items()} == {"HAdobe5k": 2, "HCOCO": 4, "HFlickr": 25}
 
 
-def test_computed_le50_agrees_with_dirl_lists_on_real_masks():
-    root, splits = shared("ihd_dev"), shared("splits")
+def test_computed_le50_agrees_with_dirl_lists_on_real_masks(shared_data):
+    root, splits = require_dir(shared_data / "ihd_dev"), require_dir(shared_data / "splits")
     items = scan(root, IssueLog(), subsets=["HFlickr"])
     computed = {it.key for it in assign_splits(items, le50=True, test_fraction=0.0)}
     issues = IssueLog()

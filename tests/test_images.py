@@ -2,15 +2,15 @@
 
 import io
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import corrupt_jpeg_data, with_exif_orientation
 from dirl.data.images import (BadImage, decode_image, decode_mask, encode_jpeg, encode_png, resize_image,
                               resize_mask, resize_pair)
+from helpers.builders import corrupt_jpeg_data, with_exif_orientation
+from helpers.paths import require_dir
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -260,14 +260,8 @@ def test_big_shrink_is_antialiased():
 
 # --- real data --------------------------------------------------------------------------------------------------
 
-def shared_data() -> Path:
-    return Path(os.environ.get("DIRL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def test_real_photos_and_masks_decode():
-    root = shared_data() / "photos" / "coco128"
-    if not root.is_dir():
-        pytest.skip(f"{root} absent (/work/shared/data absent or DIRL_SHARED_DATA unset)")
+def test_real_photos_and_masks_decode(shared_data):
+    root = require_dir(shared_data / "photos" / "coco128")
     for p in sorted((root / "images").glob("*.jpg"))[:5]:
         img = decode_image(p)
         mask, binary = decode_mask(root / "masks" / f"{p.stem}.png")

@@ -183,13 +183,54 @@ def test_weights_from_url_are_cached_with_hash_check(tmp_path, weight_files):
     cache = tmp_path / "cache"
     model = get_model("deeplabv3")
     model.backbone_pretrained(named.as_uri(), cache_dir=cache)
-    assert (cache / named.name).is_file() and not list(cache.glob("*.part"))
+    assert sorted(p.name for p in cache.iterdir()) == [named.name]  # no partial download left beside it
     torch.testing.assert_close(model.encoder.layer1[0].conv1.weight, sd["layer1.0.conv1.weight"])
     wrong = named.with_name("resnet34-00000000.pth")
     named.rename(wrong)
     with pytest.raises(ValueError, match="sha256 mismatch"):
         model.backbone_pretrained(wrong.as_uri(), cache_dir=cache)
-    assert not (cache / wrong.name).exists() and not list(cache.glob("*.part"))
+    assert sorted(p.name for p in cache.iterdir()) == [named.name]
+
+
+def test_weights_over_http_with_explicit_sha256(tmp_path, weight_files):
+    """An http URL (loopback server) with an explicit sha256 prefix: a wrong one leaves nothing in the cache, the
+    right one is downloaded once and served from the cache afterwards."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from dirl.models.resnet import fetch_weights
+
+    _, path = weight_files[:2]
+    served = tmp_path / "srv"
+    served.mkdir()
+    (served / "weights.pth").write_bytes(path.read_bytes())
+    requests: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/weights.pth"
+        cache = tmp_path / "cache"
+        digest = sha256_file(path)
+        with pytest.raises(ValueError, match=f"sha256 mismatch for weights {url}: expected 0000, got {digest}"):
+            fetch_weights(url, sha256="0000", cache_dir=cache)
+        assert list(cache.iterdir()) == []
+        got = fetch_weights(url, sha256=digest[:12].upper(), cache_dir=cache)
+        assert got == cache / "weights.pth" and sha256_file(got) == digest
+        assert fetch_weights(url, sha256=digest, cache_dir=cache) == got
+        assert len(requests) == 2  # the refused download and the good one; the third call used the cache
+        with pytest.raises(ValueError, match="sha256 mismatch"):  # a cached file is checked too
+            fetch_weights(url, sha256="0000", cache_dir=cache)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -26,7 +26,7 @@ nbformat = pytest.importorskip("nbformat", reason="the notebooks extra (nbformat
 nbclient = pytest.importorskip("nbclient", reason="the notebooks extra (nbformat, nbclient, ipykernel) is absent")
 from nbclient.exceptions import CellExecutionError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.paths import PARAMS, ROOT  # noqa: E402
 NB_DIR = ROOT / "notebooks"
 WALKTHROUGH = NB_DIR / "walkthrough.ipynb"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
@@ -34,11 +34,11 @@ CELL_TIMEOUT_S = 300
 IMAGE_CELLS = ("contact-sheet", "predict", "attention", "curves")
 
 TINY = {
-    "data.stored_size": 64, "data.workers": 1, "synth.per_image": 2,
+    "data.stored_size": 64, "cluster.data_workers": 1, "synth.per_image": 2,
     "model.name": "dirl_lite", "model.input_size": 64,
     "train.epochs": 1, "train.batch_size": 4, "train.max_steps_per_epoch": 3, "train.use_tune_best": False,
     "tune.enabled": False, "evaluate.batch_size": 8, "evaluate.grid_items": 3,
-    "train.storage_path": "", "mlflow.tracking_uri": "",
+    "cluster.storage_path": "", "mlflow.tracking_uri": "",
 }
 
 # Runs in the workspace (cwd) as `python -c PIPELINE <step> ...`: the stage functions that dvc.yaml's stages call.
@@ -51,7 +51,7 @@ from dirl.config import load_config
 cfg = load_config("params.yaml")
 for step in sys.argv[1:]:
     if step == "data":
-        from dirl.data.stages import ingest, preprocess, synthesize
+        from dirl.data.build import ingest, preprocess, synthesize
         ingest(cfg)
         preprocess(cfg)
         synthesize(cfg)
@@ -62,10 +62,10 @@ for step in sys.argv[1:]:
         from dirl.lifecycle.evaluate import evaluate_stage
         evaluate_stage(cfg)
     elif step == "register":
-        from dirl.lifecycle.registry import register_stage
+        from dirl.lifecycle.release import register_stage
         register_stage(cfg)
     elif step == "promote":
-        from dirl.lifecycle.registry import promote
+        from dirl.lifecycle.release import promote
         promote(cfg)
     else:
         sys.exit(f"unknown step {step!r}")
@@ -95,7 +95,7 @@ def make_workspace(ws: Path) -> Path:
     """``ws/params.yaml``: the repository's parameters with the TINY overrides."""
     from dirl.config import load_config, set_dotted
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     for key, value in TINY.items():
         set_dotted(params, key, value)
     ws.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def _expected(ws: Path) -> dict:
     return {
         "rows": sum(m["rows"] for m in manifests),
         "run_id": json.loads((ws / "results/train/run.json").read_text())["run_id"],
-        "test_iou": json.loads((ws / "results/evaluate/metrics.json").read_text())["test"]["model"]["IoU"],
+        "test_iou": json.loads((ws / "results/evaluate/scores.json").read_text())["test"]["model"]["IoU"],
         "name": cfg["register"]["model_name"], "alias": cfg["register"]["alias"],
     }
 

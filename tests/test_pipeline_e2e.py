@@ -8,65 +8,22 @@ through the local remote hands the outputs to a fresh clone without recomputing 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@localhost", GIT_COMMITTER_NAME="ci",
-               GIT_COMMITTER_EMAIL="ci@localhost", DVC_NO_ANALYTICS="1", RAY_USAGE_STATS_ENABLED="0",
-               MLFLOW_DISABLE_TELEMETRY="true", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DIRL_STORAGE_PATH", None)
-    return env
+from helpers.repo import BIN, base_env, make_repo, ran as _ran
+from helpers.repo import sh as run
 
 
 def sh(*args, cwd: Path, timeout: float = 900) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc.stdout + proc.stderr
-
-
-def _copy_tree(dest: Path) -> None:
-    """The working tree as git sees it (tracked + untracked, not ignored), without outputs or the venv."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-
-
-def _ran(log: str) -> set[str]:
-    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
+    return run(*args, cwd=cwd, env=base_env(DIRL_PROGRESS_EVERY="0"), timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    base = tmp_path_factory.mktemp("e2e")
-    work = base / "dirl"
-    work.mkdir()
-    _copy_tree(work)
-    shutil.copy(work / "params" / "smoke.yaml", work / "params.yaml")
-    sh("git", "init", "-q", "-b", "main", cwd=work)
-    sh("git", "add", "-A", cwd=work)
-    sh("git", "commit", "-qm", "smoke", cwd=work)
-    return work
+    return make_repo(tmp_path_factory.mktemp("e2e") / "dirl", "smoke")
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +33,32 @@ def first_repro(repo):
 
 def test_repro_runs_every_stage_and_writes_outputs(repo, first_repro):
     assert _ran(first_repro) == {"ingest", "preprocess", "synthesize", "tune", "train", "evaluate", "register"}
-    metrics = json.loads((repo / "results/evaluate/metrics.json").read_text())
-    assert {"model", "centre_prior"} <= set(metrics["test"])
+    scores = json.loads((repo / "results/evaluate/scores.json").read_text())
+    assert {"model", "centre_prior"} <= set(scores["test"])
     model = json.loads((repo / "results/register/model.json").read_text())
     assert model["model_uri"].startswith("models:/") and model["alias"] == "challenger"
     assert (repo / "results/train/model.pt").stat().st_size > 1_000_000
     assert yaml.safe_load((repo / "results/tune/best.yaml").read_text())
     shown = sh(str(BIN / "dvc"), "metrics", "show", "--json", cwd=repo)
-    assert "results/evaluate/metrics.json" in shown
+    assert "results/evaluate/metrics.json" in shown and "results/evaluate/prior.json" in shown
+
+
+def test_metrics_show_fits_160_columns(repo, first_repro):
+    """The default `dvc metrics show` is a table a person reads: at most 160 columns, the test IoU in it."""
+    table = sh(str(BIN / "dvc"), "metrics", "show", cwd=repo)
+    lines = [ln for ln in table.splitlines() if ln.strip()]
+    assert lines and "test.IoU" in lines[0], table
+    assert max(len(ln) for ln in lines) <= 160, table
+
+
+def test_console_is_quiet_and_shows_progress(first_repro):
+    """Off a terminal (a DVC log) training prints short progress lines and one line per epoch, tune one line per
+    trial; no ANSI escapes, no Ray result dicts, no Tune status tables."""
+    log = first_repro
+    assert "epoch 1/1  step 1/2  loss" in log, log[-3000:]  # a progress line inside the epoch (every step here)
+    assert "epoch 1/1  train loss" in log and "tune: trial 1/1" in log
+    for noise in ("\x1b[", "Reporting training result", "TrainingReport(", "Trial Status", "Current time:"):
+        assert noise not in log, f"{noise!r} in the console log"
 
 
 def test_second_repro_does_nothing(repo, first_repro):

@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_evaluate import composite, make_cfg, make_weights, one_torch_thread  # noqa: F401
-
 from dirl.data.images import decode_image, encode_jpeg
 from dirl.lifecycle.predict import predict_maps, predict_paths
 from dirl.weights import load_weights
+from helpers.builders import bomb_png, peak_rss_mb
+from helpers.lifecycle import composite, make_cfg, make_weights
+from helpers.paths import PARAMS
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_predict_folder_any_size_reports_bad_files(tmp_path):
@@ -103,25 +104,6 @@ def test_pyfunc_round_trip_any_size(tmp_path):
 # ----------------------------------------------------------------------------- hostile inputs
 
 
-def bomb_png(w: int = 30000, h: int = 30000) -> bytes:
-    """A tiny PNG whose IHDR declares w x h RGB pixels (a decompression bomb's header; its IDAT holds 2 rows)."""
-    import struct
-    import zlib
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    idat = zlib.compress(b"\0" * (2 * (3 * w + 1)), 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def test_declared_size_reads_headers_without_decoding():
     from dirl.data.images import declared_size
 
@@ -184,9 +166,6 @@ def _cli_predict(tmp_path, inputs, *extra):
     argv = ["predict", "--params", str(PARAMS), *[a for s in sets for a in ("--set", s)], *map(str, inputs),
             "--model", str(weights), "--out", str(tmp_path / "out"), *extra]
     return main(argv)
-
-
-PARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "params.yaml")
 
 
 def test_cli_predict_fails_when_nothing_was_written(tmp_path, capsys):

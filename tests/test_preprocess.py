@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from dirl.data.issues import IssueLog, TooManyBadItems
-from dirl.data.preprocess import Item, preprocess
+from dirl.data.preprocess import Item, write_shards
 from dirl.data.shards import read_table, verify_shards
+from helpers.paths import require_dir
 
 SIZE = 32
 
@@ -72,7 +73,7 @@ def dataset(tmp_path):
 
 def run(items, out, workers=1, max_bad_fraction=0.5, **kw):
     issues = IssueLog("preprocess")
-    manifest = preprocess(items, out, SIZE, workers=workers, issues=issues, max_bad_fraction=max_bad_fraction,
+    manifest = write_shards(items, out, SIZE, workers=workers, issues=issues, max_bad_fraction=max_bad_fraction,
                           progress=False, **kw)
     return manifest, issues
 
@@ -152,7 +153,7 @@ def test_worker_exception_keeps_previous_output(dataset):
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from dirl.data.preprocess import preprocess
+    from dirl.data.preprocess import write_shards
 
     def items():
         for k in range(200):
@@ -161,7 +162,7 @@ KILL_SCRIPT = textwrap.dedent("""
             yield {"id": f"k{k}", "subset": "unit", "split": "train", "composite": sys.argv[1], "mask": sys.argv[2]}
 
     if __name__ == "__main__":
-        preprocess(items(), sys.argv[3], 32, workers=2, max_bad_fraction=1.0, batch_rows=4, max_shard_bytes=8_000,
+        write_shards(items(), sys.argv[3], 32, workers=2, max_bad_fraction=1.0, batch_rows=4, max_shard_bytes=8_000,
                    progress=False)
 """)
 
@@ -218,14 +219,8 @@ def test_invalid_item_fields_raise(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def shared_data() -> Path:
-    return Path(os.environ.get("DIRL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def test_real_ihd_composites(tmp_path):
-    root = shared_data() / "ihd_dev"
-    if not root.is_dir():
-        pytest.skip(f"{root} absent (/work/shared/data absent or DIRL_SHARED_DATA unset)")
+def test_real_ihd_composites(shared_data, tmp_path):
+    root = require_dir(shared_data / "ihd_dev")
     items = []
     for sub in ("HCOCO", "HFlickr"):
         for p in sorted((root / sub / "composite_images").glob("*.jpg"))[:4]:

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
-from test_evaluate import composite, make_cfg, make_training_run, make_weights, make_workspace
-from test_evaluate import one_torch_thread  # noqa: F401  (autouse fixture)
+from helpers.lifecycle import composite, make_cfg, make_training_run, make_weights, make_workspace
+from helpers.paths import PARAMS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
 
@@ -78,7 +78,7 @@ def mlflow_server(tmp_path: Path, env: dict, request) -> str:
 def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
     from dirl.lifecycle.pyfunc import decode_maps, rest_payload
     from dirl.lifecycle.predict import predict_maps
-    from dirl.lifecycle.registry import promote, register_stage
+    from dirl.lifecycle.release import promote, register_stage
     from dirl.weights import load_weights
 
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -93,7 +93,7 @@ def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
     train.mkdir(parents=True)
     make_training_run(cfg, train)
     (tmp_path / "results" / "evaluate").mkdir(parents=True)
-    (tmp_path / "results" / "evaluate" / "metrics.json").write_text(json.dumps(
+    (tmp_path / "results" / "evaluate" / "scores.json").write_text(json.dumps(
         {"test": {"model": {"n": 6, "AP": 1.0, "F1": 0.1, "IoU": 1.0}, "centre_prior": {"n": 6, "AP": 1.0, "F1": 0.1,
                                                                                           "IoU": 1.0}}}))
     flat, good = make_weights(tmp_path / "flat.pt", constant=True), make_weights(tmp_path / "good.pt")
@@ -134,10 +134,10 @@ def test_training_logs_into_a_real_mlflow_server(tmp_path, request):
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     uri = mlflow_server(tmp_path, env, request)
     data = toy_shards(tmp_path / "toy", n_train=16, n_val=4, size=32)
-    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml", overrides={
+    cfg = load_config(PARAMS, overrides={
         "model.name": "unet", "model.input_size": 32, "train.epochs": 2, "train.batch_size": 2,
         "train.max_steps_per_epoch": 2, "train.precision": "fp32", "train.channels_last": False,
-        "train.storage_path": str(tmp_path / "ray_results"), "train.use_tune_best": False,
+        "cluster.storage_path": str(tmp_path / "ray_results"), "train.use_tune_best": False,
         "mlflow.tracking_uri": uri, "mlflow.experiment": "server-test", "cluster.num_cpus": 2})
     out = train(cfg, out_dir=tmp_path / "out", data_dirs=[data], root=tmp_path)
     import mlflow
@@ -147,4 +147,6 @@ def test_training_logs_into_a_real_mlflow_server(tmp_path, request):
     assert run.info.status == "FINISHED" and run.data.params["model.name"] == "unet"
     steps = [m.step for m in client.get_metric_history(out["run_id"], "val_iou")]
     assert steps == [1, 2]
-    assert "weights/model.pt" in {a.path for a in client.list_artifacts(out["run_id"], "weights")}
+    # the weights are stored once, as the run's logged model, which `dirl register` registers as it is
+    logged = client.get_logged_model(out["model_id"])
+    assert logged.source_run_id == out["run_id"] and "weights" not in {a.path for a in client.list_artifacts(out["run_id"])}

@@ -267,7 +267,7 @@ def test_train_on_a_corrupt_shard_fails_fast_without_starting_ray(tmp_path):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    cfg = config_from_dict({"train": {"storage_path": str(tmp_path / "ray_results")},
+    cfg = config_from_dict({"cluster": {"storage_path": str(tmp_path / "ray_results")},
                             "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
     assert not ray.is_initialized()
     with pytest.raises(ShardError) as e:

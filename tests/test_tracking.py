@@ -132,7 +132,14 @@ def test_git_commit_and_provenance_tags(tmp_path):
     shards.mkdir()
     (shards / "manifest.json").write_text(json.dumps({"dataset_hash": "cafe"}))
     tags = tracking.provenance_tags(tmp_path, data_dirs=[shards, tmp_path / "missing"])
-    assert tags == {"git_commit": f"{sha}-dirty", "data.shards.dataset_hash": "cafe"}
+    assert {k: v for k, v in tags.items() if not k.startswith("mlflow.")} == {
+        "git_commit": f"{sha}-dirty", "data.shards.dataset_hash": "cafe"}
+    # MLflow's own source and git tags, which its UI shows as "Source" and the commit
+    assert tags["mlflow.source.git.commit"] == sha and tags["mlflow.source.git.dirty"] == "true"
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] and "mlflow.user" in tags
+    assert "mlflow.source.git.repoURL" not in tags  # no remote: no URL invented
+    run("remote", "add", "origin", "https://example.com/team/dirl.git")
+    assert tracking.source_tags(tmp_path)["mlflow.source.git.repoURL"] == "https://example.com/team/dirl.git"
 
 
 def test_flatten():

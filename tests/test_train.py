@@ -1,13 +1,15 @@
 """Training: loop pieces, checkpoints, the shard loader, and the Ray Train stage end to end on local Ray.
 
-The end-to-end tests share one local Ray (2 CPUs) and one tiny shard set (synthetic 64x64 composites: a
-textured background with a rectangle whose colour is shifted). A run trains the UNet baseline at 32x32 for
-a couple of 2-step epochs: seconds of compute, plus Ray Train's fixed start-up cost per ``fit()``.
+The end-to-end tests share one local Ray (2 CPUs) and one tiny shard set (the ``shards`` fixture of conftest:
+synthetic 64x64 composites, a textured background with a rectangle whose colour is shifted). A run trains the
+UNet baseline at 32x32 for a couple of 2-step epochs: seconds of compute, plus Ray Train's fixed start-up cost per
+``fit()``.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import math
 import os
 import random
@@ -28,37 +30,13 @@ from dirl.speed import SpeedConfig
 from dirl.weights import load_weights
 from dirl.train.checkpoint import export_model, load_checkpoint, save_checkpoint
 from dirl.train.loop import build_optimizer, build_scheduler, evaluate_batches, seed_everything, train_one_epoch
+from helpers.paths import PARAMS
+from helpers.training import make_shards, tiny_train_cfg
 
 FP32 = SpeedConfig("fp32", False, False)
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def make_shards(out_dir: Path, n_train: int = 24, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
-    """Synthetic composites in the shard format: one colour-shifted rectangle per image is the mask."""
-    from dirl.data.toy import toy_shards
-
-    return toy_shards(out_dir, n_train, n_val, size, seed)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("shards") / "shards")
-
-
-def tiny_train_cfg(params_path: Path, tmp: Path, **overrides):
-    """params.yaml shrunk to a seconds-long CPU run under ``tmp``."""
-    base = {
-        "model.name": "unet", "model.input_size": 32, "train.warmup_steps": 0,
-        "train.epochs": 2, "train.batch_size": 2, "train.max_steps_per_epoch": 2, "train.lr": 1e-3,
-        "train.precision": "fp32", "train.channels_last": False, "train.use_tune_best": False,
-        "train.num_workers": 1, "train.cpus_per_worker": 0.5, "train.max_failures": 1,
-        "train.storage_path": str(tmp / "ray_results"),
-        "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "mlflow.experiment": "dirl-test",
-    }
-    base.update(overrides)
-    return load_config(params_path, overrides=base)
 
 
 def fixed_batch(n: int = 2, size: int = 32, seed: int = 0) -> dict:
@@ -178,7 +156,7 @@ def test_mlflow_epoch_logger_never_logs_an_epoch_twice(params_path, tmp_path, mo
     import mlflow
 
     from dirl import tracking
-    from dirl.train.worker import MlflowEpochLogger
+    from dirl.tracking import MlflowEpochLogger
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     cfg = tiny_train_cfg(params_path, tmp_path)
@@ -201,7 +179,7 @@ def test_mlflow_epoch_logger_never_logs_an_epoch_twice(params_path, tmp_path, mo
 
 
 def test_resolve_tuned_reads_flat_nested_and_dotted_files(params_path, tmp_path):
-    from dirl.train.trainer import resolve_tuned
+    from dirl.train.tuned import resolve_tuned
 
     cfg = load_config(params_path)  # train.lr and train.weight_decay are null: the tune stage's values
     best = tmp_path / "best.yaml"
@@ -220,25 +198,25 @@ def test_resolve_tuned_reads_flat_nested_and_dotted_files(params_path, tmp_path)
 
 
 def test_plan_workers_fits_the_cluster(params_path):
-    from dirl.train.trainer import plan_workers
+    from dirl.cluster import plan_workers
 
-    cfg = load_config(params_path, overrides={"train.num_workers": 4, "train.cpus_per_worker": 1.0})
+    cfg = load_config(params_path, overrides={"cluster.num_workers": 4, "cluster.cpus_per_worker": 1.0})
     p = plan_workers(cfg, {"CPU": 2.0})
     assert p.num_workers == 1 and p.cpus_per_worker == 1.0 and p.notes  # 2 - 0.1 kept for the drivers
     assert p.num_workers * p.cpus_per_worker <= 2.0 - 0.1
-    cfg = load_config(params_path, overrides={"train.num_workers": 3, "train.min_workers": 1,
-                                              "train.cpus_per_worker": 0.5, "train.batch_size": 12})
+    cfg = load_config(params_path, overrides={"cluster.num_workers": 3, "cluster.min_workers": 1,
+                                              "cluster.cpus_per_worker": 0.5, "train.batch_size": 12})
     p = plan_workers(cfg, {"CPU": 2.0})
     assert p.num_workers == (1, 3) and not p.notes and p.threads_per_worker == 1
-    cfg = load_config(params_path, overrides={"train.num_workers": 8, "train.min_workers": 4,
-                                              "train.cpus_per_worker": 1.0})
+    cfg = load_config(params_path, overrides={"cluster.num_workers": 8, "cluster.min_workers": 4,
+                                              "cluster.cpus_per_worker": 1.0})
     p = plan_workers(cfg, {"CPU": 2.0})
     assert p.num_workers == (1, 8) and p.notes  # the elastic minimum fits now; Ray may grow the group later
-    cfg = load_config(params_path, overrides={"train.cpus_per_worker": 4.0})
+    cfg = load_config(params_path, overrides={"cluster.cpus_per_worker": 4.0})
     p = plan_workers(cfg, {"CPU": 2.0})
     assert p.cpus_per_worker == pytest.approx(1.9) and p.num_workers == 1 and p.threads_per_worker == 2
-    cfg = load_config(params_path, overrides={"train.use_gpu": True})
-    with pytest.raises(ConfigError, match="train.use_gpu"):
+    cfg = load_config(params_path, overrides={"cluster.use_gpu": True})
+    with pytest.raises(ConfigError, match="cluster.use_gpu"):
         plan_workers(cfg, {"CPU": 2.0})
 
 
@@ -247,7 +225,7 @@ def test_run_name_ignores_length_but_not_hyperparameters(params_path, shards):
 
     cfg = load_config(params_path)
     name = run_name(cfg, [shards])
-    assert name == run_name(load_config(params_path, overrides={"train.epochs": 50, "train.num_workers": 2}),
+    assert name == run_name(load_config(params_path, overrides={"train.epochs": 50, "cluster.num_workers": 2}),
                             [shards])
     assert name != run_name(load_config(params_path, overrides={"train.lr": 3e-4}), [shards])
     assert name.startswith(cfg.model.name + "-")
@@ -312,8 +290,7 @@ def test_same_config_same_first_epoch_loss(tmp_path):
     def first_epoch_loss() -> float:
         seed_everything(42)
         model = create_model("unet")
-        cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml",
-                          overrides={"train.lr": 1e-3, "train.weight_decay": 0.0})
+        cfg = load_config(PARAMS, overrides={"train.lr": 1e-3, "train.weight_decay": 0.0})
         opt = build_optimizer(model, cfg)
         ds = ShardDataset([data], "train", 32, train=True, seed=42)
         ds.set_epoch(1)
@@ -330,8 +307,7 @@ def test_global_batch_is_split_over_workers():
     assert local_batch_size(16, 1) == 16 and local_batch_size(16, 4) == 4
     assert local_batch_size(10, 4) == 2  # an elastic group of 4: rounds down (and says so)
     with pytest.raises(ConfigError, match="train.batch_size"):
-        load_config(Path(__file__).resolve().parents[1] / "params.yaml",
-                    overrides={"train.batch_size": 10, "train.num_workers": 4})
+        load_config(PARAMS, overrides={"train.batch_size": 10, "cluster.num_workers": 4})
 
 
 def test_warmup_then_cosine_schedule(params_path):
@@ -361,20 +337,23 @@ def trained(ray_local, shards, tmp_path_factory):
     from dirl.train.trainer import train
 
     tmp = tmp_path_factory.mktemp("train")
-    params = Path(__file__).resolve().parents[1] / "params.yaml"
-    first = train(tiny_train_cfg(params, tmp), out_dir=tmp / "out", data_dirs=[shards], root=tmp)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(tmp)]
+    subprocess.run(git[:1] + ["init", "-q", "-b", "main", str(tmp)], check=True)  # a workspace under git
+    subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "workspace"], check=True)
+    first = train(tiny_train_cfg(PARAMS, tmp), out_dir=tmp / "out", data_dirs=[shards], root=tmp)
     first_files = {p.name: p.stat().st_mtime_ns for p in (tmp / "out").iterdir()}
-    second = train(tiny_train_cfg(params, tmp, **{"train.epochs": 3}), out_dir=tmp / "out2", data_dirs=[shards],
+    second = train(tiny_train_cfg(PARAMS, tmp, **{"train.epochs": 3}), out_dir=tmp / "out2", data_dirs=[shards],
                    root=tmp)
-    return {"tmp": tmp, "first": first, "second": second, "first_files": first_files}
+    return {"tmp": tmp, "first": first, "second": second, "first_files": first_files, "shards": shards}
 
 
 def test_train_writes_outputs_and_one_mlflow_run(trained):
     tmp, first = trained["tmp"], trained["first"]
     out = tmp / "out"
-    assert set(trained["first_files"]) >= {"model.pt", "metrics.json", "history.csv", "run.json", "config.yaml",
-                                           "learning_curve.png"}
-    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(trained["first_files"]) >= {"model.pt", "metrics.json", "info.json", "history.csv", "run.json",
+                                           "config.yaml", "learning_curve.png"}
+    assert set(json.loads((out / "metrics.json").read_text())) == {"best_val_iou", "best_epoch"}  # dvc metrics
+    metrics = json.loads((out / "info.json").read_text())
     assert metrics["epochs"] == 2 and 1 <= metrics["best_epoch"] <= 2
     assert 0.0 <= metrics["val_iou"] <= 100.0 and metrics["val_iou"] == metrics["best_val_iou"]
     rows = (out / "history.csv").read_text().splitlines()
@@ -399,8 +378,23 @@ def test_train_writes_outputs_and_one_mlflow_run(trained):
     got = client.get_run(run["run_id"])
     assert got.data.params["model.name"] == "unet" and got.data.params["train.batch_size"] == "2"
     assert got.data.tags["ray_run_name"] == first["name"]
+    # MLflow's own source, user and git tags ("Created by", "Source" in the UI)
+    tags = got.data.tags
+    commit = subprocess.run(["git", "-C", str(tmp), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == commit and tags["mlflow.source.git.branch"] == "main"
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] and tags["mlflow.user"]
+    # the shards as dataset inputs: name, digest = the manifest's dataset hash, context training / validation
+    manifest = json.loads((trained["shards"] / "manifest.json").read_text())
+    inputs = {(d.dataset.name, d.dataset.digest, next(t.value for t in d.tags if t.key == "mlflow.data.context"))
+              for d in got.inputs.dataset_inputs}
+    name = trained["shards"].name
+    assert inputs == {(f"{name}-train", manifest["dataset_hash"][:16], "training"),
+                      (f"{name}-val", manifest["dataset_hash"][:16], "validation")}
+    # the weights once, as the run's logged model; the experiment opens on the training view
+    assert client.get_logged_model(run["model_id"]).source_run_id == run["run_id"]
+    assert client.get_experiment(run["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
     arts = {a.path for a in client.list_artifacts(run["run_id"])}
-    assert {"config.yaml", "history.csv", "learning_curve.png", "metrics.json"} <= arts
+    assert {"config.yaml", "history.csv", "learning_curve.png", "metrics.json", "info.json"} <= arts
 
 
 def test_resume_continues_from_the_last_epoch(trained):
@@ -417,7 +411,7 @@ def test_resume_continues_from_the_last_epoch(trained):
     run = mlflow.MlflowClient(uri).get_run(second["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2" and run.data.tags["resumed_with.train.epochs"] == "2 -> 3"
-    assert json.loads((tmp / "out2" / "metrics.json").read_text())["epochs"] == 3
+    assert json.loads((tmp / "out2" / "info.json").read_text())["epochs"] == 3
     kept = sorted(p.name for p in (tmp / "ray_results" / first["name"]).glob("epoch-*"))
     assert "epoch-0003" in kept and len(kept) <= 3  # num_to_keep=2 by val_iou, plus the latest
 
@@ -463,7 +457,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, shards, tmp_path,
 def test_resolve_tuned_keeps_an_explicit_value_and_fills_null_from_best_yaml(params_path, tmp_path):
     """`dvc exp run -S train.lr=3e-4`: the explicit value wins over best.yaml; a null key takes tune's value."""
     from dirl.config import TUNED_DEFAULTS
-    from dirl.train.trainer import resolve_tuned
+    from dirl.train.tuned import resolve_tuned
 
     best = tmp_path / "best.yaml"
     best.write_text("train: {lr: 0.002, weight_decay: 0.0, lam: 1.0}\n"
@@ -494,7 +488,8 @@ def test_a_code_change_starts_a_new_run(params_path, shards, tmp_path):
     import shutil
 
     import dirl
-    from dirl.train.trainer import code_digest, resolve_tuned, run_name
+    from dirl.train.trainer import code_digest, run_name
+    from dirl.train.tuned import resolve_tuned
 
     code = tmp_path / "dirl"
     shutil.copytree(Path(dirl.__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__"))

@@ -1,13 +1,15 @@
 """The tune stage: search-space parsing, trial planning, the ASHA rule, and real searches on a local Ray.
 
-The searches share one local Ray (2 CPUs) and one tiny shard set (64x64 synthetic composites, see
-``test_train.make_shards``); each trial trains the UNet baseline at 64x64 for one 2-step epoch, so a trial
+The searches share one local Ray (2 CPUs) and one tiny shard set (64x64 synthetic composites: the
+``shards`` fixture of conftest); each trial trains the UNet baseline at 64x64 for one 2-step epoch, so a trial
 costs mostly Ray Train's start-up (~20-30 s on 2 cores).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,18 +18,19 @@ import pytest
 import yaml
 
 from dirl.config import ConfigError, load_config
-from dirl.train.tune import canonical_key, make_scheduler, parse_search_space, plan_search, plan_trials, \
-    trial_config, tune
-from test_train import make_shards, tiny_train_cfg
-
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+from dirl.cluster import plan_trials
+from dirl.config import canonical_key, parse_search_space
+from dirl.train.search import make_scheduler, plan_search, trial_config
+from dirl.train.tune import tune
+from helpers.paths import PARAMS, ROOT
+from helpers.training import tiny_train_cfg
 
 
 def tune_cfg(tmp: Path, **overrides):
     """params.yaml shrunk to seconds-long trials writing under ``tmp`` (no Train-level retries)."""
-    base = {"model.input_size": 64, "train.max_failures": 0, "train.lr": None, "train.weight_decay": None,
+    base = {"model.input_size": 64, "cluster.max_failures": 0, "train.lr": None, "train.weight_decay": None,
             "tune.enabled": True, "tune.num_samples": 2,
-            "tune.epochs": 1, "tune.max_concurrent": 2, "tune.metric": "val_iou",
+            "tune.epochs": 1, "cluster.max_concurrent_trials": 2, "tune.metric": "val_iou",
             "tune.search_space": {"lr": {"loguniform": [3e-4, 3e-3]}, "weight_decay": {"choice": [0.0, 1e-4]}}}
     base.update(overrides)
     return tiny_train_cfg(PARAMS, tmp, **base)
@@ -91,15 +94,15 @@ def test_trial_config_sets_sampled_values_and_validates_them(tmp_path):
 
 
 def test_plan_trials_runs_one_at_a_time_on_small_clusters(tmp_path):
-    cfg = tune_cfg(tmp_path, **{"tune.max_concurrent": 4, "train.cpus_per_worker": 0.5, "train.num_workers": 1})
+    cfg = tune_cfg(tmp_path, **{"cluster.max_concurrent_trials": 4, "cluster.cpus_per_worker": 0.5, "cluster.num_workers": 1})
     small = plan_trials(cfg, {"CPU": 2.0})
     assert small.max_concurrent == 1 and small.share == {"CPU": 2.0, "GPU": 0.0} and small.notes
     big = plan_trials(cfg, {"CPU": 16.0})
     assert big.max_concurrent == 4 and big.share["CPU"] == 4.0 and not big.notes
-    cfg = tune_cfg(tmp_path, **{"tune.max_concurrent": 8, "train.cpus_per_worker": 2.0, "train.num_workers": 2})
+    cfg = tune_cfg(tmp_path, **{"cluster.max_concurrent_trials": 8, "cluster.cpus_per_worker": 2.0, "cluster.num_workers": 2})
     tight = plan_trials(cfg, {"CPU": 16.0})  # a trial needs 2 x 2 CPUs + 0.5 for Ray Data + its driver
     assert tight.max_concurrent == 3 and tight.share["CPU"] * 3 <= 16.0
-    cfg = tune_cfg(tmp_path, **{"tune.max_concurrent": 8, "train.use_gpu": True, "train.num_workers": 1})
+    cfg = tune_cfg(tmp_path, **{"cluster.max_concurrent_trials": 8, "cluster.use_gpu": True, "cluster.num_workers": 1})
     assert plan_trials(cfg, {"CPU": 64.0, "GPU": 2.0}).max_concurrent == 2
 
 
@@ -128,7 +131,7 @@ def test_asha_stops_a_weak_trial_at_a_rung_but_never_at_the_last_epoch(tmp_path)
 def test_disabled_tune_writes_current_values_without_ray(tmp_path, monkeypatch):
     import ray
 
-    from dirl.train.trainer import resolve_tuned
+    from dirl.train.tuned import resolve_tuned
 
     def no_ray(*args, **kwargs):
         raise AssertionError("tune.enabled is false: Ray must not start")
@@ -154,28 +157,33 @@ def test_disabled_tune_writes_current_values_without_ray(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("shards") / "shards")
-
-
-@pytest.fixture(scope="module")
 def searched(ray_local, shards, tmp_path_factory):
-    """A 2-trial search over lr (loguniform) and weight_decay (choice); tune.max_concurrent 2 on 2 CPUs."""
+    """A 2-trial search over lr (loguniform) and weight_decay (choice); cluster.max_concurrent_trials 2 on 2 CPUs."""
     tmp = tmp_path_factory.mktemp("tune")
-    with pytest.MonkeyPatch.context() as mp:
+    console = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(console):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         cfg = tune_cfg(tmp)
         out = tune(cfg, out_dir=tmp / "out", data_dirs=[shards], root=tmp)
-    return {"tmp": tmp, "cfg": cfg, "out": out}
+    return {"tmp": tmp, "cfg": cfg, "out": out, "console": console.getvalue()}
+
+
+def test_one_console_line_per_finished_trial(searched):
+    lines = [ln for ln in searched["console"].splitlines() if ln.startswith("tune: trial ")]
+    assert [ln.split()[2] for ln in lines] == ["1/2", "2/2"], searched["console"]
+    ids = {t["trial_id"] for t in searched["out"]["trials_detail"]}
+    for ln in lines:
+        assert ln.split()[3] in ids and " ok " in ln and "lr=" in ln and "val_iou" in ln
+    assert "Trial Status" not in searched["console"] and "\x1b[" not in searched["console"]
 
 
 def test_search_writes_best_summary_and_trials(searched):
-    from dirl.train.trainer import resolve_tuned
+    from dirl.train.tuned import resolve_tuned
 
     tmp, cfg, out = searched["tmp"], searched["cfg"], searched["out"]
     summary = json.loads((tmp / "out" / "summary.json").read_text())
     assert summary["trials"] == 2 and summary["trials_ok"] == 2 and summary["trials_failed"] == 0
-    assert summary["max_concurrent"] == 1  # derived from the 2-CPU cluster, not tune.max_concurrent
+    assert summary["max_concurrent"] == 1  # derived from the 2-CPU cluster, not cluster.max_concurrent_trials
     assert summary["metric"] == "val_iou" and 0.0 <= summary["best_value"] <= 100.0 and summary["seconds"] > 0
     rows = read_trials(tmp / "out" / "trials.csv")
     assert [r["status"] for r in rows] == ["ok", "ok"] and len({r["trial_id"] for r in rows}) == 2
@@ -302,10 +310,10 @@ def test_only_tuned_keys_can_be_searched(space):
 def test_dvc_yaml_declares_the_tuned_values_as_train_params(tmp_path):
     """train's params include every tuned key of best.yaml, which the tune stage writes in that layout."""
     from dirl.config import TUNED_DEFAULTS
-    from dirl.train.tune import train_values, write_best_yaml
+    from dirl.train.tuned import train_values, write_best_yaml
 
-    stages = yaml.safe_load((PARAMS.parent / "dvc.yaml").read_text())["stages"]
-    assert "results/tune/best.yaml" in stages["tune"]["outs"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "results/tune" in stages["tune"]["outs"]  # best.yaml is written there
     declared = [p for p in stages["train"]["params"] if isinstance(p, dict)]
     assert declared == [{"results/tune/best.yaml": list(TUNED_DEFAULTS)}]
     cfg = load_config(PARAMS)
@@ -320,7 +328,8 @@ DVC_TUNE = """
 import sys
 from pathlib import Path
 from dirl.config import load_config
-from dirl.train.tune import plan_search, train_values, write_best_yaml
+from dirl.train.search import plan_search
+from dirl.train.tuned import train_values, write_best_yaml
 cfg = load_config("params.yaml")
 space, _ = plan_search(cfg)
 found = {k: 0.002 for k in space}  # what a search over the null keys found
@@ -329,7 +338,7 @@ write_best_yaml(Path("best.yaml"), train_values(cfg, found), {"searched": list(f
 DVC_TRAIN = """
 import json
 from dirl.config import load_config
-from dirl.train.trainer import resolve_tuned
+from dirl.train.tuned import resolve_tuned
 cfg, sources = resolve_tuned(load_config("params.yaml"), "best.yaml")
 json.dump({"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}, open("used.json", "w"))
 """
@@ -360,12 +369,12 @@ def test_dvc_shows_tuned_values_and_an_explicit_value_wins(tmp_path):
     dvc = Path(sys.executable).with_name("dvc")
     if not dvc.exists() or not shutil.which("git"):
         pytest.skip("dvc or git is not installed")
-    declared = [p for p in yaml.safe_load((PARAMS.parent / "dvc.yaml").read_text())["stages"]["train"]["params"]
+    declared = [p for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
                 if isinstance(p, dict)][0]["results/tune/best.yaml"]
     repo = tmp_path / "repo"
     repo.mkdir()
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "PYTHONPATH": str(PARAMS.parent)}
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "PYTHONPATH": str(ROOT)}
 
     def run(*cmd) -> str:
         r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)

@@ -15,21 +15,17 @@ do; nothing of it is left extracted.
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import json
 import lzma
 import os
 import re
-import shutil
 import stat
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 import zipfile
 import zlib
 from datetime import datetime, timezone
@@ -37,7 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dirl.data.issues import write_json_atomic
+from dirl.io import sha256_file, staged_dir, write_json_atomic  # noqa: F401 - sha256_file: also imported from here
 
 CHUNK = 1 << 20  # bytes per read/write
 USER_AGENT = "dirl-pipeline/0.1 (+urllib)"
@@ -74,15 +70,6 @@ class CorruptArchive(ValueError):
         super().__init__(message)
         self.archive = archive
         self.problem = problem or message
-
-
-def sha256_file(path: Path, chunk: int = CHUNK) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 _DIGESTS: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime_ns) -> sha256
@@ -491,36 +478,61 @@ def _check_tar_end(tf: tarfile.TarFile, archive: Path) -> None:
         raise CorruptArchive(f"no end-of-archive marker after byte {tf.offset}: the archive is cut short")
 
 
-def _extract_tar(archive: Path, root: Path, max_total_bytes: int, max_files: int) -> tuple[int, int]:
-    written = files = members = 0
-    with tarfile.open(archive, "r:*") as tf:
-        for m in tf:  # streaming: members are checked as they come, before each is written
-            members += 1
-            if members > max_files:
-                raise UnsafeArchive(f"{archive}: more than max_files={max_files} members; refusing")
-            if m.issym() or m.islnk():
-                raise UnsafeArchive(f"{archive}: member {m.name!r} is a {'symbolic' if m.issym() else 'hard'} "
-                                    f"link (to {m.linkname!r}); refusing")
-            if m.ischr() or m.isblk() or m.isfifo():
-                raise UnsafeArchive(f"{archive}: member {m.name!r} is a device or FIFO; refusing")
-            if not (m.isfile() or m.isdir()):
-                raise UnsafeArchive(f"{archive}: member {m.name!r} has unsupported type {m.type!r}; refusing")
-            dest = _member_dest(root, m.name, archive)
-            if dest is None:
-                continue
-            if m.isdir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            if written + m.size > max_total_bytes:
+class _TarPolicy:
+    """The extraction filter for tar members (``tf.extract(m, root, filter=policy)``), called before each member
+    is written.
+
+    tarfile's ``data`` filter keeps every member inside the target (no '..', no path through a link) and refuses
+    devices and FIFOs. On top of it this refuses what that filter lets through (links of any kind, even ones that
+    stay inside the target; absolute names, which it would only strip of their '/'), and enforces the bomb limits:
+    at most ``max_files`` members and ``max_total_bytes`` in all (a tar member's size is exact: extraction writes
+    that many bytes, no more).
+    """
+
+    def __init__(self, archive: Path, max_total_bytes: int, max_files: int):
+        self.archive, self.max_total_bytes, self.max_files = archive, max_total_bytes, max_files
+        self.members = self.files = self.written = 0
+
+    def __call__(self, m: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        archive = self.archive
+        self.members += 1
+        if self.members > self.max_files:
+            raise UnsafeArchive(f"{archive}: more than max_files={self.max_files} members; refusing")
+        if m.issym() or m.islnk():
+            raise UnsafeArchive(f"{archive}: member {m.name!r} is a {'symbolic' if m.issym() else 'hard'} "
+                                f"link (to {m.linkname!r}); refusing")
+        if m.ischr() or m.isblk() or m.isfifo():
+            raise UnsafeArchive(f"{archive}: member {m.name!r} is a device or FIFO; refusing")
+        if not (m.isfile() or m.isdir()):
+            raise UnsafeArchive(f"{archive}: member {m.name!r} has unsupported type {m.type!r}; refusing")
+        name = m.name.replace("\\", "/")  # written on Windows
+        if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+            raise UnsafeArchive(f"{archive}: member {m.name!r} has an absolute path; refusing to extract")
+        try:
+            safe = tarfile.data_filter(m.replace(name=name, deep=False) if name != m.name else m, dest)
+        except tarfile.OutsideDestinationError:
+            raise UnsafeArchive(f"{archive}: member {m.name!r} would escape the target folder; refusing") from None
+        except tarfile.FilterError as e:
+            raise UnsafeArchive(f"{archive}: member {m.name!r}: {e}; refusing") from None
+        if m.isfile():
+            if self.written + m.size > self.max_total_bytes:
                 raise UnsafeArchive(f"{archive}: member {m.name!r} ({m.size} bytes) passes "
-                                    f"max_total_bytes={max_total_bytes}; refusing")
-            src = tf.extractfile(m)
-            assert src is not None  # regular file
-            with src:
-                written = _copy_limited(src, dest, written, max_total_bytes, m.name, archive)
-            files += 1
+                                    f"max_total_bytes={self.max_total_bytes}; refusing")
+            self.written += m.size
+            self.files += 1
+        return safe
+
+
+def _extract_tar(archive: Path, root: Path, max_total_bytes: int, max_files: int) -> tuple[int, int]:
+    policy = _TarPolicy(archive, max_total_bytes, max_files)
+    with tarfile.open(archive, "r:*") as tf:
+        # streaming, one member at a time (extractall would first read every header: a second pass over a
+        # compressed archive, and an unbounded member list before max_files could refuse it). set_attrs=False:
+        # files get this machine's default mode and the extraction time, as before, not the archive's.
+        for m in tf:
+            tf.extract(m, root, set_attrs=False, filter=policy)
         _check_tar_end(tf, archive)
-    return files, written
+    return policy.files, policy.written
 
 
 _ARCHIVE_EXTS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -573,12 +585,7 @@ def safe_extract(
     if target.exists() and marker is None and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(f"{target} exists and was not made by safe_extract (no {MARKER}); "
                               f"remove it or extract {archive.name} elsewhere")
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in list(parent.glob(f".{target.name}.tmp-*")) + list(parent.glob(f".{target.name}.old-*")):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    try:
+    with staged_dir(target) as tmp:  # built beside target, swapped in only when complete
         os.chmod(tmp, 0o755)
         try:
             if zipfile.is_zipfile(archive):
@@ -586,8 +593,8 @@ def safe_extract(
             elif tarfile.is_tarfile(archive):
                 files, size = _extract_tar(archive, tmp, max_total_bytes, max_files)
             elif archive.name.lower().endswith(_ARCHIVE_EXTS):
-                raise CorruptArchive(f"not a zip or tar(.gz/.bz2/.xz) archive although its name says so (cut "
-                                     f"short before its index, or an error page saved under its name?)")
+                raise CorruptArchive("not a zip or tar(.gz/.bz2/.xz) archive although its name says so (cut "
+                                     "short before its index, or an error page saved under its name?)")
             else:
                 raise ValueError(f"{archive}: not a zip or tar(.gz/.bz2/.xz) archive; unpack it by hand and "
                                  f"point data.iharmony4.extracted_dir at the result")
@@ -610,14 +617,4 @@ def safe_extract(
             ) from None
         write_json_atomic(tmp / MARKER, {"archive": archive.name, "sha256": digest, "files": files,
                                          "bytes": size, "extracted": _now()})
-        if target.exists():
-            old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -11,12 +11,11 @@ stage saw, the bad and excluded ones included.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TextIO
+
+from dirl.io import write_json_atomic
 
 CONSOLE_LIMIT = 20  # bad items named on the console; beyond that the console points at the full report
 
@@ -24,23 +23,6 @@ CONSOLE_LIMIT = 20  # bad items named on the console; beyond that the console po
 class TooManyBadItems(RuntimeError):
     """More items failed a data stage than ``data.max_bad_fraction`` allows."""
 
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class IssueLog:

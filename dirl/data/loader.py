@@ -9,7 +9,6 @@ batches with the same augmentation.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -47,15 +46,20 @@ def decode_row(row: Mapping[str, Any], size: int, train: bool,
 TRAIN_SOURCES = ("composite", "synthesized")  # rows a model trains, validates and is scored on
 
 
-def _read_rows(dirs: Sequence[str | Path], split: str, sources: Sequence[str] | None) -> pa.Table:
-    """The ``split`` rows of every shard folder (in the given order) whose ``source`` is in ``sources``."""
-    tables = []
+def read_rows(dirs: Sequence[str | Path], split: str, sources: Sequence[str] | None = TRAIN_SOURCES,
+              columns: Sequence[str] = COLUMNS) -> tuple[pa.Table, dict[str, int]]:
+    """The ``split`` rows of every shard folder (in the given order) whose ``source`` is in ``sources`` (None: all),
+    as one memory-mapped table of ``columns``; and ``{folder: rows left out by their source}``. The one shard
+    reader of training, validation and evaluation."""
+    tables, left_out = [], {}
     for d in dirs:
-        t = read_table(d, split, COLUMNS + ("source",))
+        t = read_table(d, split, tuple(columns) + ("source",))
         if sources is not None:
-            t = t.filter(pc.is_in(t["source"], value_set=pa.array(list(sources))))
-        tables.append(t.select(list(COLUMNS)))
-    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in COLUMNS})
+            kept = t.filter(pc.is_in(t["source"], value_set=pa.array(list(sources))))
+            left_out[str(d)], t = t.num_rows - kept.num_rows, kept
+        tables.append(t.select(list(columns)))
+    table = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in columns})
+    return table, left_out
 
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, shuffle: bool = True,
@@ -92,7 +96,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self._open()
 
     def _open(self) -> None:
-        table = _read_rows(self.dirs, self.split, self.sources)
+        table, _ = read_rows(self.dirs, self.split, self.sources)
         self._ids = table.column("id").to_pylist()
         self._images = table.column("image")
         self._masks = table.column("mask")
@@ -161,14 +165,3 @@ class ShardDataset(torch.utils.data.Dataset):
                 if k + prefetch < len(chunks):
                     pending.append(pool.submit(self.collate, chunks[k + prefetch]))
                 yield batch
-
-
-def benchmark(out_dir: str | Path, split: str, size: int, train: bool = True, limit: int = 2000) -> dict:
-    """Rows/s of read + decode + transform in this process (one core: set torch/cv2 threads as wanted)."""
-    ds = ShardDataset(out_dir, split, size, train)
-    n = min(limit, len(ds))
-    t0 = time.perf_counter()
-    for i in range(n):
-        ds[i]
-    dt = time.perf_counter() - t0
-    return {"rows": n, "seconds": dt, "rows_per_s": n / dt if dt > 0 else float("inf")}

@@ -23,9 +23,11 @@ noted. The run fails only if the bad fraction exceeds ``max_bad_fraction``.
 The output folder is rebuilt in a hidden sibling (``.<name>.tmp-<pid>``) and swapped in only once complete
 (manifest written): a failed or killed run leaves the previous output, or nothing, where readers look.
 
-Workers are ``spawn``-started processes (safe beside threads, Ray or torch); as with any spawn pool, a script
-that calls :func:`preprocess` with ``workers != 1`` needs the ``if __name__ == "__main__":`` guard. Output order
-and bytes do not depend on ``workers``.
+Items are processed in chunks by the data engine (:mod:`dirl.data.engine`): ``spawn``-started local processes
+(safe beside threads, Ray or torch; as with any spawn pool, a script that calls :func:`write_shards` with
+``workers != 1`` needs the ``if __name__ == "__main__":`` guard), or Ray tasks across a cluster's nodes. Results
+come back in input order and this process writes the shards, so output order and bytes depend neither on
+``workers`` nor on the engine.
 """
 
 from __future__ import annotations
@@ -33,14 +35,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import re
 import shutil
-import threading
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
-from multiprocessing import get_context, parent_process
-from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -58,7 +54,9 @@ from dirl.data.images import (
     resize_image,
     resize_pair,
 )
-from dirl.data.issues import IssueLog, write_json_atomic
+from dirl.data.engine import ordered_map
+from dirl.data.issues import IssueLog
+from dirl.io import staging_dir, swap_in, write_json_atomic
 from dirl.data.shards import SOURCES, SPLITS, ShardWriter, write_manifest
 
 CHUNK = 16  # items per task sent to a worker process
@@ -205,77 +203,32 @@ def _process_chunk(chunk: list[dict], size: int, jpeg_quality: int, store_real: 
     return [process_item(it, size, jpeg_quality, store_real, keep_test_originals) for it in chunk]
 
 
-def _init_worker() -> None:
-    """Worker set-up: single-threaded OpenCV, and exit as soon as the parent dies (even by SIGKILL)."""
-    cv2.setNumThreads(1)  # one process per core already
-    parent = parent_process()
-    if parent is not None:
-        def exit_with_parent() -> None:
-            wait([parent.sentinel])
-            os._exit(1)
-
-        threading.Thread(target=exit_with_parent, daemon=True).start()
-
-
 def _chunks(items: Iterable[dict], n: int) -> Iterator[list[dict]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, n)):
         yield chunk
 
 
-def _results(items: Iterable[dict], workers: int, args: tuple) -> Iterator[tuple[dict, tuple]]:
-    """Yield ``(item, process_item result)`` in input order; at most ``4 * workers`` chunks in flight."""
-    if workers <= 1:
-        for it in items:
-            yield it, process_item(it, *args)
-        return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-        pending: deque = deque()
-        try:
-            for chunk in _chunks(items, CHUNK):
-                pending.append((chunk, pool.submit(_process_chunk, chunk, *args)))
-                while len(pending) >= 4 * workers:
-                    chunk0, fut = pending.popleft()
-                    yield from zip(chunk0, fut.result())
-            while pending:
-                chunk0, fut = pending.popleft()
-                yield from zip(chunk0, fut.result())
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+def _results(items: Iterable[dict], workers: int, args: tuple, engine: Any = None) -> Iterator[tuple[dict, tuple]]:
+    """Yield ``(item, process_item result)`` in input order, chunks of ``CHUNK`` run by the data engine
+    (:func:`dirl.data.engine.ordered_map`: in this process when ``workers == 1``, else local processes with at most
+    ``4 * workers`` chunks in flight, or Ray tasks)."""
+    with closing(ordered_map(_process_chunk, _chunks(items, CHUNK), engine, args=args, workers=workers,
+                             desc="preprocess")) as results:
+        for chunk, rows in results:
+            yield from zip(chunk, rows)
 
 
-def _remove_stale(out_dir: Path) -> None:
-    """Remove work folders of earlier interrupted runs into the same ``out_dir``."""
-    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(tmp|old)-\d+")
-    for p in out_dir.parent.iterdir():
-        if p.is_dir() and pattern.fullmatch(p.name):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def swap_in(new: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by the complete folder ``new``; the old one is deleted only afterwards."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-    os.replace(new, out_dir)
-    fd = os.open(out_dir.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if old is not None:
-        shutil.rmtree(old)
-
-
-def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: int = 0,
+def write_shards(items: Iterable[Any], out_dir: str | Path, size: int, workers: int = 0,
                issues: IssueLog | None = None, max_bad_fraction: float = 0.05, jpeg_quality: int = 95,
                store_real: bool = True, max_shard_bytes: int = 256 << 20, batch_rows: int = 256,
-               progress: bool = True, keep_test_originals: bool = True, dropped: int = 0) -> dict:
+               progress: bool = True, keep_test_originals: bool = True, dropped: int = 0,
+               engine: Any = None) -> dict:
     """Build the shard folder ``out_dir`` from ``items``; returns the manifest.
 
-    ``workers``: processes (0 = all cores, 1 = in this process). Shards are named by split (``train-00000.arrow``).
+    ``workers``: processes (0 = all cores, 1 = in this process). ``engine``: where the items are processed, a
+    Config (``cluster.data_engine``), ``"local"`` or ``"ray"`` (:mod:`dirl.data.engine`); default local. On Ray the
+    items' files and ``out_dir`` must be on storage every node reaches (this process writes the shards). Shards are named by split (``train-00000.arrow``).
     ``keep_test_originals``: store test composites (``source == "composite"``) at their original resolution and
     bytes instead of ``size`` x ``size`` (module docstring); train/val rows and other sources are always resized.
     ``issues`` collects bad items (default: a new log); it is also written to ``<out_dir>/issues.json``.
@@ -290,9 +243,7 @@ def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: in
     issues = issues if issues is not None else IssueLog("preprocess")
     workers = workers if workers > 0 else len(os.sched_getaffinity(0))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
+    tmp = staging_dir(out_dir)
     writers: dict[str, ShardWriter] = {}
     total = 0
     seen: set[str] = set()
@@ -300,7 +251,8 @@ def preprocess(items: Iterable[Any], out_dir: str | Path, size: int, workers: in
         dicts = (_as_dict(it) for it in items)
         bar = tqdm(total=len(items) if hasattr(items, "__len__") else None, unit="img", desc="preprocess",
                    disable=not progress)
-        with bar, closing(_results(dicts, workers, (size, jpeg_quality, store_real, keep_test_originals))) as results:
+        args = (size, jpeg_quality, store_real, keep_test_originals)
+        with bar, closing(_results(dicts, workers, args, engine)) as results:
             for item, (row, problems, notes) in results:
                 total += 1
                 bar.update(1)

@@ -49,7 +49,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dirl.data.issues import write_json_atomic
+from dirl.io import write_json_atomic
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

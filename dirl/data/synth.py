@@ -25,7 +25,6 @@ Everything is vectorised numpy / OpenCV and deterministic for a given ``np.rando
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
@@ -335,7 +334,7 @@ _FREE = {"lighting": _lighting, "lut": _lut}
 def synthesize_with_params(image: np.ndarray, mask: np.ndarray, method: str, rng: np.random.Generator,
                            ref_image: np.ndarray | None = None,
                            ref_mask: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Like :func:`synthesize`, also returning the method's parameters (JSON-serialisable) for provenance."""
+    """Like :func:`recolour_region`, also returning the method's parameters (JSON-serialisable) for provenance."""
     m = _check_pair(image, mask)
     if method not in METHODS:
         raise ValueError(f"unknown synthesis method {method!r}; choose one of {', '.join(METHODS)}")
@@ -359,7 +358,7 @@ def synthesize_with_params(image: np.ndarray, mask: np.ndarray, method: str, rng
     return out, params
 
 
-def synthesize(image: np.ndarray, mask: np.ndarray, method: str, rng: np.random.Generator,
+def recolour_region(image: np.ndarray, mask: np.ndarray, method: str, rng: np.random.Generator,
                ref_image: np.ndarray | None = None, ref_mask: np.ndarray | None = None) -> np.ndarray:
     """Composite ``C = M * T(I) + (1 - M) * I`` with ``T`` chosen by ``method`` (one of :data:`METHODS`).
 
@@ -456,7 +455,7 @@ class Composite:
     image: np.ndarray  # (H, W, 3) uint8 RGB; the mask is the source image's
     method: str
     ref_id: str | None  # the reference region's id; None for reference-free methods or random statistics
-    params: dict[str, Any] = field(default_factory=dict)  # includes "seed": rebuilds it with synthesize()
+    params: dict[str, Any] = field(default_factory=dict)  # includes "seed": rebuilds it with recolour_region()
 
 
 def pick_reference(candidates: Sequence[ReferenceLike], category: str | None,
@@ -476,7 +475,7 @@ def make_composites(image: np.ndarray, mask: np.ndarray, n: int, rng: np.random.
 
     Each try draws a method uniformly from ``methods``, a reference from ``refs`` (same ``category`` preferred,
     ``image_id`` itself excluded; random statistics when none is left) for colour-transfer methods, and a seed
-    stored in ``params["seed"]`` (``synthesize(image, mask, method, np.random.default_rng(seed), ref...)``
+    stored in ``params["seed"]`` (``recolour_region(image, mask, method, np.random.default_rng(seed), ref...)``
     rebuilds it). A rejected try is redrawn, up to ``max_tries`` tries per composite; if tries run out the
     shortfall is logged with the rejection reasons and fewer than ``n`` composites are returned.
     """
@@ -506,54 +505,3 @@ def make_composites(image: np.ndarray, mask: np.ndarray, n: int, rng: np.random.
         log.warning("make_composites(%s): %d of %d composites after %d tries; rejections: %s",
                     image_id or "image", len(out), n, tries, dict(rejected))
     return out
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-
-def _bench_inputs(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Two real photos bundled with scikit-image, resized to ``size``, each with an ellipse mask (~25 %)."""
-    from skimage import data
-
-    def prep(img: np.ndarray, centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-        img = np.ascontiguousarray(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
-        m = np.zeros((size, size), np.uint8)
-        cv2.ellipse(m, (int(centre[0] * size), int(centre[1] * size)), (int(0.3 * size), int(0.27 * size)),
-                    0, 0, 360, 1, -1)
-        return img, m
-
-    image, mask = prep(data.astronaut(), (0.4, 0.6))
-    ref, ref_mask = prep(data.coffee(), (0.5, 0.35))
-    return image, mask, ref, ref_mask
-
-
-def bench_synthesis(size: int = 256, n: int = 200, seed: int = 0,
-                    methods: Sequence[str] = METHODS) -> dict[str, float]:
-    """Composites per CPU-second of each method on one thread, at ``size`` x ``size`` with a ~25 % foreground.
-
-    OpenCV is set to one thread for the run (and BLAS too when ``threadpoolctl`` is installed). Time is this
-    process's CPU time (``time.process_time``), so other load on a shared machine does not distort the figure;
-    it is what one core delivers.
-    """
-    image, mask, ref, ref_mask = _bench_inputs(size)
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-            limiter = threadpool_limits(1)
-        except ImportError:  # optional: only numpy's BLAS calls would use more than one thread
-            limiter = None
-        rates = {}
-        for method in methods:
-            rng = np.random.default_rng(seed)
-            synthesize(image, mask, method, rng, ref, ref_mask)  # warm-up
-            t0 = time.process_time()
-            for _ in range(n):
-                synthesize(image, mask, method, rng, ref, ref_mask)
-            rates[method] = n / max(time.process_time() - t0, 1e-9)
-        if limiter is not None:
-            limiter.restore_original_limits()
-    finally:
-        cv2.setNumThreads(threads)
-    return rates

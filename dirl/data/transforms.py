@@ -1,4 +1,8 @@
-"""Train and eval transforms of the reference, on numpy arrays (no torchvision).
+"""What the model sees: the one place where images are resized and normalised for the model, on numpy arrays.
+
+Training (:func:`train_transform`), validation (:func:`eval_transform`), evaluation (``dirl.lifecycle.evaluate``)
+and serving (``dirl.lifecycle.predict``, the MLflow pyfunc) all go through :func:`eval_resize` /
+:func:`model_input` / :func:`map_to_image`, so the three cannot drift apart.
 
 Train: random resized crop to ``size`` (scale (0.9, 1.0), ratio (3/4, 4/3), bilinear), redrawn until the mask keeps
 more than 10 foreground pixels (an emptier crop is accepted with probability 0.05), then a horizontal flip with
@@ -100,6 +104,24 @@ def train_transform(img: np.ndarray, mask: np.ndarray, size: int,
     return normalize(x), _mask_tensor(m)
 
 
+def eval_resize(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One resize straight to ``size`` x ``size``: image ``(S, S, 3)`` uint8, mask ``(S, S)`` {0, 1} (bilinear, cut
+    at 0.5, as the reference)."""
+    return resize_image(img, size), resize_mask(mask, size)
+
+
+def model_input(img: np.ndarray, size: int) -> np.ndarray:
+    """An RGB uint8 image of any size ``(h, w, 3)`` -> the model's input ``(3, S, S)`` float32 (resize, normalise)."""
+    return normalize(resize_image(img, size))
+
+
+def map_to_image(prob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A predicted map ``(S, S)`` back to the image's ``(h, w)`` (bilinear)."""
+    h, w = shape[:2]
+    return prob if prob.shape == (h, w) else cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def eval_transform(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Plain resize to ``size`` x ``size``, normalised. Returns ``(x (3,S,S), m (1,S,S))`` float32."""
-    return normalize(resize_image(img, size)), _mask_tensor(resize_mask(mask, size))
+    x, m = eval_resize(img, mask, size)
+    return normalize(x), _mask_tensor(m)

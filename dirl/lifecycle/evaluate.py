@@ -11,8 +11,11 @@ normalisation, AP, F1 and IoU at 0.5; see ``dirl.metrics``), and every figure st
 Gaussian prior evaluated on the same masks.
 
 Outputs of :func:`evaluate_stage` in ``out_dir``:
-    metrics.json     {"<set>": {"model": {n, AP, F1, IoU, subsets}, "centre_prior": {...}}, ...}
+    scores.json      {"<set>": {"model": {n, AP, F1, IoU, subsets}, "centre_prior": {...}}, ...}
+    metrics.json     {"<set>": {n, AP, F1, IoU}} of the model      } what `dvc metrics show` lists: one row each,
+    prior.json       {"<set>": {n, AP, F1, IoU}} of the prior      } in the same columns
     pr_curve.csv     threshold, precision, recall of the model on the test set (pixel level, 101 thresholds)
+    pr_prior.csv     the same for the centred prior on the same images (the PR plot's baseline)
     pr_curves.csv    set, method, threshold, precision, recall for every set, model and centre prior
     per_image.csv    set, id, subset, ap, f1, iou, prior_ap, prior_f1, prior_iou (fractions in [0, 1])
     grid.png         rows = test items; image | ground truth | model | centre prior
@@ -42,10 +45,10 @@ import numpy as np
 import torch
 
 from dirl.config import Config, save_resolved
-from dirl.data.images import decode_image, decode_mask, resize_image, resize_mask
-from dirl.data.issues import write_json_atomic
-from dirl.data.transforms import normalize
-from dirl.lifecycle import SHARD_DIRS
+from dirl.data.images import decode_image, decode_mask
+from dirl.io import write_json_atomic
+from dirl.data.transforms import eval_resize, normalize
+from dirl.workspace import SHARD_DIRS
 from dirl.metrics import MetricAccumulator, centre_prior
 
 log = logging.getLogger(__name__)
@@ -81,7 +84,7 @@ class EvalSet:
         at ``size`` is kept and scored as the reference scores it (``dirl.metrics``).
         """
         img, mask = self.load(i)
-        return resize_image(img, size), resize_mask(mask, size)
+        return eval_resize(img, mask, size)
 
     def batches(self, size: int, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[dict]:
         """``{image (B,3,S,S) normalised, mask (B,1,S,S), id [B], subset [B]}`` in order."""
@@ -98,31 +101,22 @@ class EvalSet:
 
 
 def shard_set(dirs: Iterable[str | os.PathLike], split: str, name: str = "test") -> EvalSet:
-    """The ``split`` rows of the shard folders whose source is a composite (real or synthesized)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """The ``split`` rows of the shard folders whose source is a composite (real or synthesized), read as training
+    reads them (:func:`dirl.data.loader.read_rows`)."""
+    from dirl.data.loader import read_rows
 
-    from dirl.data.shards import read_table
-
-    tables, used, notes = [], [], []
-    for d in dirs:
-        if not (Path(d) / "manifest.json").is_file():
-            notes.append(f"{d}: no shards (manifest.json absent), skipped")
-            continue
-        t = read_table(d, split, ["id", "subset", "image", "mask", "source"])
-        kept = t.filter(pc.is_in(t["source"], value_set=pa.array(EVAL_SOURCES)))
-        if kept.num_rows < t.num_rows:
-            notes.append(f"{d}: {t.num_rows - kept.num_rows} {split} rows are not composites (source not in "
-                         f"{EVAL_SOURCES}), left out")
-        if kept.num_rows:
-            tables.append(kept)
-            used.append(str(d))
-    if not tables:
+    dirs = [Path(d) for d in dirs]
+    notes = [f"{d}: no shards (manifest.json absent), skipped" for d in dirs if not (d / "manifest.json").is_file()]
+    found = [d for d in dirs if (d / "manifest.json").is_file()]
+    table, left_out = read_rows(found, split, EVAL_SOURCES, ("id", "subset", "image", "mask"))
+    notes += [f"{d}: {n} {split} rows are not composites (source not in {EVAL_SOURCES}), left out"
+              for d, n in left_out.items() if n]
+    if not table.num_rows:
         raise EvaluationError(
             f"no {split!r} composites in {', '.join(map(str, dirs))}; build them first "
             "(`dvc repro synthesize`, or `dirl data preprocess` and `dirl data synthesize`)"
         )
-    table = pa.concat_tables(tables)
+    used = [str(d) for d in found]
     images, masks = table["image"], table["mask"]
     ids = table["id"].to_pylist()
 
@@ -282,25 +276,25 @@ def _resize_map(m: np.ndarray, size: int) -> np.ndarray:
 
 def _figures(model: torch.nn.Module, info: dict, evalset: EvalSet, size: int, k: int, out: Path) -> list[str]:
     """grid.png and mda.png of the test set; returns notes."""
-    from dirl.lifecycle import visualize
+    from dirl.lifecycle import figures
 
-    idx = pick_indices(len(evalset), k)
+    idx = figures.pick_distinct(evalset.ids, evalset.subsets, k, seed=0)
     items = [evalset.item(i, size) for i in idx]
     images, masks = [im for im, _ in items], [m for _, m in items]
     ids = [evalset.ids[i] for i in idx]
     outs = _outputs(model, evalset, idx, size)
     label = info.get("label") or info.get("model", "model")
     prior = centre_prior(size, size)
-    visualize.grid_figure(images, masks, {label: [o[0] for o in outs], "centre prior": [prior] * len(idx)}, ids,
+    figures.grid_figure(images, masks, {label: [o[0] for o in outs], "centre prior": [prior] * len(idx)}, ids,
                           out / "grid.png", title=f"{evalset.name}: {label} at {size}x{size}")
     notes = []
     if outs and len(outs[0]) >= 6:
         n = min(3, len(idx))
-        visualize.mda_figure(images[:n], masks[:n], outs[:n], ids[:n], out / "mda.png")
+        figures.mda_figure(images[:n], masks[:n], outs[:n], ids[:n], out / "mda.png")
     else:
         note = (f"model {info.get('model')!r} has no attention maps (it returns {len(outs[0]) if outs else 0} map); "
                 "mda.png shows only this note")
-        visualize.note_figure(note, out / "mda.png")
+        figures.note_figure(note, out / "mda.png")
         notes.append(note)
     return notes
 
@@ -310,7 +304,7 @@ def _figures(model: torch.nn.Module, info: dict, evalset: EvalSet, size: int, k:
 
 def _run_for(model_ref: str, info: dict, cfg: Config) -> tuple[str | None, str | None]:
     """(run id, tracking URI) of the run a model belongs to; (None, None) when unknown."""
-    from dirl.config import tracking_uri
+    from dirl.tracking import tracking_uri
 
     if info.get("run_id"):
         return info["run_id"], tracking_uri(cfg)
@@ -331,6 +325,16 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-/ ]+", "_", name)
 
 
+def write_scores(out: Path, scores: dict) -> None:
+    """``scores.json`` (everything: model and centred prior per set, with subsets), and the two small files that
+    ``dvc metrics show`` reads: ``metrics.json`` (the model) and ``prior.json`` (the centred prior on the same
+    images), with the same keys so that they share columns and the prior's row stands under the model's."""
+    write_json_atomic(out / "scores.json", scores)
+    for method, name in (("model", "metrics.json"), (METHOD_PRIOR, "prior.json")):
+        write_json_atomic(out / name, {s: {k: res[method][k] for k in ("n", "AP", "F1", "IoU") if k in res[method]}
+                                       for s, res in scores.items() if method in res})
+
+
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """``{"test": {"model": {"AP": ..}, "centre_prior": {...}}}`` -> ``{"test_AP": .., "test_prior_AP": ..}``."""
     flat = {}
@@ -342,8 +346,10 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     return flat
 
 
-def log_to_run(run_id: str, uri: str, metrics: dict, out: Path, artifact_path: str = "evaluate") -> None:
-    """Log flat metrics and the files of ``out`` to an existing MLflow run."""
+def log_to_run(run_id: str, uri: str, metrics: dict, out: Path, artifact_path: str = "evaluate",
+               shard_dirs: Sequence[str | os.PathLike] = (), split: str = "test") -> None:
+    """Log flat metrics and the files of ``out`` to an existing MLflow run; the ``split`` rows of ``shard_dirs`` as
+    its evaluation dataset; and the metrics against the run's logged model too (its page in the UI shows them)."""
     import time
 
     import mlflow
@@ -354,11 +360,21 @@ def log_to_run(run_id: str, uri: str, metrics: dict, out: Path, artifact_path: s
     check_reachable(uri)
     client = mlflow.MlflowClient(uri)
     try:
-        client.get_run(run_id)
+        exp_id = client.get_run(run_id).info.experiment_id
     except mlflow.exceptions.MlflowException:
         raise TrackingError(f"run {run_id} not found in {uri}; was the model trained against another store?") from None
+    from dirl.tracking import log_datasets
+
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in flat_metrics(metrics).items()])
+    try:
+        models = client.search_logged_models([exp_id], filter_string=f"source_run_id = '{run_id}'", max_results=1,
+                                             order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+    except mlflow.exceptions.MlflowException:
+        models = []
+    model_id = models[0].model_id if models else None
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=model_id)
+                                      for k, v in flat_metrics(metrics).items()])
+    log_datasets(client, run_id, [d for d in shard_dirs if Path(d).is_dir()], {split: "evaluation"})
     client.log_artifacts(run_id, str(out), artifact_path)
 
 
@@ -366,9 +382,10 @@ def log_to_run(run_id: str, uri: str, metrics: dict, out: Path, artifact_path: s
 
 
 def evaluate_stage(cfg: Config, model_ref: str = "results/train/model.pt",
-                   out_dir: str | os.PathLike = "results/evaluate", shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS, log_mlflow: bool = True) -> dict:
+                   out_dir: str | os.PathLike = "results/evaluate",
+                   shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS, log_mlflow: bool = True) -> dict:
     """Evaluate one model on the test split and the extra sets; write and log everything (module docstring)."""
-    from dirl.lifecycle.predict import default_device
+    from dirl.speed import default_device
     from dirl.lifecycle.resolve import load_model_ref
 
     out = Path(out_dir)
@@ -389,10 +406,11 @@ def evaluate_stage(cfg: Config, model_ref: str = "results/train/model.pt",
         log.info("%s: model AP %.2f F1 %.4f IoU %.2f | centre prior AP %.2f F1 %.4f IoU %.2f", s.name,
                  res["model"]["AP"], res["model"]["F1"], res["model"]["IoU"], res[METHOD_PRIOR]["AP"],
                  res[METHOD_PRIOR]["F1"], res[METHOD_PRIOR]["IoU"])
-    write_json_atomic(out / "metrics.json", metrics)
+    write_scores(out, metrics)
     test = sets[0].name
-    _write_csv(out / "pr_curve.csv", [r for r in pr_rows if r["set"] == test and r["method"] == "model"],
-               ["threshold", "precision", "recall"])
+    for method, name in (("model", "pr_curve.csv"), (METHOD_PRIOR, "pr_prior.csv")):  # DVC's PR plot: two lines
+        _write_csv(out / name, [r for r in pr_rows if r["set"] == test and r["method"] == method],
+                   ["threshold", "precision", "recall"])
     _write_csv(out / "pr_curves.csv", pr_rows, ["set", "method", "threshold", "precision", "recall"])
     _write_csv(out / "per_image.csv", per_image,
                ["set", "id", "subset", "ap", "f1", "iou", "prior_ap", "prior_f1", "prior_iou"])
@@ -403,7 +421,7 @@ def evaluate_stage(cfg: Config, model_ref: str = "results/train/model.pt",
     write_json_atomic(out / "info.json", {"model": header, "input_size": size, "sets": {s.name: len(s) for s in sets},
                                           "notes": notes, "mlflow": {"run_id": run_id, "tracking_uri": uri}})
     if run_id:
-        log_to_run(run_id, uri, metrics, out)
+        log_to_run(run_id, uri, metrics, out, shard_dirs=shard_dirs, split=cfg.evaluate.split)
     else:
         log.warning("no MLflow run for %s (no run.json beside it): results written to %s only", model_ref, out)
     return metrics
@@ -427,8 +445,8 @@ def compare(cfg: Config, model_refs: Sequence[str], out_dir: str | os.PathLike =
     as a row of every set, at ``model.input_size``), ``grid.png`` (test items: image | ground truth | each
     model | centre prior) and ``config.yaml``. Returns ``{"rows": [...], "markdown": str}``.
     """
-    from dirl.lifecycle import visualize
-    from dirl.lifecycle.predict import default_device
+    from dirl.lifecycle import figures
+    from dirl.speed import default_device
     from dirl.lifecycle.resolve import load_model_ref
 
     if not model_refs:
@@ -438,7 +456,7 @@ def compare(cfg: Config, model_refs: Sequence[str], out_dir: str | os.PathLike =
     sets, _ = eval_sets(cfg, shard_dirs)
     test = sets[0]
     show = max(cfg.model.input_size, 16)
-    idx = pick_indices(len(test), cfg.evaluate.grid_items)
+    idx = figures.pick_distinct(test.ids, test.subsets, cfg.evaluate.grid_items, seed=cfg.data.seed)
     rows: list[dict] = []
     grid_maps: dict[str, list[np.ndarray]] = {}
     for ref in model_refs:
@@ -473,7 +491,7 @@ def compare(cfg: Config, model_refs: Sequence[str], out_dir: str | os.PathLike =
     _write_csv(out / "comparison.csv", rows, columns + ["ref"])
     items = [test.item(i, show) for i in idx]
     grid_maps["centre prior"] = [centre_prior(show, show)] * len(idx)
-    visualize.grid_figure([im for im, _ in items], [m for _, m in items], grid_maps, [test.ids[i] for i in idx],
+    figures.grid_figure([im for im, _ in items], [m for _, m in items], grid_maps, [test.ids[i] for i in idx],
                           out / "grid.png", title=f"{test.name}: shown at {show}x{show}")
     save_resolved(cfg, out)
     return {"rows": rows, "markdown": md}

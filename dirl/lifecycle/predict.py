@@ -30,18 +30,15 @@ import cv2
 import numpy as np
 import torch
 
-from dirl.data.images import BadImage, decode_image, resize_image
-from dirl.data.transforms import normalize
+from dirl.data.images import BadImage, decode_image
+from dirl.data.transforms import map_to_image, model_input
+from dirl.speed import default_device
 
 if TYPE_CHECKING:
     from dirl.config import Config
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.inference_mode()
@@ -56,12 +53,10 @@ def predict_maps(model: torch.nn.Module, images: Sequence[np.ndarray], input_siz
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        x = np.stack([normalize(resize_image(img, input_size)) for img in chunk])  # (B, 3, S, S)
+        x = np.stack([model_input(img, input_size) for img in chunk])  # (B, 3, S, S)
         probs = model(torch.from_numpy(x).to(device))[0]  # (B, 1, S, S)
         probs = probs.float().clamp_(0, 1)[:, 0].cpu().numpy()  # (B, S, S)
-        for img, p in zip(chunk, probs):
-            h, w = img.shape[:2]
-            out.append(p if (h, w) == p.shape else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR))
+        out += [map_to_image(p, img.shape) for img, p in zip(chunk, probs)]  # (h_i, w_i)
     return out
 
 
@@ -149,7 +144,7 @@ def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref:
     """
     from tqdm import tqdm
 
-    from dirl.data.issues import write_json_atomic
+    from dirl.io import write_json_atomic
     from dirl.lifecycle.resolve import load_model_ref
 
     if batch_size < 1:

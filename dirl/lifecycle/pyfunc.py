@@ -54,7 +54,7 @@ class DirlPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the weights artifact once; ``predict`` maps encoded images to encoded probability maps."""
 
     def load_context(self, context) -> None:
-        from dirl.lifecycle.predict import default_device
+        from dirl.speed import default_device
         from dirl.weights import load_weights
 
         self.device = default_device()

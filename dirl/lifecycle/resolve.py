@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from dirl.config import Config, tracking_uri
+from dirl.config import Config
+from dirl.tracking import tracking_uri
 from dirl.tracking import TrackingError, check_reachable
 
 if TYPE_CHECKING:

@@ -10,18 +10,18 @@ derives from, and `torchvision_resnet34_state_dict()` which builds a full random
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Mapping
 
 import torch
+import torch.hub
 import torch.nn as nn
 import torch.nn.functional as F
+
+from dirl.io import sha256_file  # noqa: F401 - also imported from here
 
 TORCHVISION_RESNET34_URL = "https://download.pytorch.org/models/resnet34-b627a593.pth"
 LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
@@ -173,52 +173,55 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DIRL_CACHE_DIR", Path.home() / ".cache" / "dirl" / "weights"))
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _expected_sha256(sha256: str | None, name: str) -> str | None:
+    """`sha256` (full digest or prefix, lower-cased); without one, the hash in a torchvision-style file name
+    (`resnet34-b627a593.pth`), else None."""
+    if sha256:
+        return sha256.lower()
+    m = re.search(r"-([0-9a-f]{8,64})\.pth?$", name)
+    return m.group(1) if m else None
 
 
-def _check_sha256(path: Path, sha256: str | None, source: str, name: str | None = None) -> None:
+def _mismatch(source: str, expected: str, actual: str) -> ValueError:
+    return ValueError(f"sha256 mismatch for weights {source}: expected {expected}, got {actual}. "
+                      "The file is corrupt or not the one intended: delete it and fetch it again, "
+                      "or pass the right sha256.")
+
+
+def _check_sha256(path: Path, sha256: str | None, source: str) -> None:
     """Compare against `sha256` (full digest or a prefix); without one, use a torchvision-style name hash."""
-    expected = sha256
-    if expected is None:
-        m = re.search(r"-([0-9a-f]{8,64})\.pth?$", name or path.name)
-        expected = m.group(1) if m else None
+    expected = _expected_sha256(sha256, path.name)
     if expected is None:
         return
     actual = sha256_file(path)
-    if not actual.startswith(expected.lower()):
-        raise ValueError(f"sha256 mismatch for weights {source}: expected {expected}, got {actual}. "
-                         "The file is corrupt or not the one intended: delete it and fetch it again, "
-                         "or pass the right sha256.")
+    if not actual.startswith(expected):
+        raise _mismatch(source, expected, actual)
 
 
 def fetch_weights(path_or_url: str | Path, sha256: str | None = None, cache_dir: str | Path | None = None) -> Path:
     """A local path to the weights: a local file as is, a URL downloaded once into `cache_dir` (atomically).
 
     The sha256 (full hex digest or a prefix of it) is checked when given; for files named like torchvision's
-    (`resnet34-b627a593.pth`) the hash in the name is checked when no sha256 is given.
+    (`resnet34-b627a593.pth`) the hash in the name is checked when no sha256 is given. Downloads go through
+    `torch.hub.download_url_to_file` (http(s), ftp and file:// URLs), which checks the hash while it streams and
+    renames the file into place only when it matches.
     """
     src, sha256 = str(path_or_url), (sha256 or None)
     if re.match(r"^(https?|ftp|file)://", src):
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         dest = cache / Path(urllib.parse.urlparse(src).path).name
-        if not dest.exists():
-            fd, tmp = tempfile.mkstemp(dir=cache, prefix=dest.name + ".", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f, urllib.request.urlopen(src, timeout=60) as r:
-                    for chunk in iter(lambda: r.read(1 << 20), b""):
-                        f.write(chunk)
-                _check_sha256(Path(tmp), sha256, src, name=dest.name)
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+        if dest.exists():
+            _check_sha256(dest, sha256, src)
+            return dest
+        expected = _expected_sha256(sha256, dest.name)
+        try:
+            torch.hub.download_url_to_file(src, str(dest), hash_prefix=expected, progress=False)
+        except RuntimeError as e:
+            if expected is None or not str(e).startswith("invalid hash value"):
                 raise
-        _check_sha256(dest, sha256, src)
+            got = re.search(r'got "([0-9a-f]+)"', str(e))
+            raise _mismatch(src, expected, got.group(1) if got else "another digest") from None
         return dest
     path = Path(src).expanduser()
     if not path.is_file():

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import yaml
 
+from dirl.io import staging_dir, swap_in
+
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -74,18 +76,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, scheduler=None, scaler=None, *,
                     epoch: int, best: float | None = None, best_epoch: int | None = None,
@@ -96,11 +86,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, s
     ``epoch`` is the number of finished epochs; ``best``/``best_epoch`` the best validation metric so far.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = staging_dir(path)
     try:
         torch.save(unwrap(model).state_dict(), tmp / MODEL_FILE)
         state = {
@@ -124,14 +110,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, s
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

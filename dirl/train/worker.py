@@ -1,4 +1,5 @@
-"""The per-worker training function run by ``ray.train.torch.TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU).
+"""The per-worker training function run by ``ray.train.torch.TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU), and
+:func:`build_trainer`, the TorchTrainer that runs it (the train stage and every tune trial build theirs here).
 
 Each worker reads its part of the training composites straight from the shard folders (``ShardDataset``: one
 global permutation per epoch drawn from ``(train.seed, epoch)``, dealt to the ranks; augmentation seeded per
@@ -18,17 +19,19 @@ checkpoint's history missing from the run (a crash between report and logging) a
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from dirl.config import config_from_dict
+from dirl.cluster import Placement
+from dirl.config import Config, config_from_dict
+from dirl.io import write_json_atomic
 from dirl.losses import DIRLLoss
 from dirl.models import create_model
 from dirl.speed import SpeedConfig, make_grad_scaler
@@ -48,7 +51,7 @@ VAL_CACHE_BYTES = 512 << 20  # decoded validation batches up to this size are ke
 def local_batch_size(global_batch: int, world: int) -> int:
     """Each worker's batch: ``train.batch_size`` (the global batch) split evenly over ``world`` workers.
 
-    ``dirl config`` refuses a batch that ``train.num_workers`` does not divide; when Ray runs fewer workers
+    ``dirl config`` refuses a batch that ``cluster.num_workers`` does not divide; when Ray runs fewer workers
     (an elastic range, or a group shrunk to fit the cluster), an uneven split rounds down and says so.
     """
     local = max(1, global_batch // world)
@@ -72,60 +75,10 @@ def _write_status(path: str | None, **fields) -> None:
     """Atomically write this worker's status (pid, rank, epoch) as JSON, for monitoring and fault tests."""
     if not path:
         return
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    tmp.write_text(json.dumps({"pid": os.getpid(), "node_id": node, "time": time.time(), **fields}))
-    os.replace(tmp, p)
-
-
-class MlflowEpochLogger:
-    """Rank 0's MLflow writer: params once, one point per metric and epoch, never the same epoch twice."""
-
-    def __init__(self, tracking_uri: str, run_id: str):
-        import mlflow
-
-        self.client = mlflow.MlflowClient(tracking_uri)
-        self.run_id = run_id
-        logged = self.client.get_metric_history(run_id, "train_loss")
-        self.logged_epochs = {int(m.step) for m in logged}
-
-    def log_params(self, params: dict) -> None:
-        """Log the config flat, once; values changed since (a resume with more epochs) become tags."""
-        from dirl.tracking import log_params_flat
-
-        changed = log_params_flat(params, run_id=self.run_id, client=self.client)
-        for key, (old, new) in changed.items():
-            self.client.set_tag(self.run_id, f"resumed_with.{key}", f"{old} -> {new}"[:5000])
-
-    def log_epoch(self, row: dict) -> bool:
-        """Log one history row at ``step=row['epoch']``; False when the run already holds that epoch."""
-        from mlflow.entities import Metric
-
-        epoch = int(row["epoch"])
-        if epoch in self.logged_epochs:
-            return False
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), ts, epoch) for k, v in row.items()
-                   if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
-        self.client.log_batch(self.run_id, metrics=metrics)  # one transaction: the whole epoch or nothing
-        self.logged_epochs.add(epoch)
-        return True
-
-    def sync(self, history: list[dict]) -> int:
-        """Log every epoch of ``history`` the run lacks; a tracking-store error is a warning, retried next epoch."""
-        import mlflow
-
-        n = 0
-        try:
-            for row in history:
-                n += self.log_epoch(row)
-        except (mlflow.exceptions.MlflowException, OSError) as e:
-            log.warning("MLflow logging failed (%s); epochs will be logged at the next epoch or restart", e)
-        return n
+    write_json_atomic(path, {"pid": os.getpid(), "node_id": node, "time": time.time(), **fields})
 
 
 def epoch_line(row: dict, epochs: int) -> str:
@@ -136,6 +89,19 @@ def epoch_line(row: dict, epochs: int) -> str:
             f"{row['images_per_s']:.1f} img/s  {row['epoch_s']:.0f}s")
 
 
+def _quiet_reports() -> None:
+    """Ray Train logs every report's whole result dict at INFO from a logger named by its file path (outside
+    ``ray.train``, so RunConfig's LoggingConfig misses it); the epoch line says what matters. ``dirl -v`` keeps it."""
+    if os.environ.get("DIRL_VERBOSE"):
+        return
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        train_context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):  # another Ray version: its own logging stays as it is
+        pass
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point. ``config``: cfg (Config as dict), run_id, tracking_uri, status_dir (optional)."""
     import ray.train
@@ -143,13 +109,14 @@ def train_loop_per_worker(config: dict) -> dict:
 
     cfg = config_from_dict(config["cfg"], "train_loop_config")
     tc = cfg.train
+    _quiet_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     status = os.path.join(config["status_dir"], f"rank-{rank}.json") if config.get("status_dir") else None
     _write_status(status, rank=rank, epoch=None, phase="setup")
 
     seed_everything(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    if not tc.use_gpu:
+    if not cfg.cluster.use_gpu:
         torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
     device = ray.train.torch.get_device()
     speed = SpeedConfig(tc.precision, tc.channels_last, tc.compile)
@@ -168,7 +135,7 @@ def train_loop_per_worker(config: dict) -> dict:
         steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_ds)} training composites give worker {rank} no full batch of {batch} rows; "
-                         f"lower train.batch_size or train.num_workers, or add data")
+                         f"lower train.batch_size or cluster.num_workers, or add data")
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
     scaler = make_grad_scaler(device, speed)
@@ -189,6 +156,8 @@ def train_loop_per_worker(config: dict) -> dict:
 
     logger = None
     if rank == 0 and config.get("run_id"):
+        from dirl.tracking import MlflowEpochLogger
+
         logger = MlflowEpochLogger(config["tracking_uri"], config["run_id"])
         logger.log_params(cfg.to_dict())
         logger.sync(history)  # back-fill epochs checkpointed but not yet logged
@@ -246,3 +215,50 @@ def train_loop_per_worker(config: dict) -> dict:
             logger.sync(history)
     _write_status(status, rank=rank, epoch=tc.epochs, phase="done")
     return {"history": history, "best_val_iou": best if math.isfinite(best) else None, "best_epoch": best_epoch}
+
+
+# ----------------------------------------------------------------------------- the TorchTrainer that runs it
+
+
+def checkpoint_config(cfg: Config, trial: bool = False):
+    """Keep only what resuming and the exported model need: the latest checkpoint (``train.checkpoint: last``, and
+    every tune trial), or the best by validation IoU plus the latest (``best``). Disk: a dirl checkpoint holds the
+    weights and Adam's two moments, about 3 x 205 MB; dirl_tiny's about 23 MB."""
+    import ray.train
+
+    if trial or cfg.train.checkpoint == "last":
+        return ray.train.CheckpointConfig(num_to_keep=1)
+    return ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SCORE, checkpoint_score_order="max")
+
+
+def build_trainer(cfg: Config, data_dirs: Sequence[str | os.PathLike], placement: Placement, name: str,
+                  storage: str, loop_config: dict, callbacks: Sequence = (), trial: bool = False):
+    """The TorchTrainer of one training run (also used by the tune stage with its own callbacks, ``trial=True``)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": placement.cpus_per_worker}
+    scaling = ray.train.ScalingConfig(num_workers=placement.num_workers, use_gpu=placement.use_gpu,
+                                      resources_per_worker=resources,
+                                      placement_strategy=cfg.cluster.placement_strategy)
+    run_config = ray.train.RunConfig(
+        name=name,
+        storage_path=storage,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
+        checkpoint_config=checkpoint_config(cfg, trial),
+        # Ray Train's INFO lines (worker group start, each report's result dict) only with `dirl -v`
+        logging_config=ray.train.LoggingConfig(log_level="INFO" if os.environ.get("DIRL_VERBOSE") else "WARNING"),
+        callbacks=list(callbacks),
+        worker_runtime_env={"env_vars": {k: os.environ[k] for k in ("MLFLOW_DISABLE_TELEMETRY", "DIRL_VERBOSE",
+                                                                   "RAY_DATA_DISABLE_PROGRESS_BARS")
+                                         if k in os.environ}},
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**loop_config, "threads_per_worker": placement.threads_per_worker,
+                           "data_dirs": [str(Path(d).resolve()) for d in data_dirs]},
+        torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
+        scaling_config=scaling,
+        run_config=run_config,
+    )
+

@@ -2,7 +2,7 @@
 # Run the DVC pipeline against the Ray cluster this node belongs to, from a workspace on shared storage.
 #
 #   pipeline/cluster/run-pipeline.sh [--workspace DIR] [--dry-run|--seed-only] [-- EXTRA DVC ARGS]
-#   pipeline/cluster/run-pipeline.sh --workspace /mnt/efs/workspace/dirl -- -S train.use_gpu=true
+#   pipeline/cluster/run-pipeline.sh --workspace /mnt/efs/workspace/dirl -- -S cluster.use_gpu=true
 #
 # Used as the KubeRay RayJob entrypoint and through `ray exec` on a `ray up` cluster. It
 #   1. seeds the workspace once from this checkout (code, params.yaml, dvc.yaml, dvc.lock, .git),
@@ -11,9 +11,9 @@
 #      whichever node runs them, so the workspace must be on storage every node mounts at one path;
 #   2. runs `dvc exp run` there (`dvc repro` plus parameter overrides, recorded as an experiment) with
 #        -S cluster.address=auto                      join the running cluster instead of starting Ray
-#        -S train.storage_path=$DIRL_STORAGE_PATH    checkpoints on shared storage (path or URI)
+#        -S cluster.storage_path=$DIRL_STORAGE_PATH    checkpoints on shared storage (path or URI)
 #        -S mlflow.tracking_uri=$MLFLOW_TRACKING_URI the tracking server every node reaches
-#      followed by EXTRA DVC ARGS (e.g. -S train.use_gpu=true -S train.num_workers=4).
+#      followed by EXTRA DVC ARGS (e.g. -S cluster.use_gpu=true -S cluster.num_workers=4).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -43,7 +43,7 @@ done
 
 CMD=(dvc exp run
     -S cluster.address=auto
-    -S "train.storage_path=${DIRL_STORAGE_PATH:-}"
+    -S "cluster.storage_path=${DIRL_STORAGE_PATH:-}"
     -S "mlflow.tracking_uri=${MLFLOW_TRACKING_URI:-}"
     "${EXTRA[@]}")
 

@@ -11,20 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 
-from test_evaluate import make_cfg, make_training_run, make_weights, make_workspace, one_torch_thread  # noqa: F401
-
-import mlflow
-
-from dirl.lifecycle.registry import (CHAMPION, HOLD_ENV, PREVIOUS, PromotionRefused, RegistryError, promote,
+from dirl.lifecycle.release import (CHAMPION, HOLD_ENV, PREVIOUS, PromotionRefused, RegistryError, promote,
                                      register_stage, rollback)
 from dirl.lifecycle.resolve import ModelRefError, load_model_ref
 from dirl.tracking import TrackingError
 from dirl.weights import WeightsError
+from helpers.lifecycle import make_cfg, make_training_run, make_weights, make_workspace
+from helpers.paths import PARAMS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def store(tmp_path_factory):
     good = make_weights(root / "good.pt", seed=0)
     flat = make_weights(root / "flat.pt", constant=True)
     run_id = make_training_run(cfg, train)
-    metrics = root / "results" / "evaluate" / "metrics.json"
+    metrics = root / "results" / "evaluate" / "scores.json"
     metrics.parent.mkdir(parents=True)
     metrics.write_text(json.dumps({"test": {"model": {"n": 6, "AP": 50.0, "F1": 0.5, "IoU": 40.0},
                                             "centre_prior": {"n": 6, "AP": 30.0, "F1": 0.3, "IoU": 20.0}}}))
@@ -122,7 +120,7 @@ def test_register_promote_refuse_force_rollback(store):
 RACE = """
 import json, os, sys, time
 from dirl.config import load_config
-from dirl.lifecycle.registry import promote
+from dirl.lifecycle.release import promote
 a = json.loads(sys.argv[1])
 cfg = load_config(a["params"], overrides=a["overrides"])
 while not os.path.exists(a["go"]):
@@ -149,7 +147,7 @@ def test_racing_promotions_leave_aliases_consistent(store):
     overrides = {"model.name": "unet", "model.input_size": 32, "evaluate.batch_size": 4, "register.model_name": name,
                  "mlflow.tracking_uri": f"sqlite:///{store['root'] / 'mlflow.db'}"}
     env = {**os.environ, HOLD_ENV: "1.5"}
-    procs = [_spawn(RACE, {"params": str(ROOT / "params.yaml"), "overrides": overrides, "go": str(go), "version": v,
+    procs = [_spawn(RACE, {"params": str(PARAMS), "overrides": overrides, "go": str(go), "version": v,
                            "dirs": store["dirs"]}, env) for v in ("2", "3")]
     time.sleep(1.0)
     go.touch()
@@ -168,7 +166,7 @@ def test_racing_promotions_leave_aliases_consistent(store):
 LOCKER = """
 import glob, json, os, sys, time
 import mlflow
-from dirl.lifecycle.registry import registry_lock
+from dirl.lifecycle.release import registry_lock
 a = json.loads(sys.argv[1])
 client = mlflow.MlflowClient(a["uri"])
 client.search_registered_models(max_results=1)  # connect before the barrier

@@ -49,9 +49,10 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from dirl.config import Config, tracking_uri
-from dirl.data.issues import write_json_atomic
-from dirl.lifecycle import SHARD_DIRS
+from dirl.config import Config
+from dirl.io import sha256_file, write_json_atomic
+from dirl.tracking import tracking_uri
+from dirl.workspace import SHARD_DIRS
 from dirl.lifecycle.resolve import ModelRefError, client_for
 
 log = logging.getLogger(__name__)
@@ -87,28 +88,23 @@ def _who() -> str:
 
 @contextlib.contextmanager
 def _file_lock(path: Path, timeout: float) -> Iterator[None]:
-    import fcntl
+    from filelock import FileLock, Timeout
+
+    def note_holder(fd: int) -> None:  # who holds it, for whoever finds the lock taken
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{_who()} pid {os.getpid()} since {_now()}\n".encode(), 0)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RegistryError(
-                        f"{path}: another promotion or rollback holds the lock for over {timeout:.0f} s")
-                time.sleep(0.05)
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"{_who()} pid {os.getpid()} since {_now()}\n")
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    lock = FileLock(path, timeout=timeout, poll_interval=0.05, on_acquired=note_holder)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RegistryError(
+            f"{path}: another promotion or rollback holds the lock for over {timeout:.0f} s") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _lock_tags(client, name: str) -> dict[str, str]:
@@ -196,19 +192,13 @@ def _read_json(path: Path, what: str) -> dict:
         raise RegistryError(f"{path}: not valid JSON ({e}); {what}") from None
 
 
-def _sha256(path: Path) -> str:
-    from dirl.data.shards import sha256_file
-
-    return sha256_file(path)
-
-
 # ----------------------------------------------------------------------------- register
 
 
 def register_stage(cfg: Config, out_dir: str | os.PathLike = "results/register",
                    weights: str | os.PathLike = "results/train/model.pt",
                    run_json: str | os.PathLike = "results/train/run.json",
-                   metrics_path: str | os.PathLike = "results/evaluate/metrics.json",
+                   metrics_path: str | os.PathLike = "results/evaluate/scores.json",
                    shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS) -> dict:
     """Log the weights as a pyfunc model into the training run, register a version, set ``register.alias``.
 
@@ -245,24 +235,43 @@ def register_stage(cfg: Config, out_dir: str | os.PathLike = "results/register",
     tags = {
         **{f"metric.{k}": f"{v:.6g}" for k, v in flat_metrics(metrics).items()},
         **provenance_tags(data_dirs=shard_dirs),
-        "weights_sha256": _sha256(weights), "model": str(header.get("model")),
+        "weights_sha256": sha256_file(weights), "model": str(header.get("model")),
         "input_size": str(header.get("input_size")), "epoch": str(header.get("epoch")),
         "registered_by": _who(), "registered_at": _now(),
     }
-    with mlflow.start_run(run_id=run_id):
-        info = log_pyfunc(weights, name="model")
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    model_uri = _logged_model(client, run, weights)
+    if model_uri is None:  # weights trained elsewhere: log them as this run's model now
+        with mlflow.start_run(run_id=run_id):
+            model_uri = log_pyfunc(weights, name="model").model_uri
+    mv = mlflow.register_model(model_uri, name, tags=tags)  # evaluate linked its figures to this model already
     client.set_registered_model_alias(name, cfg.register.alias, mv.version)
-    test = next(iter(metrics.values()), {}) if metrics else {}
+    first = next(iter(metrics), None) if metrics else None  # the evaluated split's set comes first
+    test = metrics[first] if first else {}
     if test:
         client.update_model_version(name, mv.version, description=(
-            f"{header.get('model')} at {header.get('input_size')} px: {cfg.evaluate.split} IoU "
+            f"{header.get('model')} at {header.get('input_size')} px: {first} IoU "
             f"{test['model']['IoU']:.2f} (centre prior {test['centre_prior']['IoU']:.2f})"))
     result = {"name": name, "version": str(mv.version), "alias": cfg.register.alias, "run_id": run_id,
-              "model_uri": f"models:/{name}/{mv.version}", "logged_model_uri": info.model_uri,
+              "model_uri": f"models:/{name}/{mv.version}", "logged_model_uri": model_uri,
               "tracking_uri": uri}
     write_json_atomic(Path(out_dir) / "model.json", result)
     return result
+
+
+def _logged_model(client, run: dict, weights: Path) -> str | None:
+    """``models:/<model_id>`` of the model the train stage logged (``run.json``), when it holds these weights."""
+    import mlflow
+
+    model_id = run.get("model_id")
+    if not model_id:
+        return None
+    try:
+        lm = client.get_logged_model(model_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    if lm.tags.get("weights_sha256") not in (None, sha256_file(weights)):
+        return None
+    return f"models:/{model_id}"
 
 
 # ----------------------------------------------------------------------------- promote / rollback
@@ -272,7 +281,7 @@ def score_version(cfg: Config, name: str, version: str,
                   shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS, evalset=None) -> dict:
     """Metrics (AP, F1, IoU, n) of registered ``name`` version ``version`` on the ``evaluate.split`` set."""
     from dirl.lifecycle.evaluate import evaluate_set, shard_set
-    from dirl.lifecycle.predict import default_device
+    from dirl.speed import default_device
     from dirl.lifecycle.resolve import load_model_ref
 
     evalset = evalset or shard_set(shard_dirs, cfg.evaluate.split, cfg.evaluate.split)

@@ -4,8 +4,9 @@
     preprocess  data/raw    -> data/shards/         (Arrow shards: photos or real composites, split assigned)
     synthesize  data/shards -> data/synth/          (new composites from real photos + masks)
 
-Each stage writes ``results/<stage>/summary.json`` (DVC metrics) and ``results/<stage>/issues.json`` (every bad
-item with its file and reason) and prints a one-screen summary. A stage fails only when the bad fraction
+Each stage writes ``results/<stage>/metrics.json`` (DVC metrics: items in, rows out, bad items),
+``results/<stage>/summary.json`` (all figures) and ``results/<stage>/issues.json`` (every bad item with its file and
+reason) and prints a one-screen summary. A stage fails only when the bad fraction
 exceeds ``data.max_bad_fraction``. Outputs are built in a temporary sibling and swapped in, so a failed or
 killed stage leaves the previous output intact.
 """
@@ -16,22 +17,22 @@ import json
 import os
 import shutil
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
 from dirl.config import Config
-from dirl.data.issues import IssueLog, write_json_atomic
+from dirl.data.issues import IssueLog
+from dirl.io import staging_dir, swap_in, write_json_atomic
 
-RAW = Path("data/raw")
-SHARDS = Path("data/shards")
-SYNTH = Path("data/synth")
-RESULTS = Path("results")
+from dirl.workspace import DOWNLOADS, RAW, RESULTS, SHARDS, SYNTH
+
 INDEX = "index.json"
 
 
 def _workers(cfg: Config) -> int:
-    return cfg.data.workers or len(os.sched_getaffinity(0))
+    return cfg.cluster.data_workers or len(os.sched_getaffinity(0))
 
 
 
@@ -68,6 +69,10 @@ def _finish(stage: str, summary: dict, issues: IssueLog | None = None, total: in
         if len(issues) or issues.notes:
             issues.print_summary(total)
     write_json_atomic(out / "summary.json", summary)
+    # what `dvc metrics show` lists, in columns shared by the three data stages: items in, rows out, bad items
+    write_json_atomic(out / "metrics.json", {"items": summary.get("items", summary.get("real_images", total)),
+                                             "rows": summary.get("rows", summary.get("composites", summary.get(
+                                                 "items"))), "bad": summary.get("bad", 0)})
     print(f"[{stage}] " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
     return summary
 
@@ -93,8 +98,7 @@ def _ingest_photos(root: Path, dest: Path, issues: IssueLog) -> dict:
         issues.add(entry["item"], entry["reason"])
     for entry in photos.log.notes:
         issues.note(entry["item"], entry["reason"])
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(dest)
     categories = {}
     try:
         for item in photos:
@@ -113,16 +117,12 @@ def _ingest_photos(root: Path, dest: Path, issues: IssueLog) -> dict:
                                    "photo": stem}
         write_json_atomic(tmp / "objects.json", {k: v["category"] for k, v in categories.items() if v["category"]})
         write_json_atomic(tmp / "items.json", categories)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        swap_in(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"photos": len(photos)}
 
-
-DOWNLOADS = Path("data/.raw-downloads")  # archives being fetched: a partial download survives a failed ingest
 
 
 def ingest(cfg: Config) -> dict:
@@ -132,16 +132,11 @@ def ingest(cfg: Config) -> dict:
     fraction is within ``data.max_bad_fraction``: after a failure, or a kill, the previous ``data/raw`` (its
     ``index.json`` included) is left exactly as it was. ``results/ingest/issues.json`` is written either way.
     """
-    from dirl.data.preprocess import _remove_stale, swap_in
 
     t0 = time.time()
     source = cfg.data.source
     with _Reporting("ingest") as issues:
-        RAW.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(RAW.absolute())  # work folders of killed runs
-        stage = RAW.parent / f".{RAW.name}.tmp-{os.getpid()}"
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir()
+        stage = staging_dir(RAW)  # data/.raw.tmp-<pid>; work folders of killed runs removed
         try:
             if source == "sample":
                 from dirl.data.sources import sample_photos
@@ -326,7 +321,7 @@ def preprocess(cfg: Config) -> dict:
     decoded) and those a filter left out. ``results/preprocess/issues.json`` names each bad or left-out item
     with its reason, on success and on failure.
     """
-    from dirl.data.preprocess import preprocess as build_shards
+    from dirl.data.preprocess import write_shards
 
     t0 = time.time()
     with _Reporting("preprocess") as issues:
@@ -339,8 +334,8 @@ def preprocess(cfg: Config) -> dict:
         else:
             items, names = _ihd_items(index, cfg, issues)
         dropped = len((issues.bad_items() | issues.excluded_items()) - names)  # seen, not passed on
-        manifest = build_shards(items, SHARDS, size=cfg.data.stored_size, workers=_workers(cfg), issues=issues,
-                                max_bad_fraction=cfg.data.max_bad_fraction, dropped=dropped)
+        manifest = write_shards(items, SHARDS, size=cfg.data.stored_size, workers=_workers(cfg), issues=issues,
+                                max_bad_fraction=cfg.data.max_bad_fraction, dropped=dropped, engine=cfg)
     seconds = time.time() - t0
     total = len(items) + dropped
     summary = {"items": total, "rows": manifest["rows"], "bad": len(issues),
@@ -360,14 +355,30 @@ def _decode_row(row: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 _REFS: list = []
+SYNTH_CHUNK = 8  # photos per task
 
 
-def _init_synth(refs: list) -> None:
+def _init_synth(refs: list[dict]) -> None:
+    """Worker set-up: decode the reference rows (:func:`_references`) once into ``_REFS``.
+
+    The rows travel encoded (~12x smaller than decoded: one copy per worker process, or per Ray node) and are
+    decoded here, identically in every process; a row that does not decode is skipped, in every process alike.
+    """
     import cv2
+
+    from dirl.data.synth import Reference
 
     cv2.setNumThreads(1)
     global _REFS
-    _REFS = refs
+    _REFS = []
+    for row in refs:
+        try:
+            image, mask = _decode_row(row)
+        except Exception:
+            continue
+        ref = Reference(row["id"], image, mask, row.get("subset"))
+        ref.split = row["split"]
+        _REFS.append(ref)
 
 
 def _synth_chunk(args: tuple) -> list[tuple[dict | None, str | None]]:
@@ -438,34 +449,29 @@ def _synth_sources(cfg: Config) -> list[dict]:
     return rows
 
 
-def _references(rows: list[dict], limit_per_split: int = 256, seed: int = 0):
-    """A deterministic subset of real objects per split, used as colour-transfer references."""
-    from dirl.data.synth import Reference
-
+def _references(rows: list[dict], limit_per_split: int = 256, seed: int = 0) -> list[dict]:
+    """A deterministic subset of real objects per split, used as colour-transfer references: their rows, still
+    encoded (``id``, ``image``, ``mask``, ``subset``, ``split``); :func:`_init_synth` decodes them in each worker."""
     rng = np.random.default_rng(seed)
     refs = []
     for split in sorted({r["split"] for r in rows}):
         pool = [r for r in rows if r["split"] == split]
         pick = rng.permutation(len(pool))[:limit_per_split]
-        for i in sorted(pick):
-            try:
-                image, mask = _decode_row(pool[i])
-            except Exception:
-                continue
-            ref = Reference(pool[i]["id"], image, mask, pool[i].get("subset"))
-            ref.split = split
-            refs.append(ref)
+        refs += [{k: pool[i].get(k) for k in ("id", "image", "mask", "subset", "split")} for i in sorted(pick)]
     return refs
 
 
 def synthesize(cfg: Config) -> dict:
-    """Make ``synth.per_image`` new composites per real image into ``data/synth`` (Arrow shards)."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+    """Make ``synth.per_image`` new composites per real image into ``data/synth`` (Arrow shards).
 
+    Chunks of ``SYNTH_CHUNK`` photos run on the data engine (``cluster.data_engine``, :mod:`dirl.data.engine`):
+    local processes, or Ray tasks across the cluster's nodes with the references shipped once; either way this
+    process writes the rows in input order, so the output is the same byte for byte. On Ray, ``data/synth`` is
+    written by this process: the workspace must be on storage the nodes share.
+    """
     from tqdm import tqdm
 
-    from dirl.data.preprocess import swap_in
+    from dirl.data.engine import ordered_map
     from dirl.data.shards import ShardWriter, write_manifest
 
     t0 = time.time()
@@ -475,17 +481,17 @@ def synthesize(cfg: Config) -> dict:
                          "use source sample/photos, or set synth.augment_iharmony4: true for iHarmony4")
     refs = _references(sources, seed=cfg.synth.seed)
     with _Reporting("synthesize") as issues:  # the full report, on success and on failure
-        args = [(sources[i:i + 8], cfg.synth.per_image, tuple(cfg.synth.methods), cfg.synth.max_tries, cfg.synth.seed,
-                 cfg.synth.free_form, cfg.synth.recolour) for i in range(0, len(sources), 8)]
-        tmp = SYNTH.parent / f".{SYNTH.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        args = [(sources[i:i + SYNTH_CHUNK], cfg.synth.per_image, tuple(cfg.synth.methods), cfg.synth.max_tries,
+                 cfg.synth.seed, cfg.synth.free_form, cfg.synth.recolour) for i in range(0, len(sources), SYNTH_CHUNK)]
+        tmp = staging_dir(SYNTH)
         writers: dict[str, ShardWriter] = {}
         methods: dict[str, int] = {}
         try:
             workers = min(_workers(cfg), len(args))
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_synth,
-                                     initargs=(refs,)) as pool, tqdm(total=len(sources), unit="img", desc="synthesize") as bar:
-                for chunk, results in zip(args, pool.map(_synth_chunk, args)):
+            chunks = ordered_map(_synth_chunk, args, cfg, workers=workers, initializer=_init_synth, initargs=(refs,),
+                                 desc="synthesize")
+            with closing(chunks), tqdm(total=len(sources), unit="img", desc="synthesize") as bar:
+                for chunk, results in chunks:
                     bar.update(len(chunk[0]))
                     for row, problem in results:
                         if problem:
@@ -544,17 +550,9 @@ def verify(cfg: Config) -> list[str]:
 
 
 def show(cfg: Config, split: str = "train", n: int = 8, out: str | None = None, source: str = "synth") -> Path:
-    """Contact sheet PNG, one row per item: composite | mask | real | overlay (with id and method)."""
-    from dirl.data.visual import contact_sheet
-    from dirl.data.shards import iter_rows
+    """Contact sheet PNG of ``n`` rows from distinct photos (then methods): composite | mask | [real] | overlay."""
+    from dirl.data.show import show_sheet
 
     folder = SYNTH if source == "synth" else SHARDS
-    rows = []
-    for row in iter_rows(folder, split=split):
-        rows.append(row)
-        if len(rows) >= n:
-            break
-    if not rows:
-        raise ValueError(f"{folder} has no rows in split {split!r}; run `dvc repro` (or `dirl data preprocess`) first")
     path = Path(out) if out else RESULTS / "show" / f"{source}-{split}.png"
-    return contact_sheet(rows, path)
+    return show_sheet(folder, split, n, path, seed=cfg.data.seed)
