@@ -96,8 +96,9 @@ def cmd_train(args):
 def cmd_tune(args):
     from dirl.train.tune import tune
 
-    best = tune(load_cfg(args), out_dir=args.out)
-    print(json.dumps(best, indent=2))
+    summary = tune(load_cfg(args), out_dir=args.out)
+    shown = {k: v for k, v in summary.items() if k not in ("trials_detail", "out_dir")}  # trials.csv has each trial
+    print(json.dumps(shown, indent=2, default=str))
 
 
 def cmd_evaluate(args):

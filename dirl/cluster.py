@@ -55,16 +55,15 @@ def ray_env() -> None:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if not verbose():
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's experiment box and TensorBoard hints: off
         logging.getLogger("ray").setLevel(logging.ERROR)
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def _logging_kwargs() -> dict:
-    import ray
-
     if verbose():
         return {}
-    return {"logging_level": logging.ERROR, "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="WARNING")}
+    return {"logging_level": logging.ERROR}
 
 
 def init_ray(cfg: Config) -> bool:
@@ -91,6 +90,22 @@ def init_ray(cfg: Config) -> bool:
         ray.init(num_cpus=cfg.cluster.num_cpus or None, **_logging_kwargs())
     return True
 
+
+
+def drop_trial_checkpoints(storage: str, name: str) -> int:
+    """After a search, delete the tune trials' Ray Train run folders (``<storage>/<name>/train-*``: their
+    checkpoints only served ASHA and resuming the trial); Tune's own records of the search stay. Local storage only
+    (a ``://`` URI is left as it is). Returns the bytes freed."""
+    import shutil
+
+    if "://" in storage:
+        return 0
+    freed = 0
+    for run in (Path(storage) / name).glob("train-*"):
+        if run.is_dir():
+            freed += sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
+            shutil.rmtree(run, ignore_errors=True)
+    return freed
 
 
 @contextlib.contextmanager

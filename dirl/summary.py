@@ -29,8 +29,14 @@ def summary_lines(root: Path) -> list[str]:
         lines.append(f"synth    {data['composites']} composites in data/synth from {data['real_images']} photos "
                      f"({data.get('methods')})")
     tune = _load(r / "tune" / "summary.json")
-    if tune:
-        lines.append(f"tune     {json.dumps({k: v for k, v in tune.items() if not isinstance(v, (dict, list))})}")
+    if tune and tune.get("skipped"):
+        lines.append(f"tune     skipped ({tune.get('reason')}); train uses {tune.get('best')}")
+    elif tune:
+        best = ", ".join(f"{k.split('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in (tune.get("best") or {}).items())
+        lines.append(f"tune     best {tune.get('metric')} {tune.get('best_value') or float('nan'):.2f} ({best}) of "
+                     f"{tune.get('trials')} trials ({tune.get('trials_ok')} ok, {tune.get('trials_stopped')} stopped, "
+                     f"{tune.get('trials_failed')} failed) in {tune.get('seconds', 0):.0f} s")
     train = _load(r / "train" / "info.json")
     if train:
         lines.append(f"train    best epoch {train.get('best_epoch')} of {train.get('epochs')}: "

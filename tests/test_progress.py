@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import math
 
-from dirl.train.progress import EpochProgress
+from dirl.progress import EpochProgress
 from dirl.train.worker import epoch_line
 
 
 def test_non_tty_progress_prints_a_line_every_interval(monkeypatch):
     clock = iter([0.0, 10.0, 31.0, 45.0, 62.0, 70.0])
-    monkeypatch.setattr("dirl.train.progress.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("dirl.progress.time.perf_counter", lambda: next(clock))
     out = io.StringIO()  # not a TTY
     p = EpochProgress(3, 12, 100, world=2, every=30, stream=out)  # start at t=0
     for step, t in zip((10, 30, 45, 60, 70), range(5)):
@@ -31,3 +31,38 @@ def test_epoch_line_is_short_and_readable():
     line = epoch_line(row, 10)
     assert line == "epoch 2/10  train loss 12.5000  val IoU 31.2 AP 50.0 (best 31.2)  61.2 img/s  52s"
     assert "val" not in epoch_line({**row, "val_iou": math.nan}, 10)
+
+
+def test_line_bar_off_a_terminal_prints_lines_not_carriage_returns(monkeypatch):
+    from dirl.progress import LineBar
+
+    now = [0.0]
+    monkeypatch.setattr("dirl.progress.time.perf_counter", lambda: now[0])
+    monkeypatch.setenv("DIRL_PROGRESS_EVERY", "30")
+    out = io.StringIO()
+    with LineBar(total=8, desc="synthesize", unit="img", stream=out) as bar:  # start at t=0
+        for t in (5.0, 31.0, 40.0, 62.0):
+            now[0] = t
+            bar.update(2)
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert lines[0].startswith("synthesize: 4/8 img (50%)") and "eta" in lines[0]  # the t=31 line
+    assert lines[-1].startswith("synthesize: 8/8 img (100%)")  # the closing line
+    assert len(lines) == 2  # t=62 is the last update: the closing line reports it, no line twice
+
+
+def test_bar_is_tqdm_on_a_terminal_and_lines_elsewhere(monkeypatch):
+    import sys
+
+    from dirl.progress import LineBar, bar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys, "__stderr__", io.StringIO())
+    assert isinstance(bar(total=3, desc="x"), LineBar)
+    monkeypatch.setattr(sys, "__stderr__", Tty())
+    assert not isinstance(bar(total=3, desc="x"), LineBar)
+    assert list(bar(range(3), disable=True)) == [0, 1, 2]

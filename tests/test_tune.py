@@ -185,6 +185,8 @@ def test_search_writes_best_summary_and_trials(searched):
     assert summary["trials"] == 2 and summary["trials_ok"] == 2 and summary["trials_failed"] == 0
     assert summary["max_concurrent"] == 1  # derived from the 2-CPU cluster, not cluster.max_concurrent_trials
     assert summary["metric"] == "val_iou" and 0.0 <= summary["best_value"] <= 100.0 and summary["seconds"] > 0
+    search = Path(summary["experiment_path"])  # Tune's records stay, the trials' checkpoints are gone
+    assert search.is_dir() and not list(search.glob("train-*")) and not list(search.rglob("epoch-*"))
     rows = read_trials(tmp / "out" / "trials.csv")
     assert [r["status"] for r in rows] == ["ok", "ok"] and len({r["trial_id"] for r in rows}) == 2
     assert list(rows[0])[:4] == ["trial_id", "status", "train.lr", "train.weight_decay"]

@@ -469,7 +469,7 @@ def synthesize(cfg: Config) -> dict:
     process writes the rows in input order, so the output is the same byte for byte. On Ray, ``data/synth`` is
     written by this process: the workspace must be on storage the nodes share.
     """
-    from tqdm import tqdm
+    from dirl.progress import bar as progress_bar
 
     from dirl.data.engine import ordered_map
     from dirl.data.shards import ShardWriter, write_manifest
@@ -490,7 +490,7 @@ def synthesize(cfg: Config) -> dict:
             workers = min(_workers(cfg), len(args))
             chunks = ordered_map(_synth_chunk, args, cfg, workers=workers, initializer=_init_synth, initargs=(refs,),
                                  desc="synthesize")
-            with closing(chunks), tqdm(total=len(sources), unit="img", desc="synthesize") as bar:
+            with closing(chunks), progress_bar(total=len(sources), unit="img", desc="synthesize") as bar:
                 for chunk, results in chunks:
                     bar.update(len(chunk[0]))
                     for row, problem in results:

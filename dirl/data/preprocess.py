@@ -42,7 +42,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+from dirl.progress import bar as progress_bar
 
 from dirl.data.images import (
     BadImage,
@@ -249,8 +249,8 @@ def write_shards(items: Iterable[Any], out_dir: str | Path, size: int, workers: 
     seen: set[str] = set()
     try:
         dicts = (_as_dict(it) for it in items)
-        bar = tqdm(total=len(items) if hasattr(items, "__len__") else None, unit="img", desc="preprocess",
-                   disable=not progress)
+        bar = progress_bar(total=len(items) if hasattr(items, "__len__") else None, unit="img", desc="preprocess",
+                           disable=not progress)
         args = (size, jpeg_quality, store_real, keep_test_originals)
         with bar, closing(_results(dicts, workers, args, engine)) as results:
             for item, (row, problems, notes) in results:

@@ -509,7 +509,8 @@ def sample_photos(out_dir: str | Path, size: int | None = 256) -> list[PhotoItem
             categories[item_id] = category
             items.append(PhotoItem(item_id, image_path=out_dir / "images" / f"{item_id}.png",
                                    mask_path=out_dir / "masks" / f"{item_id}.png", category=category))
-            print(f"  {item_id}: {source}, {category}, {image.shape[1]}x{image.shape[0]}, object {frac:.1%}")
+            if os.environ.get("DIRL_VERBOSE"):  # one line per item only with `dirl -v`
+                print(f"  {item_id}: {source}, {category}, {image.shape[1]}x{image.shape[0]}, object {frac:.1%}")
         (staging / "objects.json").write_text(json.dumps(categories, indent=2, sort_keys=True) + "\n")
         _publish(staging, out_dir)
     finally:

@@ -46,7 +46,7 @@ import torch
 
 from dirl.config import Config, save_resolved
 from dirl.data.images import decode_image, decode_mask
-from dirl.io import write_json_atomic
+from dirl.io import write_json_atomic, write_text_atomic
 from dirl.data.transforms import eval_resize, normalize
 from dirl.workspace import SHARD_DIRS
 from dirl.metrics import MetricAccumulator, centre_prior
@@ -217,12 +217,12 @@ def evaluate_set(model: torch.nn.Module, evalset: EvalSet, size: int, batch_size
 
     Subsets are the set's own sub-dataset names (the shards' ``subset`` column, the iHarmony4 folder).
     """
-    from tqdm import tqdm
+    from dirl.progress import bar as progress_bar
 
     prior = MetricAccumulator()
     subsets = dict(zip(evalset.ids, evalset.subsets))
-    batches = tqdm(evalset.batches(size, batch_size), total=-(-len(evalset) // batch_size),
-                   desc=f"evaluate {evalset.name}", unit="batch", disable=None if progress else True)
+    batches = progress_bar(evalset.batches(size, batch_size), total=-(-len(evalset) // batch_size),
+                           desc=f"evaluate {evalset.name}", unit="batch", disable=not progress)
     _, per_image, pr_model = evaluate_model(model, batches, device, baseline=prior)
     rows = [
         {"set": evalset.name, "id": m["id"], "subset": subsets[m["id"]], "ap": m["ap"], "f1": m["f1"], "iou": m["iou"],
@@ -244,10 +244,7 @@ def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> Path
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, buf.getvalue())
 
 
 def pick_indices(n: int, k: int) -> list[int]:
@@ -485,9 +482,7 @@ def compare(cfg: Config, model_refs: Sequence[str], out_dir: str | os.PathLike =
     columns = ["set", "method", "input_size", "n", "AP", "F1", "IoU"]
     md = ("AP and IoU x 100, F1 in [0, 1]; each model at its own input size, per image as the reference.\n\n"
           + _markdown(rows, columns))
-    tmp = out / ".comparison.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, out / "comparison.md")
+    write_text_atomic(out / "comparison.md", md)
     _write_csv(out / "comparison.csv", rows, columns + ["ref"])
     items = [test.item(i, show) for i in idx]
     grid_maps["centre prior"] = [centre_prior(show, show)] * len(idx)

@@ -142,7 +142,7 @@ def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref:
     "reason"}], "out_dir", "seconds", "images_per_s"}`` (``inputs``: image files found; ``tried``: those plus
     the inputs that were not found or held no image) and writes it to ``<out_dir>/summary.json``.
     """
-    from tqdm import tqdm
+    from dirl.progress import bar as progress_bar
 
     from dirl.io import write_json_atomic
     from dirl.lifecycle.resolve import load_model_ref
@@ -166,7 +166,7 @@ def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref:
     stems = _unique_stems(paths)
     written = 0
     t0 = time.perf_counter()
-    with tqdm(total=len(paths), desc="predict", unit="img") as bar:
+    with progress_bar(total=len(paths), desc="predict", unit="img") as bar:
         for start in range(0, len(paths), batch_size):
             batch, names, sources = [], [], []
             for path, stem in zip(paths[start:start + batch_size], stems[start:start + batch_size]):

@@ -1,4 +1,9 @@
-"""Training: bare PyTorch loop pieces, checkpoints, the Ray Train worker and the train stage driver.
+"""Training: the train and tune stages and what they are made of.
+
+    trainer.py   the train stage, ``train(cfg) -> summary``          tune.py     the tune stage
+    loop.py      the training loop (pure PyTorch)                    search.py   search space, trial, ASHA, harvest
+    worker.py    the Ray Train worker and its TorchTrainer           tuned.py    best.yaml, written and read
+    checkpoint.py  checkpoints and the exported weights              outputs.py  the files each stage leaves
 
     from dirl.train import train
     summary = train(load_config("params.yaml"), out_dir="results/train")

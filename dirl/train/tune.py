@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dirl import tracking, workspace
-from dirl.cluster import DRIVER_CPU, plan_trials, ray_session, storage_path
+from dirl.cluster import DRIVER_CPU, drop_trial_checkpoints, plan_trials, ray_session, storage_path
 from dirl.config import Config
 from dirl.data.shards import check_shards
 from dirl.train.outputs import write_tune_outputs, write_tune_skipped
@@ -142,6 +142,9 @@ def tune(cfg: Config, out_dir: str | os.PathLike = workspace.results("tune"),
             tracking.reconcile_child_runs(client, parent.uri, parent.experiment_id, parent.run_id, trials)
             summary = write_tune_outputs(cfg, out, trials, keys, client, parent.run_id, name, storage,
                                          plan.max_concurrent, t0, fit_s)
+            freed = drop_trial_checkpoints(storage, name)  # the trials' checkpoints served only the search
+            if freed:
+                print(f"tune: removed the trials' checkpoints ({freed / 2**20:.0f} MiB)", file=sys.stderr, flush=True)
             if summary["best_trial"] is None:
                 errors = "; ".join(f"{t['trial_id']}: {t['error']}" for t in trials if t["error"])[:2000]
                 raise RuntimeError(f"no tune trial produced a {metric} ({len(trials)} trials; see "

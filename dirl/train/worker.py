@@ -37,7 +37,7 @@ from dirl.models import create_model
 from dirl.speed import SpeedConfig, make_grad_scaler
 from dirl.speed import prepare_model as prepare_speed
 from dirl.train.checkpoint import load_checkpoint, save_checkpoint
-from dirl.train.progress import EpochProgress, emit
+from dirl.progress import EpochProgress, emit
 from dirl.train.loop import VAL_KEYS, build_optimizer, build_scheduler, evaluate_batches, seed_everything, \
     train_one_epoch
 
