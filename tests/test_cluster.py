@@ -322,7 +322,7 @@ from dirl.train.trainer import train
 tmp, storage = Path(sys.argv[1]), sys.argv[2]
 data = toy_shards(tmp / "toy", n_train=16, n_val=4, size=32)
 cfg = load_config("params.yaml", overrides={
-    "model.name": "unet", "model.input_size": 32, "train.epochs": 1, "train.batch_size": 2,
+    "model.name": "unet", "model.input_size": 32, "train.epochs": 1, "train.batch_size": 4,  # 2 per worker: BN
     "train.max_steps_per_epoch": 2, "cluster.num_workers": 2, "cluster.cpus_per_worker": 1.0,
     "cluster.placement_strategy": "STRICT_SPREAD", "train.precision": "fp32", "train.channels_last": False,
     "cluster.storage_path": storage, "train.use_tune_best": False, "cluster.address": "auto",
