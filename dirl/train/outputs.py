@@ -145,7 +145,6 @@ def write_train_outputs(cfg: Config, result, out_dir: Path, run, name: str, stor
     run_info = {"run_id": run_id, "experiment_id": run.experiment_id, "tracking_uri": run.uri, "name": name,
                 "storage_path": storage, "checkpoint": result.checkpoint.path, "best_checkpoint": best_ckpt.path,
                 "resumed": resumed}
-    write_json_atomic(out_dir / "run.json", run_info)
 
     ts = int(time.time() * 1000)
     step = metrics["epochs"]
@@ -155,7 +154,7 @@ def write_train_outputs(cfg: Config, result, out_dir: Path, run, name: str, stor
     client.set_tag(run_id, "best_epoch", str(metrics["best_epoch"]))
     for f in ("config.yaml", "history.csv", "learning_curve.png", "metrics.json", "info.json"):
         client.log_artifact(run_id, str(out_dir / f))
-    run_info.update(log_model(out_dir / "model.pt", run_id))
+    run_info.update(log_model(out_dir / "model.pt", run_id))  # run.json names the logged model register registers
     write_json_atomic(out_dir / "run.json", run_info)
     return {**run_info, "metrics": metrics, "history": history, "out_dir": str(out_dir), "fit_s": fit_s,
             "setup_s": setup_s}
