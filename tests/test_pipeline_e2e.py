@@ -37,6 +37,13 @@ def test_repro_runs_every_stage_and_writes_outputs(repo, first_repro):
     assert {"model", "centre_prior"} <= set(scores["test"])
     model = json.loads((repo / "results/register/model.json").read_text())
     assert model["model_uri"].startswith("models:/") and model["alias"] == "challenger"
+    # the weights are stored once: register registered the model the train run logged, which carries the test figures
+    import mlflow
+
+    run = json.loads((repo / "results/train/run.json").read_text())
+    assert model["logged_model_uri"] == f"models:/{run['model_id']}"
+    logged = mlflow.MlflowClient(run["tracking_uri"]).get_logged_model(run["model_id"])
+    assert {"test_IoU", "test_prior_IoU"} <= {m.key for m in logged.metrics}
     assert (repo / "results/train/model.pt").stat().st_size > 1_000_000
     assert yaml.safe_load((repo / "results/tune/best.yaml").read_text())
     shown = sh(str(BIN / "dvc"), "metrics", "show", "--json", cwd=repo)
