@@ -20,6 +20,7 @@ from typing import Iterator
 
 from dirl import workspace
 from dirl.config import Config, ConfigError
+from dirl.progress import verbose
 
 DRIVER_CPU_RESERVE = 0.1  # CPUs left free for the Tune trial driver and Ray's own tasks
 DRIVER_CPU = 0.01  # a tune trial's driver only waits on fit(); {"cpu": 0} is refused by Tune
@@ -36,11 +37,6 @@ def storage_path(cfg: Config, root: Path | None = None) -> str:
         return sp
     p = Path(sp)
     return str((p if p.is_absolute() else workspace.root(root) / p).resolve())
-
-
-def verbose() -> bool:
-    """``dirl -v`` / ``$DIRL_VERBOSE``: show Ray's and Tune's own console output."""
-    return bool(os.environ.get("DIRL_VERBOSE"))
 
 
 def ray_env() -> None:

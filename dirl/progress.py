@@ -22,6 +22,11 @@ def emit(line: str, stream=None) -> None:
     stream.flush()
 
 
+def verbose() -> bool:
+    """``dirl -v`` / ``$DIRL_VERBOSE``: Ray's, Tune's and MLflow's own console output, and per-item lines."""
+    return bool(os.environ.get("DIRL_VERBOSE"))
+
+
 def _every() -> float:
     return float(os.environ.get("DIRL_PROGRESS_EVERY", "30"))
 

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
+from dirl.progress import verbose
 from dirl import workspace
 from dirl.config import Config
 
@@ -90,7 +91,7 @@ def artifact_root(uri: str, experiment: str) -> str | None:
 def quiet_mlflow() -> None:
     """MLflow's INFO lines (database migrations, input-example validation), its pickling notice and its artifact
     progress bars stay off the console unless ``dirl -v`` (``$DIRL_VERBOSE``)."""
-    if os.environ.get("DIRL_VERBOSE"):
+    if verbose():
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dirl.progress import verbose
 from dirl.data.images import BadImage, decode_image, decode_mask, encode_png
 from dirl.data.issues import IssueLog
 from dirl.data.synth import Reference
@@ -509,7 +510,7 @@ def sample_photos(out_dir: str | Path, size: int | None = 256) -> list[PhotoItem
             categories[item_id] = category
             items.append(PhotoItem(item_id, image_path=out_dir / "images" / f"{item_id}.png",
                                    mask_path=out_dir / "masks" / f"{item_id}.png", category=category))
-            if os.environ.get("DIRL_VERBOSE"):  # one line per item only with `dirl -v`
+            if verbose():  # one line per item only with `dirl -v`
                 print(f"  {item_id}: {source}, {category}, {image.shape[1]}x{image.shape[0]}, object {frac:.1%}")
         (staging / "objects.json").write_text(json.dumps(categories, indent=2, sort_keys=True) + "\n")
         _publish(staging, out_dir)

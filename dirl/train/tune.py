@@ -59,6 +59,7 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
+from dirl.progress import verbose
 from dirl import tracking, workspace
 from dirl.cluster import DRIVER_CPU, drop_trial_checkpoints, plan_trials, ray_session, storage_path
 from dirl.config import Config
@@ -130,7 +131,7 @@ def tune(cfg: Config, out_dir: str | os.PathLike = workspace.results("tune"),
                     trial_dirname_creator=lambda trial: trial.trial_id),
                 # one line per finished trial; Tune's own tables only with -v (DIRL_VERBOSE)
                 run_config=rtune.RunConfig(name=name, storage_path=storage,
-                                           verbose=2 if os.environ.get("DIRL_VERBOSE") else 0,
+                                           verbose=2 if verbose() else 0,
                                            callbacks=[trial_lines(cfg, keys)],
                                            failure_config=rtune.FailureConfig(max_failures=0)),
             )

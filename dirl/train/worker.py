@@ -37,7 +37,7 @@ from dirl.models import create_model
 from dirl.speed import SpeedConfig, make_grad_scaler
 from dirl.speed import prepare_model as prepare_speed
 from dirl.train.checkpoint import load_checkpoint, save_checkpoint
-from dirl.progress import EpochProgress, emit
+from dirl.progress import EpochProgress, emit, verbose
 from dirl.train.loop import VAL_KEYS, build_optimizer, build_scheduler, evaluate_batches, seed_everything, \
     train_one_epoch
 
@@ -92,7 +92,7 @@ def epoch_line(row: dict, epochs: int) -> str:
 def _quiet_reports() -> None:
     """Ray Train logs every report's whole result dict at INFO from a logger named by its file path (outside
     ``ray.train``, so RunConfig's LoggingConfig misses it); the epoch line says what matters. ``dirl -v`` keeps it."""
-    if os.environ.get("DIRL_VERBOSE"):
+    if verbose():
         return
     try:
         from ray.train.v2._internal.execution import context as train_context
@@ -247,7 +247,7 @@ def build_trainer(cfg: Config, data_dirs: Sequence[str | os.PathLike], placement
         failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
         checkpoint_config=checkpoint_config(cfg, trial),
         # Ray Train's INFO lines (worker group start, each report's result dict) only with `dirl -v`
-        logging_config=ray.train.LoggingConfig(log_level="INFO" if os.environ.get("DIRL_VERBOSE") else "WARNING"),
+        logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         callbacks=list(callbacks),
         worker_runtime_env={"env_vars": {k: os.environ[k] for k in ("MLFLOW_DISABLE_TELEMETRY", "DIRL_VERBOSE",
                                                                    "RAY_DATA_DISABLE_PROGRESS_BARS")
