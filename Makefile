@@ -13,24 +13,38 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PROFILE ?= smoke
 
-.PHONY: install run test test-slow test-all bench mlflow-ui plots profile clean help team-up team-down test-team
+.PHONY: install lock lint run test test-slow test-all bench gpu-check mlflow-ui plots profile clean help team-up team-down test-team
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
 
-$(STAMP): pyproject.toml
+# The environment comes from requirements.lock (every package pinned with its sha256; regenerate with `make lock`);
+# torch is pinned in pyproject.toml and installed first, from the CPU wheel where the machine has one.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,notebooks]'
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the package with test + notebook extras
+install: $(STAMP)  ## create .venv from requirements.lock and install the package (test + notebook extras)
+
+lock: $(STAMP)  ## regenerate requirements.lock (hashes) from pyproject.toml's pins
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --unsafe-package torch --extra test --extra notebooks \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+
+lint: $(STAMP)  ## ruff (lint + format check), mypy, import layers: seconds
+	$(VENV)/bin/ruff check dirl pipeline benchmarks tests
+	$(VENV)/bin/ruff format --check dirl pipeline benchmarks tests
+	$(VENV)/bin/mypy dirl pipeline
+	$(VENV)/bin/lint-imports
 
 run: $(STAMP)  ## dvc repro the whole pipeline on the built-in sample
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make run needs a git checkout (dvc repro tracks dvc.lock in git)"; exit 1; }
 	$(VENV)/bin/dvc repro
 	$(PY) -m dirl.cli summary
 
-test: $(STAMP)  ## fast test suite (CPU, < 20 min on 2 cores)
+test: lint  ## lint, then the fast test suite (CPU, < 15 min on 2 cores)
 	$(PY) -m pytest -m "not slow and not team" -q --timeout=900
 
 test-slow: $(STAMP)  ## slow tests: multi-node Ray cluster, mlflow server, fault injection
@@ -45,13 +59,19 @@ bench: $(STAMP)  ## run the benchmarks (see benchmarks/RESULTS.md)
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_loss.py
 
-mlflow-ui: $(STAMP)  ## browse experiments at http://127.0.0.1:5000 (default SQLite store)
+gpu-check: $(STAMP)  ## one CUDA machine, < 8 min: dirl at 224 (fp32, bf16), loader, one reference epoch on Ray; tiny without CUDA
+	$(PY) benchmarks/gpu_check.py --out results/gpu-check
+
+mlflow-ui: $(STAMP)  ## browse experiments at http://127.0.0.1:5000 (default SQLite store); prints the runs table's URL
+	@$(PY) -c "import mlflow; from dirl.tracking import runs_url; \
+	  e = mlflow.MlflowClient('sqlite:///$(CURDIR)/mlflow.db').get_experiment_by_name('dirl'); \
+	  print('open the runs:', runs_url('http://127.0.0.1:5000', e.experiment_id) if e else 'http://127.0.0.1:5000 (no runs yet: make run first)')"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 plots: $(STAMP)  ## render DVC plots offline into dvc_plots/index.html (vega inlined)
 	$(VENV)/bin/dvc plots show
 
-profile: $(STAMP)  ## apply params/$(PROFILE).yaml to params.yaml (PROFILE=smoke | photos-cpu | iharmony4-gpu)
+profile: $(STAMP)  ## apply params/$(PROFILE).yaml to params.yaml (PROFILE=smoke | photos-cpu | iharmony4-reference | iharmony4-search)
 	@echo "make profile: changing params.yaml in place with params/$(PROFILE).yaml (undo: git checkout params.yaml)"
 	$(PY) -m dirl.cli config --profile $(PROFILE) --write
 	@echo "now run: make run (or dvc repro)"

@@ -22,7 +22,7 @@ import platform
 import sys
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -38,7 +38,6 @@ from dirl.data.transforms import train_transform
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 def _bench_inputs(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Two real photos bundled with scikit-image, resized to ``size``, each with an ellipse mask (~25 %)."""
     from skimage import data
@@ -46,8 +45,9 @@ def _bench_inputs(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     def prep(img: np.ndarray, centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
         img = np.ascontiguousarray(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
         m = np.zeros((size, size), np.uint8)
-        cv2.ellipse(m, (int(centre[0] * size), int(centre[1] * size)), (int(0.3 * size), int(0.27 * size)),
-                    0, 0, 360, 1, -1)
+        cv2.ellipse(
+            m, (int(centre[0] * size), int(centre[1] * size)), (int(0.3 * size), int(0.27 * size)), 0, 0, 360, 1, -1
+        )
         return img, m
 
     image, mask = prep(data.astronaut(), (0.4, 0.6))
@@ -55,8 +55,7 @@ def _bench_inputs(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return image, mask, ref, ref_mask
 
 
-def bench_synthesis(size: int = 256, n: int = 200, seed: int = 0,
-                    methods: Sequence[str] = METHODS) -> dict[str, float]:
+def bench_synthesis(size: int = 256, n: int = 200, seed: int = 0, methods: Sequence[str] = METHODS) -> dict[str, float]:
     """Composites per CPU-second of each method on one thread, at ``size`` x ``size`` with a ~25 % foreground.
 
     OpenCV is set to one thread for the run (and BLAS too when ``threadpoolctl`` is installed). Time is this
@@ -69,6 +68,7 @@ def bench_synthesis(size: int = 256, n: int = 200, seed: int = 0,
     try:
         try:
             from threadpoolctl import threadpool_limits
+
             limiter = threadpool_limits(1)
         except ImportError:  # optional: only numpy's BLAS calls would use more than one thread
             limiter = None
@@ -113,7 +113,7 @@ def batches_from_folder(pairs, size: int, batch: int, rng) -> int:
     n = 0
     for i in range(0, len(pairs), batch):
         xs, ms = [], []
-        for comp, mask in pairs[i:i + batch]:
+        for comp, mask in pairs[i : i + batch]:
             img = decode_image(comp)  # original size, as the reference loader reads it
             m, _ = decode_mask(mask)
             x, y = train_transform(img, m, size, rng)
@@ -140,9 +140,13 @@ def timed(fn, *args):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "photos" / "coco128",
-                    help="folder with images/ + masks/ (default: ../shared/data/photos/coco128, COCO photos "
-                    "at their original ~640x480 like HCOCO, iHarmony4's largest subset)")
+    ap.add_argument(
+        "--photos",
+        type=Path,
+        default=ROOT.parent / "shared" / "data" / "photos" / "coco128",
+        help="folder with images/ + masks/ (default: ../shared/data/photos/coco128, COCO photos "
+        "at their original ~640x480 like HCOCO, iHarmony4's largest subset)",
+    )
     ap.add_argument("--n", type=int, default=400, help="items (default %(default)s)")
     ap.add_argument("--size", type=int, default=224, help="train crop size (default %(default)s)")
     ap.add_argument("--stored-size", type=int, default=256, help="shard stored size (default %(default)s)")
@@ -158,8 +162,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pairs = make_folder_layout(args.photos, tmp / "ihd", args.n)
-        items = [{"id": c.stem, "subset": "HPhotos", "split": "train", "composite": c, "mask": m}
-                 for c, m in pairs]
+        items = [{"id": c.stem, "subset": "HPhotos", "split": "train", "composite": c, "mask": m} for c, m in pairs]
         write_shards(items, tmp / "shards", size=args.stored_size, workers=1, max_bad_fraction=1.0, progress=False)
         batches_from_shards(tmp / "shards", args.size, args.batch)  # warm the page cache for both
         batches_from_folder(pairs[:16], args.size, args.batch, np.random.default_rng(0))

@@ -63,15 +63,17 @@ print(json.dumps({"stage": stage, "rows": manifest["rows"], "dataset_hash": mani
 
 
 def _env_file(path: Path) -> dict[str, str]:
-    return dict(line[len("export "):].split("=", 1) for line in path.read_text().splitlines()
-                if line.startswith("export "))
+    return dict(
+        line[len("export ") :].split("=", 1) for line in path.read_text().splitlines() if line.startswith("export ")
+    )
 
 
 def _local_sh(*args: str, state: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["DIRL_PYTHON"] = sys.executable
-    out = subprocess.run(["bash", str(LOCAL_SH), "--state-dir", str(state), *args], capture_output=True, text=True,
-                         env=env, timeout=600)
+    out = subprocess.run(
+        ["bash", str(LOCAL_SH), "--state-dir", str(state), *args], capture_output=True, text=True, env=env, timeout=600
+    )
     if out.returncode != 0:
         raise RuntimeError(f"local.sh {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
 
@@ -120,8 +122,14 @@ class ClusterCPU:
 
 def _run(ws: Path, stage: str, overrides: dict, env: dict | None = None, state: Path | None = None) -> dict:
     sampler = ClusterCPU(state) if state else None
-    run = subprocess.run([sys.executable, "-c", CHILD, stage, json.dumps(overrides)], cwd=ws, capture_output=True,
-                         text=True, timeout=1800, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
+    run = subprocess.run(
+        [sys.executable, "-c", CHILD, stage, json.dumps(overrides)],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "TQDM_DISABLE": "1", **(env or {})},
+    )
     if run.returncode != 0:
         raise RuntimeError(f"{stage} {overrides} failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
     res = json.loads(run.stdout.strip().splitlines()[-1])
@@ -140,7 +148,10 @@ def _workspace(tmp: Path, repeat: int, size: int, per_image: int) -> Path:
         if not mask.is_file():
             continue
         for r in range(repeat):
-            for src, dst in ((img, photos / "images" / f"r{r}_{img.name}"), (mask, photos / "masks" / f"r{r}_{img.stem}.png")):
+            for src, dst in (
+                (img, photos / "images" / f"r{r}_{img.name}"),
+                (mask, photos / "masks" / f"r{r}_{img.stem}.png"),
+            ):
                 try:
                     os.link(src, dst)
                 except OSError:
@@ -151,8 +162,13 @@ def _workspace(tmp: Path, repeat: int, size: int, per_image: int) -> Path:
     params["data"].update(source="photos", photos_dir=str(photos), stored_size=size)
     params["synth"]["per_image"] = per_image
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    run = subprocess.run([sys.executable, "-m", "dirl.cli", "data", "ingest"], cwd=ws, capture_output=True, text=True,
-                         env={**os.environ, "TQDM_DISABLE": "1"})
+    run = subprocess.run(
+        [sys.executable, "-m", "dirl.cli", "data", "ingest"],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     if run.returncode != 0:
         raise RuntimeError(run.stdout + run.stderr)
     return ws
@@ -161,11 +177,17 @@ def _workspace(tmp: Path, repeat: int, size: int, per_image: int) -> Path:
 def _figures(r: dict, nodes: int, cpus_per_node: int) -> dict:
     rows, wall = r["rows"], r["wall"]
     after = rows * (r["results"] - r["first_results"]) / max(r["results"], 1)  # rows after the first chunk's
-    f = {"rows": rows, "wall": wall, "wall_rps": rows / wall, "first_s": r["first_s"],
-         "steady_rps": after / max(r["map_s"] - r["first_s"], 1e-9),  # without start-up
-         "rows_per_cpu_s": rows / max(r["task_cpu"], 1e-9),  # CPU inside the per-chunk function only
-         "driver_ms_per_row": 1e3 * r["map_driver_cpu"] / max(after, 1),  # the driver's marginal CPU per row
-         "bytes_per_row": r["bytes"] / rows, "load": r["load"]}
+    f = {
+        "rows": rows,
+        "wall": wall,
+        "wall_rps": rows / wall,
+        "first_s": r["first_s"],
+        "steady_rps": after / max(r["map_s"] - r["first_s"], 1e-9),  # without start-up
+        "rows_per_cpu_s": rows / max(r["task_cpu"], 1e-9),  # CPU inside the per-chunk function only
+        "driver_ms_per_row": 1e3 * r["map_driver_cpu"] / max(after, 1),  # the driver's marginal CPU per row
+        "bytes_per_row": r["bytes"] / rows,
+        "load": r["load"],
+    }
     # CPU of everything the engine ran besides the driver: the Ray cluster's processes, or the local pool's workers
     # (spawn + imports included); in-process (x1) the driver did the work
     engine_cpu = r["cluster_cpu"] if r["engine"] == "ray" else (r["children_cpu"] or r["driver_cpu"])
@@ -181,7 +203,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=16, help="copies of each coco128 photo (default: %(default)s)")
     ap.add_argument("--size", type=int, default=256, help="data.stored_size (default: %(default)s)")
     ap.add_argument("--per-image", type=int, default=1, help="synth.per_image (default: %(default)s)")
-    ap.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each worker node declares (default: %(default)s)")
+    ap.add_argument(
+        "--cpus-per-node", type=int, default=1, help="CPUs each worker node declares (default: %(default)s)"
+    )
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2], help="worker node counts (default: 1 2)")
     ap.add_argument("--project-nodes", type=int, default=10, help="projection: cluster nodes (default: %(default)s)")
     ap.add_argument("--project-cores", type=int, default=16, help="projection: cores per node (default: %(default)s)")
@@ -206,8 +230,16 @@ def main() -> None:
         for n in args.nodes:
             state = tmp / f"cluster-{n}"
             label = f"ray {n} node" + ("s" if n > 1 else "")
-            _local_sh("start", "--workers", str(n), "--cpus-per-node", str(args.cpus_per_node), "--head-cpus", "0",
-                      state=state)
+            _local_sh(
+                "start",
+                "--workers",
+                str(n),
+                "--cpus-per-node",
+                str(args.cpus_per_node),
+                "--head-cpus",
+                "0",
+                state=state,
+            )
             try:
                 env = _env_file(state / "cluster.env")
                 over = {"cluster.data_engine": "ray", "cluster.address": env["RAY_ADDRESS"]}
@@ -216,8 +248,11 @@ def main() -> None:
                     r = _run(ws, stage, over, env=env, state=state)
                     assert r["dataset_hash"] == hashes[stage], (label, stage, "rows differ from the local engine")
                     results[label][stage] = _figures(r, n, args.cpus_per_node)
-                    print(f"{label:10s} {stage:10s} {results[label][stage]['wall_rps']:8.1f} rows/s "
-                          f"on {len(r['nodes'])} node(s)", flush=True)
+                    print(
+                        f"{label:10s} {stage:10s} {results[label][stage]['wall_rps']:8.1f} rows/s "
+                        f"on {len(r['nodes'])} node(s)",
+                        flush=True,
+                    )
             finally:
                 _local_sh("stop", state=state)
     finally:
@@ -228,21 +263,27 @@ def main() -> None:
 def report(results: dict, args, cores: int) -> None:
     base_label = f"local x{cores}"
     print(f"\n### bench_data_ray — {dt.date.today()} — {platform.node()} ({cores} CPUs, {platform.machine()})")
-    print(f"`python benchmarks/bench_data_ray.py --repeat {args.repeat} --size {args.size} --per-image "
-          f"{args.per_image} --cpus-per-node {args.cpus_per_node}`\n")
+    print(
+        f"`python benchmarks/bench_data_ray.py --repeat {args.repeat} --size {args.size} --per-image "
+        f"{args.per_image} --cpus-per-node {args.cpus_per_node}`\n"
+    )
     for stage, unit in (("preprocess", "photos"), ("synthesize", "composites")):
         base = results[base_label][stage]
         print(f"{stage} ({base['rows']:,} {unit}, same dataset_hash on every engine)\n")
-        print("| engine | wall rows/s | × baseline | rows/s after start-up | start-up s | rows per task CPU-s "
-              "| rows per engine CPU-s | per node rows/s | driver CPU ms/row | load avg |")
+        print(
+            "| engine | wall rows/s | × baseline | rows/s after start-up | start-up s | rows per task CPU-s "
+            "| rows per engine CPU-s | per node rows/s | driver CPU ms/row | load avg |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for label, res in results.items():
             f = res[stage]
             name = label + (" (baseline)" if label == base_label else "")
             node = f"{f['per_node_rps']:.1f}" if "per_node_rps" in f else "—"
-            print(f"| {name} | {f['wall_rps']:.1f} | {f['wall_rps'] / base['wall_rps']:.2f}x | {f['steady_rps']:.1f} "
-                  f"| {f['first_s']:.1f} | {f['rows_per_cpu_s']:.1f} | {f['rows_per_engine_cpu_s']:.1f} | {node} "
-                  f"| {f['driver_ms_per_row']:.2f} | {f['load']:.1f} |")
+            print(
+                f"| {name} | {f['wall_rps']:.1f} | {f['wall_rps'] / base['wall_rps']:.2f}x | {f['steady_rps']:.1f} "
+                f"| {f['first_s']:.1f} | {f['rows_per_cpu_s']:.1f} | {f['rows_per_engine_cpu_s']:.1f} | {node} "
+                f"| {f['driver_ms_per_row']:.2f} | {f['load']:.1f} |"
+            )
         print()
     project(results, args, cores)
 
@@ -256,27 +297,36 @@ def project(results: dict, args, cores: int) -> None:
     nodes, per = args.project_nodes, args.project_cores
     cpus = nodes * per
     pre, syn = src["preprocess"], src["synthesize"]
-    print(f"Projections: {nodes} nodes x {per} cores = {cpus} task CPUs and one driver; work rate = rows per task "
-          f"CPU-s of `{ray_runs[-1]}` x CPUs (ideal spread), driver = its marginal CPU per row (one core, serial); "
-          f"wall ~ max(work, driver) + start-up:")
+    print(
+        f"Projections: {nodes} nodes x {per} cores = {cpus} task CPUs and one driver; work rate = rows per task "
+        f"CPU-s of `{ray_runs[-1]}` x CPUs (ideal spread), driver = its marginal CPU per row (one core, serial); "
+        f"wall ~ max(work, driver) + start-up:"
+    )
     # preprocess: an iHarmony4 item decodes + resizes a composite AND its real image, each ~COCO-sized (HCOCO,
     # HFlickr, Hday2night; like the benchmark photos); HAdobe5k (21,597 composites) originals are far larger:
     # 10x the pixels assumed for the heavy case. The 7,237 test composites kept at original size skip the resize
     # and re-encode (cheaper): counted as full items.
     n_ih, n_adobe = 73_146, 21_597
-    for label, work in (("COCO-sized images", n_ih * 2), ("HAdobe5k at 10x pixels", (n_ih - n_adobe) * 2 + n_adobe * 20)):
+    for label, work in (
+        ("COCO-sized images", n_ih * 2),
+        ("HAdobe5k at 10x pixels", (n_ih - n_adobe) * 2 + n_adobe * 20),
+    ):
         compute = work / (pre["rows_per_cpu_s"] * cpus)
         driver = n_ih * pre["driver_ms_per_row"] / 1e3
-        print(f"- preprocess iHarmony4 ({n_ih:,} composites, {label}): work {compute:.0f} s, driver {driver:.0f} s "
-              f"-> ~{max(compute, driver) / 60:.1f} min + start-up; one {per}-core node: "
-              f"~{max(work / (pre['rows_per_cpu_s'] * per), driver) / 60:.1f} min")
+        print(
+            f"- preprocess iHarmony4 ({n_ih:,} composites, {label}): work {compute:.0f} s, driver {driver:.0f} s "
+            f"-> ~{max(compute, driver) / 60:.1f} min + start-up; one {per}-core node: "
+            f"~{max(work / (pre['rows_per_cpu_s'] * per), driver) / 60:.1f} min"
+        )
     n = 1_000_000
     compute = n / (syn["rows_per_cpu_s"] * cpus)
     driver = n * syn["driver_ms_per_row"] / 1e3
     gb = n * syn["bytes_per_row"] / 1e9
-    print(f"- synthesize 1,000,000 composites at {args.size}² (params.yaml methods, recolour): work {compute:.0f} s, "
-          f"driver {driver:.0f} s -> ~{max(compute, driver) / 60:.1f} min + start-up; {gb:.0f} GB of rows through "
-          f"the driver ({gb * 8 / 10:.0f} s at 10 Gbit/s) onto the shared storage")
+    print(
+        f"- synthesize 1,000,000 composites at {args.size}² (params.yaml methods, recolour): work {compute:.0f} s, "
+        f"driver {driver:.0f} s -> ~{max(compute, driver) / 60:.1f} min + start-up; {gb:.0f} GB of rows through "
+        f"the driver ({gb * 8 / 10:.0f} s at 10 Gbit/s) onto the shared storage"
+    )
 
 
 if __name__ == "__main__":

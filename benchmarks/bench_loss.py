@@ -26,8 +26,11 @@ def conv_ssim_loss(maps: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor
     for p in maps:
         x = torch.cat([p, mask, p * p, mask * mask, p * mask], dim=1)
         mu1, mu2, e11, e22, e12 = F.conv2d(x, win, padding=5, groups=5).unbind(1)
-        s = ((2 * mu1 * mu2 + SSIM_C1) * (2 * (e12 - mu1 * mu2) + SSIM_C2)
-             / ((mu1 ** 2 + mu2 ** 2 + SSIM_C1) * (e11 - mu1 ** 2 + e22 - mu2 ** 2 + SSIM_C2))).mean()
+        s = (
+            (2 * mu1 * mu2 + SSIM_C1)
+            * (2 * (e12 - mu1 * mu2) + SSIM_C2)
+            / ((mu1**2 + mu2**2 + SSIM_C1) * (e11 - mu1**2 + e22 - mu2**2 + SSIM_C2))
+        ).mean()
         inter = (p * mask).flatten(1).sum(1)
         iou = (1 - inter / (mask.flatten(1).sum(1) + p.flatten(1).sum(1) - inter)).mean()
         total = total + F.binary_cross_entropy(p, mask) + (1 - s) + iou
@@ -67,9 +70,11 @@ def main() -> None:
         conv_ssim_loss(maps, mask).backward()
 
     t_base, t_ours = timed(run_base, a.repeat), timed(run_ours, a.repeat)
-    print(f"DIRL loss fwd+bwd, 6 maps of {a.batch}x1x{a.size}x{a.size}, {a.threads} threads: "
-          f"baseline conv2d SSIM {t_base * 1000:.1f} ms, banded-matmul SSIM {t_ours * 1000:.1f} ms, "
-          f"ratio {t_base / t_ours:.2f}x (loss {ours.item():.6f} vs {base.item():.6f})")
+    print(
+        f"DIRL loss fwd+bwd, 6 maps of {a.batch}x1x{a.size}x{a.size}, {a.threads} threads: "
+        f"baseline conv2d SSIM {t_base * 1000:.1f} ms, banded-matmul SSIM {t_ours * 1000:.1f} ms, "
+        f"ratio {t_base / t_ours:.2f}x (loss {ours.item():.6f} vs {base.item():.6f})"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ On a shared CPU use --threads 1: oversubscribed OpenMP threads wait at every bar
     python benchmarks/bench_model.py --models dirl --size 224 --batch 2 --warmup 1 --steps 3
     python benchmarks/bench_model.py --device cuda --size 256 --batch 16 --compile --out benchmarks/RESULTS.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,8 +105,15 @@ class Runner:
         return self.x.shape[0] / statistics.median(times)
 
 
-def bench_model(base: torch.nn.Module, speeds: list[SpeedConfig], x: torch.Tensor, y: torch.Tensor, device: str,
-                warmup: int, steps: int) -> list[Runner]:
+def bench_model(
+    base: torch.nn.Module,
+    speeds: list[SpeedConfig],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: str,
+    warmup: int,
+    steps: int,
+) -> list[Runner]:
     """Time every setting on copies of `base`, interleaving their steps round-robin (rotating the order) so
     that load from other processes on a shared machine spreads evenly over the settings."""
     runners = [Runner(base, s, x, y, device) for s in speeds]
@@ -114,7 +122,7 @@ def bench_model(base: torch.nn.Module, speeds: list[SpeedConfig], x: torch.Tenso
             for _ in range(warmup):
                 r.step(phase, record=False)
         for i in range(steps):
-            for r in runners[i % len(runners):] + runners[:i % len(runners)]:
+            for r in runners[i % len(runners) :] + runners[: i % len(runners)]:
                 r.step(phase)
     return runners
 
@@ -149,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128, help="input side in pixels, a multiple of 16 (default 128)")
     p.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (bf16 autocast) or cuda (AMP)")
-    p.add_argument("--configs", nargs="+", default=None,
-                   help="speed settings to run, e.g. fp32 channels_last bf16 channels_last+bf16 fp16 bf16+compile; "
-                        "the first is the baseline (default: fp32, channels_last, bf16, channels_last+bf16; "
-                        "plus fp16 rows on cuda, compile rows with --compile)")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        help="speed settings to run, e.g. fp32 channels_last bf16 channels_last+bf16 fp16 bf16+compile; "
+        "the first is the baseline (default: fp32, channels_last, bf16, channels_last+bf16; "
+        "plus fp16 rows on cuda, compile rows with --compile)",
+    )
     p.add_argument("--compile", action="store_true", help="add torch.compile rows")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per row (default 2)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per row; the median is reported (default 5)")
@@ -178,11 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = (torch.rand(args.batch, 1, args.size, args.size) > 0.8).float()
-    header = ("| model | setting | train img/s | train x | train x (CPU time) | infer img/s | infer x "
-              "| infer x (CPU time) |" + (" GFLOPs/img |" if args.flops else ""))
+    header = (
+        "| model | setting | train img/s | train x | train x (CPU time) | infer img/s | infer x "
+        "| infer x (CPU time) |" + (" GFLOPs/img |" if args.flops else "")
+    )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
-    print(f"# {machine()}\n# size {args.size}, batch {args.batch}, device {args.device}, "
-          f"warmup {args.warmup}, median of {args.steps}", flush=True)
+    print(
+        f"# {machine()}\n# size {args.size}, batch {args.batch}, device {args.device}, "
+        f"warmup {args.warmup}, median of {args.steps}",
+        flush=True,
+    )
     print("\n".join(rows), flush=True)
     for name in models:
         torch.manual_seed(args.seed)
@@ -193,19 +210,25 @@ def main(argv: list[str] | None = None) -> int:
         for r in runners:
             cells = []
             for phase in ("train", "infer"):
-                cells += [f"{r.rate(phase):.2f}", f"{r.rate(phase) / ref.rate(phase):.2f}",
-                          f"{r.rate(phase, 'cpu') / ref.rate(phase, 'cpu'):.2f}"]
+                cells += [
+                    f"{r.rate(phase):.2f}",
+                    f"{r.rate(phase) / ref.rate(phase):.2f}",
+                    f"{r.rate(phase, 'cpu') / ref.rate(phase, 'cpu'):.2f}",
+                ]
             row = f"| {name} | {r.speed.label} | " + " | ".join(cells) + " |" + gflops
             rows.append(row)
             print(row, flush=True)
         del runners, base
     if args.out:
         cmd = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-        text = (f"\n### Model throughput, {dt.datetime.now().isoformat(timespec='seconds')}\n\n"
-                f"Machine: {machine()}  \nCommand: `python {cmd}`  \n"
-                f"Size {args.size}, batch {args.batch}, device {args.device}; ratios (x) are to the "
-                f"{speeds[0].label} row; median of {args.steps} steps after {args.warmup} warm-up steps.\n\n"
-                + "\n".join(rows) + "\n")
+        text = (
+            f"\n### Model throughput, {dt.datetime.now().isoformat(timespec='seconds')}\n\n"
+            f"Machine: {machine()}  \nCommand: `python {cmd}`  \n"
+            f"Size {args.size}, batch {args.batch}, device {args.device}; ratios (x) are to the "
+            f"{speeds[0].label} row; median of {args.steps} steps after {args.warmup} warm-up steps.\n\n"
+            + "\n".join(rows)
+            + "\n"
+        )
         append_atomic(args.out, text)
         print(f"appended to {args.out}")
     return 0

@@ -1,2 +1,3 @@
 """DIRL: inharmonious region localization pipeline."""
+
 __version__ = "0.1.0"

@@ -15,8 +15,8 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from dirl import workspace
 from dirl.config import Config, ConfigError
@@ -74,18 +74,22 @@ def init_ray(cfg: Config) -> bool:
         try:
             ray.init(address=address, log_to_driver=True, **_logging_kwargs())
         except (ConnectionError, RuntimeError) as e:
-            raise ConnectionError(f"cannot connect to the Ray cluster at cluster.address = {address!r} ({e}); "
-                                  f"start it with `ray start --head` or set cluster.address to \"\" for a "
-                                  f"local Ray") from None
+            raise ConnectionError(
+                f"cannot connect to the Ray cluster at cluster.address = {address!r} ({e}); "
+                f'start it with `ray start --head` or set cluster.address to "" for a '
+                f"local Ray"
+            ) from None
     else:
         if os.environ.pop("RAY_ADDRESS", None):  # "" means a private local Ray, even in a cluster shell
-            print("cluster.address is empty: starting a local Ray (ignoring $RAY_ADDRESS; set cluster.address: auto "
-                  "to use that cluster)", file=sys.stderr)
+            print(
+                "cluster.address is empty: starting a local Ray (ignoring $RAY_ADDRESS; set cluster.address: auto "
+                "to use that cluster)",
+                file=sys.stderr,
+            )
         # a private local Ray has no preemptible nodes: no preemption watcher (and none of its start-up noise)
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(num_cpus=cfg.cluster.num_cpus or None, **_logging_kwargs())
     return True
-
 
 
 def drop_trial_checkpoints(storage: str, name: str) -> int:
@@ -140,15 +144,19 @@ def plan_workers(cfg: Config, resources: dict[str, float]) -> Placement:
     gpus = float(resources.get("GPU", 0.0))
     notes = []
     if tc.use_gpu and gpus < 1:
-        raise ConfigError(f"cluster.use_gpu is true but the Ray cluster has no GPU (resources {resources}); "
-                          f"set cluster.use_gpu false or connect to a cluster with GPUs (cluster.address)")
+        raise ConfigError(
+            f"cluster.use_gpu is true but the Ray cluster has no GPU (resources {resources}); "
+            f"set cluster.use_gpu false or connect to a cluster with GPUs (cluster.address)"
+        )
     per = tc.cpus_per_worker
     budget = cpus - DRIVER_CPU_RESERVE
     if per > budget:
         want = max(1, min(tc.min_workers or tc.num_workers, tc.num_workers))
         new = max(0.1, round(budget / want, 2)) if budget > 0 else 0.1
-        notes.append(f"cluster.cpus_per_worker {per} does not fit {cpus:g} CPUs ({DRIVER_CPU_RESERVE} kept for the "
-                     f"drivers): using {new}")
+        notes.append(
+            f"cluster.cpus_per_worker {per} does not fit {cpus:g} CPUs ({DRIVER_CPU_RESERVE} kept for the "
+            f"drivers): using {new}"
+        )
         per = new
     fit = max(1, int((budget + 1e-9) // per)) if budget > 0 else 1
     if tc.use_gpu:
@@ -157,14 +165,18 @@ def plan_workers(cfg: Config, resources: dict[str, float]) -> Placement:
     if tc.min_workers:  # elastic: the minimum must fit now; Ray grows the group towards the maximum later
         lo = min(tc.min_workers, tc.num_workers, fit)
         if lo < min(tc.min_workers, tc.num_workers):
-            notes.append(f"cluster.min_workers {tc.min_workers} does not fit the cluster ({cpus:g} CPUs, {gpus:g} "
-                         f"GPUs, {per} CPU per worker): starting from {lo}")
+            notes.append(
+                f"cluster.min_workers {tc.min_workers} does not fit the cluster ({cpus:g} CPUs, {gpus:g} "
+                f"GPUs, {per} CPU per worker): starting from {lo}"
+            )
         num_workers = (lo, tc.num_workers) if lo < tc.num_workers else lo
     else:
         num_workers = min(tc.num_workers, fit)
         if num_workers < tc.num_workers:
-            notes.append(f"cluster.num_workers {tc.num_workers} does not fit the cluster ({cpus:g} CPUs, {gpus:g} "
-                         f"GPUs, {per} CPU per worker): using {num_workers}")
+            notes.append(
+                f"cluster.num_workers {tc.num_workers} does not fit the cluster ({cpus:g} CPUs, {gpus:g} "
+                f"GPUs, {per} CPU per worker): using {num_workers}"
+            )
     # torch threads = the CPUs the worker reserved, rounded (at least 1): more threads than reserved CPUs
     # oversubscribe the cores, and OpenMP threads that wait for a core spin (measured on 2 busy cores: 2 threads
     # ran a UNet step 4-20x slower than 1)
@@ -199,8 +211,14 @@ def plan_trials(cfg: Config, resources: dict[str, float]) -> TrialPlan:
         fit = min(fit, max(1, int(gpus // cfg.cluster.num_workers)))
     n = max(1, min(want, fit))
     if n < want:
-        notes.append(f"cluster.max_concurrent_trials {want} does not fit the cluster ({cpus:g} CPUs, {gpus:g} GPUs): "
-                     f"running {n} trial(s) at a time")
+        notes.append(
+            f"cluster.max_concurrent_trials {want} does not fit the cluster ({cpus:g} CPUs, {gpus:g} GPUs): "
+            f"running {n} trial(s) at a time"
+        )
     share = {"CPU": cpus / n, "GPU": gpus / n if gpus >= n else gpus}
     return TrialPlan(n, share, notes)
 
+
+def data_workers(cfg: Config) -> int:
+    """Processes of the data stages on this machine: ``cluster.data_workers``, 0 = every core this process may use."""
+    return cfg.cluster.data_workers or len(os.sched_getaffinity(0))

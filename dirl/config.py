@@ -15,11 +15,13 @@ to an output so that every result carries the exact settings that produced it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
@@ -50,7 +52,7 @@ TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "h
 
 
 # The keys the tune stage may search, with what a null falls back to. In params.yaml such a key is null
-# ("use the tune stage's value", read from results/tune/best.yaml by dirl.train.trainer.resolve_tuned) or a
+# ("use the tune stage's value", read from results/tune/best.yaml by dirl.train.best_yaml.resolve_tuned) or a
 # number, which wins: an explicit value is neither searched nor replaced. A null key takes the number here
 # when tune is disabled, train.use_tune_best is false or best.yaml has no value for it. To make another
 # train key searchable, add it here and let its TrainConfig field be ``<type> | None``.
@@ -61,7 +63,7 @@ def _f(default: Any = dataclasses.MISSING, *, gt=None, ge=None, le=None, lt=None
     """A dataclass field with validation metadata (bounds, allowed values, help text)."""
     meta = {"gt": gt, "ge": ge, "le": le, "lt": lt, "choices": choices, "doc": doc}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)  # type: ignore[misc]
     if dataclasses.is_dataclass(default) and isinstance(default, type):
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta, **kw)
@@ -86,7 +88,17 @@ class DataConfig:
     source: str = _f("sample", choices=("sample", "photos", "iharmony4"))
     photos_dir: str = _f("", doc="folder with images/ + masks/ (or a COCO json) when source=photos")
     iharmony4: IHarmony4Config = _f(IHarmony4Config)
-    stored_size: int = _f(256, ge=32, le=4096, doc="side of the square images stored in the shards")
+    stored_size: int = _f(
+        256,
+        ge=32,
+        le=4096,
+        doc="side of the square images stored in the shards (with keep_aspect: their shortest side)",
+    )
+    keep_aspect: bool = _f(
+        False,
+        doc="store train/val rows with their shortest side at stored_size, aspect kept (the "
+        "reference's crop then sees the photo's own proportions); false = squashed to a square",
+    )
     test_fraction: float = _f(0.2, ge=0.0, lt=1.0, doc="held-out photos for sample/photos sources")
     val_fraction: float = _f(0.1, ge=0.0, lt=1.0, doc="part of train held out for validation")
     max_bad_fraction: float = _f(0.05, ge=0.0, le=1.0, doc="a stage fails only above this fraction of bad items")
@@ -95,15 +107,102 @@ class DataConfig:
 
 @dataclass
 class SynthConfig:
-    methods: list[str] = _f(list(SYNTH_METHODS), choices=SYNTH_METHODS)
+    methods: list[str] = _f(list(SYNTH_METHODS), choices=SYNTH_METHODS + ("retouch",))
     per_image: int = _f(8, ge=1, le=1000, doc="accepted composites per real image")
     max_tries: int = _f(20, ge=1, le=100_000)
-    recolour: float = _f(0.8, ge=0.0, le=1.0, doc="probability that a composite starts from the photo globally "
-                         "recoloured by a random LUT (no colour stays specific to one photo)")
-    free_form: int = _f(0, ge=0, le=1000, doc="extra composites per real image whose region is a random free-form "
-                        "blob instead of the object mask")
+    recolour: float = _f(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        doc="probability that a composite starts from the photo globally "
+        "recoloured by a random LUT (no colour stays specific to one photo)",
+    )
+    free_form: int = _f(
+        0,
+        ge=0,
+        le=1000,
+        doc="extra composites per real image whose region is a random free-form blob instead of the object mask",
+    )
     augment_iharmony4: bool = _f(False, doc="also synthesize from iHarmony4 real images + masks")
     seed: int = _f(0, ge=0, le=MAX_SEED)
+    recipe: str = _f(
+        "mixed",
+        choices=("mixed", "iharmony4-like"),
+        doc="mixed = synth.methods drawn uniformly on the whole object mask (and free-form blobs); "
+        "iharmony4-like = imitate iHarmony4: a crop matching target_area/target_centre, same-category "
+        "references, colour transfer or retouch (retouch_share), the realism filter (realism_*)",
+    )
+    target_area: list[float] = _f(
+        [0.22, 0.62],
+        gt=0.0,
+        le=5.0,
+        doc="iharmony4-like: (median, sigma of ln) of the foreground area fraction; "
+        "reference: ihd_dev's masks, median 0.22, quartiles 0.15-0.34 (sigma 0.62)",
+    )
+    area_range: list[float] = _f(
+        [0.03, 0.5],
+        ge=0.0,
+        le=1.0,
+        doc="iharmony4-like: (min, max) area fraction of a crop's region; reference: the "
+        "le50 lists keep foregrounds of at most 50 %",
+    )
+    target_centre: list[float] = _f(
+        [0.5, 0.52, 0.1],
+        ge=0.0,
+        le=1.0,
+        doc="iharmony4-like: (mean x, mean y, sd) of the region's centre, fractions of the "
+        "width/height; reference: ihd_dev medians 0.49, 0.52 (quartile sd 0.04, 0.10)",
+    )
+    max_zoom: float = _f(
+        2.5,
+        ge=1.0,
+        le=10.0,
+        doc="iharmony4-like: a crop keeps at least 1/max_zoom of each side "
+        "(2.5: a 256 px row is never cut below ~102 px)",
+    )
+    retouch_share: float = _f(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        doc="iharmony4-like: share of retouch-style global edits; reference: HAdobe5k + "
+        "Hday2night hold 22,041 of iHarmony4's 73,146 composites (30 %)",
+    )
+    same_category: bool = _f(
+        True,
+        doc="iharmony4-like: colour-transfer references of the region's category when "
+        "any exists (HCOCO/HFlickr used same-category references)",
+    )
+    realism_shift: list[float] = _f(
+        [5.0, 20.0],
+        ge=0.0,
+        le=200.0,
+        doc="iharmony4-like realism filter: (min, max) Lab |dE| between the region's mean "
+        "colour before and after; reference: ihd_dev's composites with a real image, "
+        "6.9-13.1 (n=6): at most ~1.5x the largest",
+    )
+    realism_ring: list[float] = _f(
+        [8.0, 50.0],
+        ge=0.0,
+        le=200.0,
+        doc="iharmony4-like realism filter: (min, max) Lab |dE| between the region and the "
+        "ring around it; reference: ihd_dev's 5th-95th percentiles, 8.8-49.0",
+    )
+
+    def __post_init__(self):
+        for key, n in (
+            ("target_area", 2),
+            ("area_range", 2),
+            ("target_centre", 3),
+            ("realism_shift", 2),
+            ("realism_ring", 2),
+        ):
+            v = getattr(self, key)
+            if isinstance(v, list) and len(v) != n:
+                raise ConfigError(f"synth.{key} = {v!r} must hold {n} numbers")
+        for key in ("area_range", "realism_shift", "realism_ring"):
+            v = getattr(self, key)
+            if isinstance(v, list) and len(v) == 2 and v[0] > v[1]:
+                raise ConfigError(f"synth.{key} = {v!r}: the lower bound must not exceed the upper one")
 
 
 @dataclass
@@ -117,39 +216,61 @@ class ModelConfig:
         if self.input_size % 16:
             raise ConfigError(f"model.input_size = {self.input_size} must be a multiple of 16")
         if self.name == "dirl_tiny" and self.input_size % 32:
-            raise ConfigError(f"model.input_size = {self.input_size} must be a multiple of 32 for dirl_tiny "
-                              f"(its fifth stage sits at 1/32 of the input)")
+            raise ConfigError(
+                f"model.input_size = {self.input_size} must be a multiple of 32 for dirl_tiny "
+                f"(its fifth stage sits at 1/32 of the input)"
+            )
 
 
 @dataclass
 class TrainConfig:
     epochs: int = _f(7, ge=1, le=MAX_EPOCHS)
-    batch_size: int = _f(16, ge=1, le=MAX_BATCH, doc="global batch: a multiple of num_workers, split evenly over "
-                         "the workers (each takes batch_size / num_workers); the lr is not rescaled")
-    lr: float | None = _f(None, gt=0.0,
-                          doc="null = the tune stage's value (results/tune/best.yaml); a number wins")
-    weight_decay: float | None = _f(None, ge=0.0,
-                                    doc="null = the tune stage's value (results/tune/best.yaml); a number wins")
+    batch_size: int = _f(
+        16,
+        ge=1,
+        le=MAX_BATCH,
+        doc="global batch: a multiple of num_workers, split evenly over "
+        "the workers (each takes batch_size / num_workers); the lr is not rescaled",
+    )
+    lr: float | None = _f(None, gt=0.0, doc="null = the tune stage's value (results/tune/best.yaml); a number wins")
+    weight_decay: float | None = _f(
+        None, ge=0.0, doc="null = the tune stage's value (results/tune/best.yaml); a number wins"
+    )
     betas: list[float] = _f([0.9, 0.999], ge=0.0, lt=1.0, doc="Adam (beta1, beta2): two numbers in [0, 1)")
-    milestones: list[int] = _f([30, 40, 50, 55], ge=1, le=MAX_EPOCHS,
-                               doc="epochs at which lr is multiplied by gamma")
-    schedule: str = _f("cosine", choices=("multistep", "cosine"),
-                       doc="multistep (the reference: x gamma at each milestone) or cosine (to 0 at the last epoch)")
+    milestones: list[int] = _f([30, 40, 50, 55], ge=1, le=MAX_EPOCHS, doc="epochs at which lr is multiplied by gamma")
+    schedule: str = _f(
+        "cosine",
+        choices=("multistep", "cosine"),
+        doc="multistep (the reference: x gamma at each milestone) or cosine (to 0 at the last epoch)",
+    )
     warmup_steps: int = _f(100, ge=0, le=MAX_STEPS, doc="linear lr warm-up over this many optimizer steps")
     gamma: float = _f(0.5, gt=0.0, le=1.0)
-    lam: float | None = _f(TUNED_DEFAULTS["train.lam"], ge=0.0,
-                           doc="weight of the attention-map losses; null = the tune stage's value")
+    lam: float | None = _f(
+        TUNED_DEFAULTS["train.lam"], ge=0.0, doc="weight of the attention-map losses; null = the tune stage's value"
+    )
     seed: int = _f(42, ge=0, le=MAX_SEED)
+    sync_bn: str = _f(
+        "auto",
+        choices=("auto", "on", "off"),
+        doc="SyncBatchNorm under DDP on GPUs: BatchNorm statistics over the global batch. auto = on when "
+        "a worker holds fewer than 8 images (the reference's BatchNorm batch); CPU workers never sync",
+    )
     val_every: int = _f(1, ge=1, le=MAX_EPOCHS, doc="validate every N epochs; best checkpoint by validation IoU")
     max_steps_per_epoch: int = _f(0, ge=0, le=MAX_STEPS, doc="0 = full epoch; >0 caps steps (smoke runs)")
     precision: str = _f("bf16", choices=("fp32", "bf16", "fp16"))
     channels_last: bool = _f(True)
     compile: bool = _f(False)
-    checkpoint: str = _f("last", choices=("best", "last"),
-                         doc="the exported model: best = highest validation IoU (the reference's rule), last = the "
-                         "final epoch (for a validation set too small to tell epochs apart)")
-    use_tune_best: bool = _f(True, doc="fill the null tuned keys (TUNED_DEFAULTS: train.lr, ...) from "
-                             "results/tune/best.yaml; false = ignore best.yaml, null keys take their defaults")
+    checkpoint: str = _f(
+        "last",
+        choices=("best", "last"),
+        doc="the exported model: best = highest validation IoU (the reference's rule), last = the "
+        "final epoch (for a validation set too small to tell epochs apart)",
+    )
+    use_tune_best: bool = _f(
+        True,
+        doc="fill the null tuned keys (TUNED_DEFAULTS: train.lr, ...) from "
+        "results/tune/best.yaml; false = ignore best.yaml, null keys take their defaults",
+    )
 
     def __post_init__(self):
         if isinstance(self.betas, list) and len(self.betas) != 2:
@@ -161,15 +282,16 @@ class TuneConfig:
     enabled: bool = _f(True)
     num_samples: int = _f(2, ge=1, le=100_000)
     epochs: int = _f(1, ge=1, le=MAX_EPOCHS)
-    max_steps_per_epoch: int = _f(60, ge=0, le=MAX_STEPS,
-                                  doc="cap each trial epoch at this many steps (0 = whole epochs)")
+    max_steps_per_epoch: int = _f(
+        60, ge=0, le=MAX_STEPS, doc="cap each trial epoch at this many steps (0 = whole epochs)"
+    )
     grace_period: int = _f(1, ge=1, le=MAX_EPOCHS, doc="ASHA: epochs before a trial may be stopped")
     reduction_factor: int = _f(2, ge=2, le=100)
     metric: str = _f("val_iou", choices=("val_iou", "val_f1", "val_ap", "val_loss"))
     search_space: dict = _f(
         {"lr": {"loguniform": [1e-3, 3e-3]}, "weight_decay": {"choice": [0.0, 1e-4]}},
         doc="key -> {loguniform|uniform: [lo, hi]} or {choice: [...]}; keys: those of TUNED_DEFAULTS "
-            "(train.lr, train.weight_decay, train.lam), searched only where params.yaml leaves them null",
+        "(train.lr, train.weight_decay, train.lam), searched only where params.yaml leaves them null",
     )
 
     def __post_init__(self):
@@ -184,7 +306,8 @@ class TuneConfig:
                 raise ConfigError(
                     f"tune.search_space.{key}: {full} cannot be searched: the searchable keys are "
                     f"{', '.join(TUNED_DEFAULTS)} (a tuned key is null in params.yaml, meaning 'use the tune "
-                    f"stage's value'; see TUNED_DEFAULTS in dirl/config.py)")
+                    f"stage's value'; see TUNED_DEFAULTS in dirl/config.py)"
+                )
         for full, (kind, args) in parse_search_space(self.search_space).items():
             _check_searched_values(full, kind, args)
 
@@ -195,6 +318,12 @@ class EvaluateConfig:
     extra_sets: list[str] = _f([], doc="folders in the iHarmony4 layout to evaluate as well")
     batch_size: int = _f(8, ge=1, le=MAX_BATCH)
     grid_items: int = _f(6, ge=1, le=1000)
+    interpolation: str = _f(
+        "auto",
+        choices=("auto", "bilinear"),
+        doc="resize of test images and masks to the input size: bilinear = the reference's plain "
+        "bilinear resize (mask then cut at 0.5); auto = area filter when shrinking by more than 1.25x",
+    )
 
 
 @dataclass
@@ -213,42 +342,67 @@ class PromoteConfig:
 class ClusterConfig:
     """Machine settings: where the stages run and how the work is spread, never what is learnt. No DVC stage
     declares this section (nor ``mlflow``), so moving from a laptop to a cluster re-runs nothing."""
+
     address: str = _f("", doc="empty = start Ray locally; 'auto' or 'ray://host:port' = existing cluster")
     num_cpus: int = _f(0, ge=0, le=1_000_000, doc="CPUs for a local Ray; 0 = all")
     num_workers: int = _f(1, ge=1, le=MAX_WORKERS, doc="Ray Train workers (max of the elastic range)")
     min_workers: int = _f(0, ge=0, le=MAX_WORKERS, doc="elastic minimum; 0 = fixed size num_workers")
     cpus_per_worker: float = _f(2.0, gt=0.0, le=MAX_CPUS, doc="CPUs each training worker reserves (lowered to fit)")
-    placement_strategy: str = _f("PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
-                                 doc="how Ray places the workers; STRICT_SPREAD = one worker per node")
-    threads_per_worker: int = _f(0, ge=0, le=MAX_CPUS,
-                                 doc="torch threads per worker; 0 = the CPUs it reserves, at least 1")
+    placement_strategy: str = _f(
+        "PACK",
+        choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+        doc="how Ray places the workers; STRICT_SPREAD = one worker per node",
+    )
+    threads_per_worker: int = _f(
+        0, ge=0, le=MAX_CPUS, doc="torch threads per worker; 0 = the CPUs it reserves, at least 1"
+    )
     use_gpu: bool = _f(False)
     max_failures: int = _f(2, ge=-1, le=1000, doc="worker-group restarts before the run fails (-1 = forever)")
-    storage_path: str = _f("", doc="absolute path or URI for Ray checkpoints; empty = $DIRL_STORAGE_PATH, "
-                           "else <state root>/ray_results (dirl/workspace.py)")
+    storage_path: str = _f(
+        "",
+        doc="absolute path or URI for Ray checkpoints; empty = $DIRL_STORAGE_PATH, "
+        "else <state root>/ray_results (dirl/workspace.py)",
+    )
     max_concurrent_trials: int = _f(1, ge=1, le=MAX_WORKERS, doc="tune trials at once (lowered to fit the cluster)")
     data_workers: int = _f(0, ge=0, le=MAX_CPUS, doc="processes of the data stages; 0 = number of CPU cores")
-    data_engine: str = _f("auto", choices=("auto", "local", "ray"),
-                          doc="where preprocess and synthesize run: local processes, Ray tasks across the cluster's "
-                          "nodes (same rows, byte for byte), or auto = ray when cluster.address is set")
+    data_engine: str = _f(
+        "auto",
+        choices=("auto", "local", "ray"),
+        doc="where preprocess and synthesize run: local processes, Ray tasks across the cluster's "
+        "nodes (same rows, byte for byte), or auto = ray when cluster.address is set",
+    )
 
     def __post_init__(self):
         if self.min_workers > self.num_workers:
-            raise ConfigError(f"cluster.min_workers = {self.min_workers} is above cluster.num_workers = "
-                              f"{self.num_workers}: the elastic range is min_workers..num_workers")
+            raise ConfigError(
+                f"cluster.min_workers = {self.min_workers} is above cluster.num_workers = "
+                f"{self.num_workers}: the elastic range is min_workers..num_workers"
+            )
 
 
 MACHINE_SECTIONS = ("cluster", "mlflow")  # where a stage runs and records: not DVC params of any stage
 # Keys that moved to another section: an old params file gets a one-line fix instead of "unknown key".
-MOVED = {f"train.{k}": f"cluster.{k}" for k in ("num_workers", "min_workers", "cpus_per_worker", "placement_strategy",
-                                                "threads_per_worker", "use_gpu", "max_failures", "storage_path")}
+MOVED = {
+    f"train.{k}": f"cluster.{k}"
+    for k in (
+        "num_workers",
+        "min_workers",
+        "cpus_per_worker",
+        "placement_strategy",
+        "threads_per_worker",
+        "use_gpu",
+        "max_failures",
+        "storage_path",
+    )
+}
 MOVED.update({"tune.max_concurrent": "cluster.max_concurrent_trials", "data.workers": "cluster.data_workers"})
 
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str = _f("", doc="empty = $MLFLOW_TRACKING_URI, else sqlite:///<state root>/mlflow.db "
-                           "(dirl/workspace.py)")
+    tracking_uri: str = _f(
+        "", doc="empty = $MLFLOW_TRACKING_URI, else sqlite:///<state root>/mlflow.db (dirl/workspace.py)"
+    )
     experiment: str = _f("dirl")
 
     def __post_init__(self):
@@ -258,9 +412,11 @@ class MlflowConfig:
         scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else uri  # postgresql+psycopg2: ok
         if scheme not in TRACKING_SCHEMES:
             what = f"an unknown scheme {scheme!r}" if ":" in uri else "no scheme"
-            raise ConfigError(f"mlflow.tracking_uri = {uri!r} has {what}: expected \"\" (the default store) or a "
-                              f"URI starting with {', '.join(s + ':' for s in TRACKING_SCHEMES)} (a local folder is "
-                              f"file:///abs/path)")
+            raise ConfigError(
+                f'mlflow.tracking_uri = {uri!r} has {what}: expected "" (the default store) or a '
+                f"URI starting with {', '.join(s + ':' for s in TRACKING_SCHEMES)} (a local folder is "
+                f"file:///abs/path)"
+            )
 
 
 @dataclass
@@ -277,21 +433,125 @@ class Config:
     mlflow: MlflowConfig = _f(MlflowConfig)
 
     def __post_init__(self):
+        if isinstance(self.train, Undeclared) or isinstance(self.train.batch_size, Undeclared):
+            return  # a stage that does not read train.batch_size (restrict)
         if self.train.batch_size % self.cluster.num_workers:
-            raise ConfigError(f"train.batch_size = {self.train.batch_size} is the global batch and must be a multiple "
-                              f"of cluster.num_workers = {self.cluster.num_workers} (each worker takes batch_size / "
-                              f"num_workers)")
+            raise ConfigError(
+                f"train.batch_size = {self.train.batch_size} is the global batch and must be a multiple "
+                f"of cluster.num_workers = {self.cluster.num_workers} (each worker takes batch_size / "
+                f"num_workers)"
+            )
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every value as nested dicts; a stage's config (:func:`restrict`) leaves out what it may not read and says
+        so under ``UNDECLARED``, so that :func:`config_from_dict` restricts the copy alike (a Ray worker's)."""
+        data = dataclasses.asdict(self)
+        hidden = [k for k in _undeclared_keys(self)]
+        if not hidden:
+            return data
+        for key in hidden:
+            section, _, name = key.partition(".")
+            if name:
+                data[section].pop(name)
+            else:
+                data.pop(section)
+        data[UNDECLARED] = {"stage": _undeclared_stage(self), "keys": hidden}
+        return data
+
+
+# ----------------------------------------------------------------------------- what a stage may read
+
+UNDECLARED = "__undeclared__"
+
+
+class Undeclared:
+    """The value of a param that a stage did not declare (:func:`restrict`): any use raises ConfigError naming the
+    key and the line to add, so a stage cannot depend on a param that dvc.yaml does not list for it."""
+
+    def __init__(self, key: str, stage: str):
+        self.key, self.stage = key, stage
+
+    def _fail(self, *args, **kwargs):
+        raise ConfigError(
+            f"stage {self.stage} reads {self.key}, which it does not declare: add {self.key!r} to PARAMS "
+            f"in dirl/stages/{self.stage}.py, then `python pipeline/dvcyaml.py --write` (dvc.yaml)"
+        )
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self._fail()
+
+    def __deepcopy__(self, memo):
+        return self  # dataclasses.asdict copies it; Config.to_dict then leaves it out
+
+    __bool__ = __str__ = __format__ = __iter__ = __len__ = __eq__ = __hash__ = __lt__ = __gt__ = __le__ = __ge__ = _fail
+    __add__ = __sub__ = __mul__ = __truediv__ = __mod__ = __contains__ = __getitem__ = __float__ = __int__ = _fail
+
+    def __repr__(self) -> str:
+        return f"<undeclared {self.key} in stage {self.stage}>"
+
+
+def _undeclared_keys(cfg: Config) -> list[str]:
+    out = []
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if isinstance(section, Undeclared):
+            out.append(f.name)
+        elif dataclasses.is_dataclass(section):
+            out += [
+                f"{f.name}.{g.name}"
+                for g in dataclasses.fields(section)
+                if isinstance(getattr(section, g.name), Undeclared)
+            ]
+    return out
+
+
+def _undeclared_stage(cfg: Config) -> str:
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, Undeclared):
+            return v.stage
+        for g in dataclasses.fields(v) if dataclasses.is_dataclass(v) else ():
+            if isinstance(getattr(v, g.name), Undeclared):
+                return getattr(v, g.name).stage
+    return ""
+
+
+def restrict(cfg: Config, params: Sequence[str], stage: str) -> Config:
+    """A copy of ``cfg`` in which only ``params`` (sections, or ``section.key``) and the machine sections can be read:
+    every other param becomes :class:`Undeclared`. What a stage declares is what dvc.yaml lists as its params."""
+    allowed = set(params)
+    for p in allowed:
+        section, _, name = p.partition(".")
+        if section not in SECTIONS or (
+            name and name not in {f.name for f in dataclasses.fields(getattr(cfg, section))}
+        ):
+            raise ConfigError(f"dirl/stages/{stage}.py: PARAMS names {p!r}, which is not a params.yaml key")
+    out = copy.copy(cfg)
+    for section in SECTIONS:
+        if section in allowed or section in MACHINE_SECTIONS:
+            continue
+        keys = {p.split(".", 1)[1] for p in allowed if p.startswith(section + ".")}
+        if not keys:
+            object.__setattr__(out, section, Undeclared(section, stage))
+            continue
+        part = copy.copy(getattr(cfg, section))
+        for f in dataclasses.fields(part):
+            if f.name not in keys:
+                object.__setattr__(part, f.name, Undeclared(f"{section}.{f.name}", stage))
+        object.__setattr__(out, section, part)
+    return out
 
 
 # ----------------------------------------------------------------------------- tune search space
 
 KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
-NOT_SEARCHABLE = {"train.epochs": "every trial trains tune.epochs epochs",
-                  "train.use_tune_best": "trials never read best.yaml",
-                  "train.val_every": "trials validate after every epoch"}
+NOT_SEARCHABLE = {
+    "train.epochs": "every trial trains tune.epochs epochs",
+    "train.use_tune_best": "trials never read best.yaml",
+    "train.val_every": "trials validate after every epoch",
+}
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -303,17 +563,21 @@ def canonical_key(key: str, where: str = "tune.search_space") -> str:
         section, name = key.split(".", 1)
         fields = {"train": TRAIN_FIELDS, "model": MODEL_FIELDS}.get(section)
         if fields is None or name not in fields:
-            raise ConfigError(f"{where}.{key}: unknown key: use train.<field> or model.<field> "
-                              f"(train fields: {', '.join(sorted(TRAIN_FIELDS))}; "
-                              f"model fields: {', '.join(sorted(MODEL_FIELDS))})")
+            raise ConfigError(
+                f"{where}.{key}: unknown key: use train.<field> or model.<field> "
+                f"(train fields: {', '.join(sorted(TRAIN_FIELDS))}; "
+                f"model fields: {', '.join(sorted(MODEL_FIELDS))})"
+            )
         full = key
     elif key in MODEL_FIELDS:
         full = f"model.{key}"
     elif key in TRAIN_FIELDS:
         full = f"train.{key}"
     else:
-        raise ConfigError(f"{where}.{key}: unknown key: a bare key must be a train field "
-                          f"({', '.join(sorted(TRAIN_FIELDS))}) or a model field ({', '.join(sorted(MODEL_FIELDS))})")
+        raise ConfigError(
+            f"{where}.{key}: unknown key: a bare key must be a train field "
+            f"({', '.join(sorted(TRAIN_FIELDS))}) or a model field ({', '.join(sorted(MODEL_FIELDS))})"
+        )
     if full in NOT_SEARCHABLE:
         raise ConfigError(f"{where}.{key}: {full} cannot be searched ({NOT_SEARCHABLE[full]})")
     return full
@@ -334,10 +598,13 @@ def parse_search_space(space: dict, where: str = "tune.search_space") -> dict[st
     Raises :class:`ConfigError` naming the key and the accepted forms for a malformed entry.
     """
     if not isinstance(space, dict) or not space:
-        raise ConfigError(f"{where} must be a non-empty mapping of key -> {{kind: args}} "
-                          f"(kinds: {', '.join(KINDS)}), got {space!r}")
-    forms = ("{loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi]} (hi excluded), "
-             "{choice: [v1, v2, ...]} or {grid: [v1, v2, ...]}")
+        raise ConfigError(
+            f"{where} must be a non-empty mapping of key -> {{kind: args}} (kinds: {', '.join(KINDS)}), got {space!r}"
+        )
+    forms = (
+        "{loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi]} (hi excluded), "
+        "{choice: [v1, v2, ...]} or {grid: [v1, v2, ...]}"
+    )
     parsed: dict[str, tuple[str, list]] = {}
     for key, spec in space.items():
         full = canonical_key(key, where)
@@ -457,14 +724,18 @@ def _coerce(value: Any, tp, where: str, src: str):
     raise bad
 
 
-def _check_range(value, meta: dict, where: str, src: str):
+def _check_range(value, meta: Mapping, where: str, src: str):
     at = f"{src}: {where}" if src else where
-    checks = [("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
-              ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")]
+    checks = [
+        ("gt", lambda v, b: v > b, ">"),
+        ("ge", lambda v, b: v >= b, ">="),
+        ("lt", lambda v, b: v < b, "<"),
+        ("le", lambda v, b: v <= b, "<="),
+    ]
     values = value if isinstance(value, list) else [value]
     for v in values:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            for key, ok, sym in checks:
+            for key, ok, _sym in checks:
                 bound = meta.get(key)
                 if bound is not None and not ok(v, bound):
                     allowed = " and ".join(f"{s} {meta[k]}" for k, _, s in checks if meta.get(k) is not None)
@@ -481,8 +752,10 @@ def _build(cls, data: dict, prefix: str, src: str):
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         if key in MOVED:
-            raise ConfigError(f"{src}: '{key}' has moved to '{MOVED[key]}' (machine settings live in the cluster "
-                              f"section): move it there")
+            raise ConfigError(
+                f"{src}: '{key}' has moved to '{MOVED[key]}' (machine settings live in the cluster "
+                f"section): move it there"
+            )
         raise ConfigError(f"{src}: unknown key '{key}': allowed keys here are {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
@@ -502,6 +775,19 @@ def config_from_dict(data: dict | None, src: str = "<dict>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{src}: the top level must be a mapping of sections, got {type(data).__name__}")
+    hidden = data.get(UNDECLARED)
+    if hidden:  # a stage's config (Config.to_dict): restricted alike, never filled with defaults
+        data = {k: v for k, v in data.items() if k != UNDECLARED}
+        cfg = _build(Config, data, "", src)
+        keys = set(hidden["keys"])
+        params = [
+            f"{s}.{f.name}"
+            for s in SECTIONS
+            if s not in MACHINE_SECTIONS and s not in keys
+            for f in dataclasses.fields(getattr(cfg, s))
+            if f"{s}.{f.name}" not in keys
+        ]
+        return restrict(cfg, params, hidden["stage"])
     return _build(Config, data, "", src)
 
 
@@ -525,8 +811,10 @@ def _no_duplicate_keys(node, prefix: str, seen_nodes: set) -> None:
             line = key_node.start_mark.line + 1
             if key is not None and key != "<<":
                 if key in first:
-                    raise ConfigError(f"duplicate key '{where}' at line {line} (first at line {first[key]}): "
-                                      f"YAML would keep only the last value; remove one")
+                    raise ConfigError(
+                        f"duplicate key '{where}' at line {line} (first at line {first[key]}): "
+                        f"YAML would keep only the last value; remove one"
+                    )
                 first[key] = line
             _no_duplicate_keys(value_node, where, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
@@ -594,8 +882,9 @@ def profile_overrides(profile: str | os.PathLike) -> dict[str, Any]:
     return flat
 
 
-def load_config(path: str | os.PathLike = "params.yaml", overrides: dict | None = None,
-                profile: str | os.PathLike | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike = "params.yaml", overrides: dict | None = None, profile: str | os.PathLike | None = None
+) -> Config:
     """Load ``params.yaml``, then a ``profile`` overlay (:func:`profile_overrides`), then dotted ``overrides``,
     into a validated :class:`Config`.
 
@@ -605,14 +894,18 @@ def load_config(path: str | os.PathLike = "params.yaml", overrides: dict | None 
     path = Path(path)
     data = _read_yaml(path)
     if data is None:
-        raise ConfigError(f"{path}: the file is empty: a params file must hold every section "
-                          f"({', '.join(SECTIONS)}); copy params.yaml or a profile from params/")
+        raise ConfigError(
+            f"{path}: the file is empty: a params file must hold every section "
+            f"({', '.join(SECTIONS)}); copy params.yaml or a profile from params/"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     missing = [s for s in SECTIONS if s not in data]
     if missing:
-        raise ConfigError(f"{path}: missing section(s) {', '.join(missing)}: a params file must hold every section "
-                          f"({', '.join(SECTIONS)}); a missing one would silently take the code defaults")
+        raise ConfigError(
+            f"{path}: missing section(s) {', '.join(missing)}: a params file must hold every section "
+            f"({', '.join(SECTIONS)}); a missing one would silently take the code defaults"
+        )
     src = str(path)
     if profile is not None:
         src = f"{path} + {profile_path(profile)}"

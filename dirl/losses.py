@@ -94,8 +94,7 @@ def bce(pred: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy(pred, target)
 
 
-def stacked_map_losses(maps: Tensor, target: Tensor, use_ssim: bool = True,
-                       use_iou: bool = True) -> dict[str, Tensor]:
+def stacked_map_losses(maps: Tensor, target: Tensor, use_ssim: bool = True, use_iou: bool = True) -> dict[str, Tensor]:
     """l(P, G) of M maps at once, ``maps`` (M, B, 1, H, W) against ``target`` (B, 1, H, W): per-map parts
     {'bce', 'ssim' (1 - SSIM), 'iou', 'total'}, each (M,) float32, computed with autocast disabled."""
     with torch.autocast(device_type=maps.device.type, enabled=False):
@@ -104,8 +103,11 @@ def stacked_map_losses(maps: Tensor, target: Tensor, use_ssim: bool = True,
         g = target.float().unsqueeze(0).expand_as(p)
         zero = p.new_zeros(n)
         parts = {"bce": F.binary_cross_entropy(p, g, reduction="none").flatten(1).mean(1)}  # (M,)
-        parts["ssim"] = (1.0 - _ssim_map(p.flatten(0, 1), g.flatten(0, 1), SSIM_WINDOW, SSIM_SIGMA)
-                         .view(n, -1).mean(1)) if use_ssim else zero  # (M,)
+        parts["ssim"] = (
+            (1.0 - _ssim_map(p.flatten(0, 1), g.flatten(0, 1), SSIM_WINDOW, SSIM_SIGMA).view(n, -1).mean(1))
+            if use_ssim
+            else zero
+        )  # (M,)
         if use_iou:
             inter = (p * g).flatten(2).sum(2)  # (M, B)
             union = g.flatten(2).sum(2) + p.flatten(2).sum(2) - inter  # (M, B)

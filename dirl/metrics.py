@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import PurePath
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ def _evaluate(preds: np.ndarray, gts: np.ndarray) -> dict[str, np.ndarray]:
     if not np.isfinite(preds).all():
         raise ValueError("preds contain NaN or infinity; check the model output")
     n, m = preds.shape[0], preds.shape[1] * preds.shape[2]
-    out = {k: np.zeros(n) for k in ("ap", "f1", "iou")}
+    out: dict[str, Any] = {k: np.zeros(n) for k in ("ap", "f1", "iou")}
     out["pred_ge"] = np.zeros(len(PR_THRESHOLDS), np.int64)
     out["tp_ge"] = np.zeros(len(PR_THRESHOLDS), np.int64)
     out["n_pos"] = 0
@@ -195,9 +196,7 @@ class MetricAccumulator:
     def per_image(self) -> list[dict]:
         """One row per image: {'id', 'ap', 'f1', 'iou'} with ap and iou as fractions (not x100)."""
         ap, f1, iou = self._arrays()
-        return [
-            {"id": i, "ap": float(a), "f1": float(f), "iou": float(u)} for i, a, f, u in zip(self.ids, ap, f1, iou)
-        ]
+        return [{"id": i, "ap": float(a), "f1": float(f), "iou": float(u)} for i, a, f, u in zip(self.ids, ap, f1, iou)]
 
     def pr_curve(self) -> list[dict]:
         """Pixel-level precision/recall over all images at 101 thresholds t on the normalised prediction.

@@ -37,10 +37,9 @@ def _eta(seconds: float) -> str:
 
 
 class EpochProgress:
-    """Callable ``progress(steps, images, mean_loss)`` for :func:`dirl.train.loop.train_one_epoch`."""
+    """Callable ``progress(steps, images, mean_loss)`` for :func:`dirl.train.epoch.train_one_epoch`."""
 
-    def __init__(self, epoch: int, epochs: int, steps: int, world: int = 1, every: float | None = None,
-                 stream=None):
+    def __init__(self, epoch: int, epochs: int, steps: int, world: int = 1, every: float | None = None, stream=None):
         self.epoch, self.epochs, self.steps, self.world = epoch, epochs, steps, world
         self.stream = stream or sys.__stderr__ or sys.stderr
         self.every = _every() if every is None else every
@@ -61,8 +60,11 @@ class EpochProgress:
         if now - self.last >= self.every and steps < self.steps:
             self.last = now
             eta = (self.steps - steps) * (now - self.start) / max(steps, 1)
-            emit(f"epoch {self.epoch}/{self.epochs}  step {steps}/{self.steps}  loss {loss:.4f}  "
-                 f"{rate:.1f} img/s  eta {_eta(eta)}", self.stream)
+            emit(
+                f"epoch {self.epoch}/{self.epochs}  step {steps}/{self.steps}  loss {loss:.4f}  "
+                f"{rate:.1f} img/s  eta {_eta(eta)}",
+                self.stream,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -11,11 +11,12 @@
 On CPU, bf16 autocast runs on AVX-512-BF16/AMX hardware at up to ~2-3x fp32 speed; fp16 autocast on CPU is
 refused. On CUDA, bf16 and fp16 use AMP; only fp16 needs the gradient scaler.
 """
+
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import ContextManager
 
 import torch
 import torch.nn as nn
@@ -59,9 +60,9 @@ def prepare_model(model: nn.Module, device: torch.device | str, speed: SpeedConf
     """
     model = model.to(device)
     if speed.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if speed.compile:
-        return torch.compile(model)
+        return torch.compile(model)  # type: ignore[return-value]
     return model
 
 
@@ -96,8 +97,9 @@ def make_grad_scaler(device: torch.device | str, speed: SpeedConfig) -> torch.am
     return torch.amp.GradScaler(dev if dev in ("cpu", "cuda") else "cpu", enabled=enabled)
 
 
-def count_flops(model: nn.Module, size: int | tuple[int, int] = 224, batch: int = 1,
-                device: torch.device | str = "cpu") -> int:
+def count_flops(
+    model: nn.Module, size: int | tuple[int, int] = 224, batch: int = 1, device: torch.device | str = "cpu"
+) -> int:
     """Forward FLOPs per batch (convolutions and matmuls, 2 per multiply-add), from FlopCounterMode.
 
     Runs one forward in eval mode under no_grad at `size`; the model's train/eval mode is restored.

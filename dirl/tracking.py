@@ -27,18 +27,44 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import yaml
 
-from dirl.progress import verbose
 from dirl import workspace
 from dirl.config import Config
+from dirl.io import write_json_atomic
+from dirl.progress import verbose
 
 log = logging.getLogger("dirl.tracking")
 
 EXPERIMENT_KIND, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# The runs table as the project links to it: a view (MLflow's shared view state, an experiment tag) that shows the
+# figures that matter as columns; the UI hides every metric column otherwise.
+RUNS_VIEW = "dirl-runs"
+RUNS_VIEW_COLUMNS = (
+    "test/IoU",
+    "test/prior_IoU",
+    "test/AP",
+    "val/best_IoU",
+    "val/selected_IoU",
+    "val/prior_IoU",
+    "perf/img_per_s",
+)
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment (``base``: ``http://127.0.0.1:5000``): the model-training
+    view (``workflowType=machine_learning``; without it MLflow 3.17 opens the GenAI overview) with the project's
+    columns (:data:`RUNS_VIEW`)."""
+    return (
+        f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={RUNS_VIEW}"
+    )
+
+
 PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value (characters)
 BATCH_MAX = 100  # MLflow's limit on params per log_batch call
 
@@ -61,7 +87,7 @@ def _server_hint(uri: str) -> str:
     return (
         f"start it with `make mlflow-ui`, or `mlflow server --backend-store-uri sqlite:////abs/path/mlflow.db "
         f"--artifacts-destination /abs/path/mlartifacts --host 127.0.0.1 --port 5000`, "
-        f"or set mlflow.tracking_uri to \"\" in params.yaml to use a local SQLite store (was {uri!r})"
+        f'or set mlflow.tracking_uri to "" in params.yaml to use a local SQLite store (was {uri!r})'
     )
 
 
@@ -82,7 +108,7 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     """Where a new experiment keeps its artifacts: ``<db dir>/mlartifacts/<experiment>`` for SQLite, else
     the server's choice (None)."""
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
         return (db.parent / "mlartifacts" / safe).resolve().as_uri()
     return None
@@ -111,7 +137,7 @@ def setup(cfg: Config, root: str | os.PathLike | None = None, experiment: str | 
     quiet_mlflow()
     uri = tracking_uri(cfg, root)
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     check_reachable(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
@@ -123,7 +149,10 @@ def setup(cfg: Config, root: str | os.PathLike | None = None, experiment: str | 
             try:
                 exp_id = client.create_experiment(name, artifact_location=artifact_root(uri, name))
             except mlflow.exceptions.MlflowException:  # created concurrently by another process
-                exp_id = client.get_experiment_by_name(name).experiment_id
+                found = client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+                exp_id = found.experiment_id
         else:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
@@ -131,8 +160,12 @@ def setup(cfg: Config, root: str | os.PathLike | None = None, experiment: str | 
     except mlflow.exceptions.MlflowException as e:
         raise TrackingError(f"MLflow tracking store {uri} failed: {e}; {_server_hint(uri)}") from None
     try:  # the MLflow UI opens an experiment of this kind on its runs table (model training), not the GenAI view
-        if client.get_experiment(exp_id).tags.get(EXPERIMENT_KIND) != KIND_TRAINING:
+        tags = client.get_experiment(exp_id).tags
+        if tags.get(EXPERIMENT_KIND) != KIND_TRAINING:
             client.set_experiment_tag(exp_id, EXPERIMENT_KIND, KIND_TRAINING)
+        view = json.dumps({"selectedColumns": [f"metrics.`{m}`" for m in RUNS_VIEW_COLUMNS]})
+        if tags.get(f"mlflow.sharedViewState.{RUNS_VIEW}") != view:
+            client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{RUNS_VIEW}", view)
     except mlflow.exceptions.MlflowException:
         pass  # a read-only or older store: cosmetic only
     mlflow.set_experiment(experiment_id=exp_id)
@@ -143,10 +176,16 @@ def git_commit(root: str | os.PathLike | None = None) -> str:
     """The workspace's HEAD commit (suffixed ``-dirty`` with uncommitted changes); "" outside git."""
     cwd = str(root or workspace.root())
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
     return f"{sha}-dirty" if dirty else sha
@@ -206,7 +245,7 @@ def log_params_flat(params: Mapping[str, Any], run_id: str | None = None, client
         elif logged[key] != value:
             changed[key] = (logged[key], value)
     for i in range(0, len(todo), BATCH_MAX):
-        client.log_batch(run_id, params=todo[i:i + BATCH_MAX])
+        client.log_batch(run_id, params=todo[i : i + BATCH_MAX])
     return changed
 
 
@@ -267,18 +306,22 @@ def log_datasets(client, run_id: str, data_dirs: Sequence[str | os.PathLike], sp
             rows = (info.get("splits") or {}).get(split)
             if not rows:
                 continue
-            ds = Dataset(name=f"{Path(str(d)).name}-{split}", digest=str(info.get("dataset_hash", ""))[:16] or "none",
-                         source_type="local" if "://" not in str(d) else str(d).split("://", 1)[0],
-                         source=json.dumps({"uri": str(d), "split": split}),
-                         profile=json.dumps({"num_rows": rows, "sources": info.get("sources", {})}))
+            ds = Dataset(
+                name=f"{Path(str(d)).name}-{split}",
+                digest=str(info.get("dataset_hash", ""))[:16] or "none",
+                source_type="local" if "://" not in str(d) else str(d).split("://", 1)[0],
+                source=json.dumps({"uri": str(d), "split": split}),
+                profile=json.dumps({"num_rows": rows, "sources": info.get("sources", {})}),
+            )
             inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)]))
     if inputs:
         client.log_inputs(run_id, datasets=inputs)
     return len(inputs)
 
 
-def provenance_tags(root: str | os.PathLike | None = None,
-                    data_dirs: Sequence[str | os.PathLike] = ()) -> dict[str, str]:
+def provenance_tags(
+    root: str | os.PathLike | None = None, data_dirs: Sequence[str | os.PathLike] = ()
+) -> dict[str, str]:
     """Tags that pin a run to its code and data: MLflow's source and git tags (:func:`source_tags`), the git
     commit, dvc.lock output hashes, shard manifests."""
     root = Path(root or workspace.root())
@@ -314,8 +357,15 @@ class Run:
     reopened: bool = False
 
 
-def open_run(cfg: Config, name: str, tags: Mapping[str, str], *, root: str | os.PathLike | None = None,
-             record: Path | None = None, parent_run_id: str | None = None) -> Run:
+def open_run(
+    cfg: Config,
+    name: str,
+    tags: Mapping[str, str],
+    *,
+    root: str | os.PathLike | None = None,
+    record: Path | None = None,
+    parent_run_id: str | None = None,
+) -> Run:
     """Create an MLflow run in the configured experiment, or reopen the one named in ``record`` (a JSON file a
     resumed Ray run keeps beside its checkpoints) when it is still active in the same store; a new run is
     written to ``record``. ``parent_run_id`` nests it (``mlflow.parentRunId``)."""
@@ -338,14 +388,12 @@ def open_run(cfg: Config, name: str, tags: Mapping[str, str], *, root: str | os.
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(exp_id, run_name=name, tags=tags)
     if record is not None:
-        from dirl.io import write_json_atomic
-
         write_json_atomic(record, {"run_id": run.info.run_id, "experiment_id": exp_id, "tracking_uri": uri})
     return Run(client, run.info.run_id, exp_id, uri)
 
 
 @contextlib.contextmanager
-def closing(run: Run) -> Iterator[Run]:
+def finishing(run: Run) -> Iterator[Run]:
     """Close ``run`` FINISHED when the block succeeds, FAILED (with the error as a tag) when it raises."""
     try:
         yield run
@@ -353,6 +401,40 @@ def closing(run: Run) -> Iterator[Run]:
         record_failure(run.client, run.run_id, e)
         raise
     run.client.set_terminated(run.run_id, status="FINISHED")
+
+
+# The MLflow name of each figure of a history row (:mod:`dirl.train.worker`): grouped by prefix, so that the UI
+# draws train/, val/ and perf/ as sections (val/IoU first among them); counts (``steps``) are not metrics.
+EPOCH_METRICS = {
+    "train_loss": "train/loss",
+    "val_loss": "val/loss",
+    "val_iou": "val/IoU",
+    "val_ap": "val/AP",
+    "val_f1": "val/F1",
+    "best_val_iou": "val/best_IoU",
+    "lr": "train/lr",
+    "images_per_s": "perf/img_per_s",
+    "epoch_s": "perf/epoch_s",
+    "step_s": "perf/step_s",
+    "epoch_cpu_s": "perf/epoch_cpu_s",
+}
+NOT_METRICS = ("epoch", "steps")
+
+
+def metric_name(key: str) -> str:
+    """The MLflow metric name of a history or summary figure: ``val_iou`` -> ``val/IoU``, ``loss_bce`` ->
+    ``train/loss_bce``, ``best_val_ap`` -> ``val/best_AP``, ``selected_val_iou`` -> ``val/selected_IoU``; a name
+    with a ``/`` is kept."""
+    if "/" in key or key in EPOCH_METRICS:
+        return EPOCH_METRICS.get(key, key)
+    if key.startswith("loss_"):
+        return f"train/{key}"
+    for kind in ("best", "selected"):
+        if key.startswith(f"{kind}_val_"):
+            base = EPOCH_METRICS.get(key[len(kind) + 1 :], "val/" + key[len(kind) + 5 :])
+            section, name = base.split("/", 1)
+            return f"{section}/{kind}_{name}"
+    return key
 
 
 class MlflowEpochLogger:
@@ -363,7 +445,7 @@ class MlflowEpochLogger:
 
         self.client = mlflow.MlflowClient(tracking_uri)
         self.run_id = run_id
-        logged = self.client.get_metric_history(run_id, "train_loss")
+        logged = self.client.get_metric_history(run_id, metric_name("train_loss"))
         self.logged_epochs = {int(m.step) for m in logged}
 
     def log_params(self, params: dict) -> None:
@@ -380,8 +462,11 @@ class MlflowEpochLogger:
         if epoch in self.logged_epochs:
             return False
         ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), ts, epoch) for k, v in row.items()
-                   if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
+        metrics = [
+            Metric(metric_name(k), float(v), ts, epoch)
+            for k, v in row.items()
+            if k not in NOT_METRICS and isinstance(v, (int, float)) and math.isfinite(v)
+        ]
         self.client.log_batch(self.run_id, metrics=metrics)  # one transaction: the whole epoch or nothing
         self.logged_epochs.add(epoch)
         return True
@@ -399,14 +484,15 @@ class MlflowEpochLogger:
         return n
 
 
-
 # ----------------------------------------------------------------------------- tune's child runs
 
 
 def trial_title(trial_id: str, values: dict[str, Any]) -> str:
     """A trial's run name in the MLflow runs table: ``trial 00001 lr=0.0012 weight_decay=0``."""
-    shown = " ".join(f"{k.split('.', 1)[-1]}={v:.2g}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}"
-                     for k, v in values.items())
+    shown = " ".join(
+        f"{k.split('.', 1)[-1]}={v:.2g}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}"
+        for k, v in values.items()
+    )
     return f"trial {trial_id.rsplit('_', 1)[-1]} {shown}".strip()
 
 
@@ -414,8 +500,16 @@ def error_text(e: BaseException) -> tuple[str, str]:
     """(one line: the innermost ``Type: message``, the full text) of an exception from a trial."""
     full = f"{type(e).__name__}: {e}"
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    short = next((ln for ln in reversed(lines) if ":" in ln and ln.split(":", 1)[0].replace(".", "").isidentifier()
-                  and ("Error" in ln.split(":", 1)[0] or "Exception" in ln.split(":", 1)[0])), None)
+    short = next(
+        (
+            ln
+            for ln in reversed(lines)
+            if ":" in ln
+            and ln.split(":", 1)[0].replace(".", "").isidentifier()
+            and ("Error" in ln.split(":", 1)[0] or "Exception" in ln.split(":", 1)[0])
+        ),
+        None,
+    )
     return (short or (f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__))[:500], full[:5000]
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from dirl.io import atomic_path
+from dirl.models import create_model
 
 FORMAT = "dirl-weights/1"
 
@@ -26,16 +27,28 @@ class WeightsError(RuntimeError):
     """A weights file that cannot be used; the message names the file and the fix."""
 
 
-def save_weights(path: str | os.PathLike, model: nn.Module, name: str, input_size: int,
-                 options: dict | None = None, metrics: dict | None = None, epoch: int | None = None) -> Path:
+def save_weights(
+    path: str | os.PathLike,
+    model: nn.Module,
+    name: str,
+    input_size: int,
+    options: dict | None = None,
+    metrics: dict | None = None,
+    epoch: int | None = None,
+) -> Path:
     """Write the weights file atomically (temp file beside it, fsync, then rename)."""
     path = Path(path)
     module = getattr(model, "module", model)  # unwrap DDP
     module = getattr(module, "_orig_mod", module)  # unwrap torch.compile
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     payload = {
-        "format": FORMAT, "model": name, "options": dict(options or {}), "input_size": int(input_size),
-        "state_dict": state, "metrics": dict(metrics or {}), "epoch": epoch,
+        "format": FORMAT,
+        "model": name,
+        "options": dict(options or {}),
+        "input_size": int(input_size),
+        "state_dict": state,
+        "metrics": dict(metrics or {}),
+        "epoch": epoch,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -61,8 +74,6 @@ def read_weights(path: str | os.PathLike) -> dict:
 
 def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model from a weights file; returns (model in eval mode, payload without tensors)."""
-    from dirl.models import create_model
-
     payload = read_weights(path)
     model = create_model(payload["model"], **payload.get("options", {}))
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)

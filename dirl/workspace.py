@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 RAW = Path("data/raw")
+RAW_INDEX = RAW / "index.json"  # what ingest brought in: {kind, root(s), subset, counts}
 DOWNLOADS = Path("data/.raw-downloads")
 SHARDS = Path("data/shards")
 SYNTH = Path("data/synth")
@@ -56,7 +57,7 @@ def state_root(start: str | os.PathLike | None = None) -> Path:
     parts = ws.parts
     n = len(DVC_TEMP)
     for i in range(len(parts) - n):
-        if parts[i:i + n] == DVC_TEMP:
+        if parts[i : i + n] == DVC_TEMP:
             return Path(*parts[:i])
     return ws
 
@@ -75,6 +76,8 @@ def shard_dirs(base: str | os.PathLike | None = None) -> list[Path]:
     dirs = [base / SHARDS, base / SYNTH]
     found = [d for d in dirs if (d / "manifest.json").is_file()]
     if not found:
-        raise FileNotFoundError(f"no shards in {dirs[0]} or {dirs[1]}: run the preprocess (and synth) stages "
-                                f"first (`dvc repro preprocess`), or pass data_dirs")
+        raise FileNotFoundError(
+            f"no shards in {dirs[0]} or {dirs[1]}: run the preprocess (and synth) stages "
+            f"first (`dvc repro preprocess`), or pass data_dirs"
+        )
     return found

@@ -238,20 +238,28 @@ else:
 ## 3. The experiments in MLflow
 
 Every training run (and every tuning trial, nested under its tuning run) logs its parameters, per-epoch metrics
-and files to the experiment `mlflow.experiment`; `evaluate` adds the test metrics (`test_IoU` ...) and the centred
-Gaussian prior's (`test_prior_IoU` ...) to the run of the model it evaluated. `make mlflow-ui` browses the same
-store at http://127.0.0.1:5000.
+and files to the experiment `mlflow.experiment` (metrics grouped as `train/`, `val/`, `perf/`); every evaluation
+is a run of its own (`stage` evaluate), tagged with the training run it evaluated (`dirl.train_run_id`), holding
+the test metrics (`test/IoU` ...) and the centred Gaussian prior's (`test/prior_IoU` ...). The table joins the
+pipeline's evaluation to its training run. `make mlflow-ui` prints the address of the experiment's runs view.
 """),
     code("""
 wanted = {
     "tags.mlflow.runName": "run", "tags.stage": "stage", "status": "status", "start_time": "started",
     "params.model.name": "model", "params.model.input_size": "input", "params.train.lr": "lr",
-    "params.train.weight_decay": "wd", "params.train.epochs": "epochs", "metrics.best_val_iou": "best val IoU",
-    "metrics.test_IoU": "test IoU", "metrics.test_prior_IoU": "prior IoU", "metrics.test_AP": "test AP",
+    "params.train.weight_decay": "wd", "params.train.epochs": "epochs", "metrics.val/best_IoU": "best val IoU",
+    "metrics.test/IoU": "test IoU", "metrics.test/prior_IoU": "prior IoU", "metrics.test/AP": "test AP",
     "run_id": "run_id",
 }
 all_runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], order_by=["start_time DESC"])
-runs = all_runs.reindex(columns=list(wanted)).rename(columns=wanted)  # a column absent from every run stays empty
+all_runs = all_runs.reindex(columns=sorted(set(all_runs.columns) | set(wanted) | {"tags.dirl.evaluation",
+                                                                                 "tags.dirl.train_run_id"}))
+evaluated = all_runs[all_runs["tags.dirl.evaluation"] == "pipeline"]  # newest first: one per training run
+evaluated = evaluated.drop_duplicates("tags.dirl.train_run_id").set_index("tags.dirl.train_run_id")
+trained = all_runs[all_runs["tags.stage"] != "evaluate"].copy()
+for col in ("metrics.test/IoU", "metrics.test/prior_IoU", "metrics.test/AP"):  # from the run's evaluation
+    trained[col] = trained["run_id"].map(evaluated[col])
+runs = trained.reindex(columns=list(wanted)).rename(columns=wanted)
 runs[["lr", "wd"]] = runs[["lr", "wd"]].apply(pd.to_numeric)  # params are logged as strings
 runs
 """, tag="runs"),
@@ -261,7 +269,7 @@ Validation IoU per epoch, one line per run that logged it (tuning trials usually
     code("""
 fig, ax = plt.subplots(figsize=(7, 3.5))
 for run_id, run_name in zip(runs["run_id"], runs["run"]):
-    history = sorted(client.get_metric_history(run_id, "val_iou"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(run_id, "val/IoU"), key=lambda m: m.step)
     if history:
         ax.plot([m.step for m in history], [m.value for m in history], "o-", label=str(run_name)[:40])
 ax.set_xlabel("epoch")
@@ -283,8 +291,8 @@ for alias, v in aliases.items():
     by_version.setdefault(str(v), []).append("@" + alias)
 registry = pd.DataFrame(
     [{"version": int(v.version), "aliases": " ".join(by_version.get(str(v.version), [])),
-      "model": v.tags.get("model"), "test IoU": v.tags.get("metric.test_IoU"),
-      "prior IoU": v.tags.get("metric.test_prior_IoU"), "run_id": v.run_id}
+      "model": v.tags.get("model"), "test IoU": v.tags.get("metric.test/IoU"),
+      "prior IoU": v.tags.get("metric.test/prior_IoU"), "run_id": v.run_id}
      for v in client.search_model_versions(f"name = '{name}'")],
     columns=["version", "aliases", "model", "test IoU", "prior IoU", "run_id"],
 )

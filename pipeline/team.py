@@ -46,9 +46,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-DEFAULTS = {"postgres_port": 15432, "s3_port": 9000, "mlflow_port": 5050, "bucket": "dirl-team",
-            "access_key": "dirl-team", "secret_key": "dirl-team-secret", "region": "us-east-1",
-            "db_user": "mlflow", "db_name": "mlflow"}
+DEFAULTS = {
+    "postgres_port": 15432,
+    "s3_port": 9000,
+    "mlflow_port": 5050,
+    "bucket": "dirl-team",
+    "access_key": "dirl-team",
+    "secret_key": "dirl-team-secret",
+    "region": "us-east-1",
+    "db_user": "mlflow",
+    "db_name": "mlflow",
+}
 SERVICES = ("postgres", "s3", "mlflow")  # start order; stopped in reverse
 TIMEOUTS = {"postgres": 60.0, "s3": 60.0, "mlflow": 240.0}
 
@@ -146,15 +154,23 @@ def spawn(state: State, service: str, cmd: list[str], env: dict, user: str | Non
     logf = state.log_file(service)
     logf.parent.mkdir(parents=True, exist_ok=True)
     state.pid_file(service).parent.mkdir(parents=True, exist_ok=True)
-    extra = {}
+    extra: dict = {}
     if user:
         pw = pwd.getpwnam(user)
         extra = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
     with open(logf, "ab") as out:
         out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, close_fds=True, **extra)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+            **extra,
+        )
     st = None
     for _ in range(100):
         st = _start_time(proc.pid)
@@ -229,8 +245,10 @@ def pg_bin(name: str) -> str:
     for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (d / name).is_file():
             return str(d / name)
-    raise TeamError(f"PostgreSQL's `{name}` was not found (PATH, /usr/lib/postgresql/*/bin): install the OS package "
-                    f"(`apt-get install postgresql`), or use docker-compose.yml")
+    raise TeamError(
+        f"PostgreSQL's `{name}` was not found (PATH, /usr/lib/postgresql/*/bin): install the OS package "
+        f"(`apt-get install postgresql`), or use docker-compose.yml"
+    )
 
 
 def pg_user() -> str | None:
@@ -269,8 +287,10 @@ def urls(conf: dict) -> dict:
         "s3": f"http://{HOST}:{conf['s3_port']}",
         "mlflow": f"http://{HOST}:{conf['mlflow_port']}",
         # the driver named: SQLAlchemy 2.1's default for postgresql:// is psycopg 3, the team extra has psycopg2
-        "backend": (f"postgresql+psycopg2://{conf['db_user']}:{conf['db_password']}@{HOST}:{conf['postgres_port']}/"
-                    f"{conf['db_name']}"),
+        "backend": (
+            f"postgresql+psycopg2://{conf['db_user']}:{conf['db_password']}@{HOST}:{conf['postgres_port']}/"
+            f"{conf['db_name']}"
+        ),
     }
 
 
@@ -304,8 +324,14 @@ def _base_env() -> dict[str, str]:
 def pg_connect(conf: dict, dbname: str = "postgres"):
     import psycopg2
 
-    return psycopg2.connect(host=HOST, port=conf["postgres_port"], user=conf["db_user"],
-                            password=conf["db_password"], dbname=dbname, connect_timeout=3)
+    return psycopg2.connect(
+        host=HOST,
+        port=conf["postgres_port"],
+        user=conf["db_user"],
+        password=conf["db_password"],
+        dbname=dbname,
+        connect_timeout=3,
+    )
 
 
 def pg_healthy(conf: dict, dbname: str = "postgres") -> bool:
@@ -335,21 +361,49 @@ def start_postgres(state: State, conf: dict) -> None:
             os.chown(pwfile, pw.pw_uid, pw.pw_gid)
             if subprocess.run(["test", "-w", str(data)], user=pw.pw_uid, group=pw.pw_gid).returncode != 0:
                 pwfile.unlink()
-                raise TeamError(f"PostgreSQL runs as {user!r} (we are root) and cannot reach {data}: a parent folder "
-                                f"is closed to other users; pass --state-dir in a folder it can enter")
+                raise TeamError(
+                    f"PostgreSQL runs as {user!r} (we are root) and cannot reach {data}: a parent folder "
+                    f"is closed to other users; pass --state-dir in a folder it can enter"
+                )
         os.chmod(data, 0o700)
         os.chmod(pwfile, 0o600)
         log(f"initdb {data}")
-        cmd = [pg_bin("initdb"), "-D", str(data), "-U", conf["db_user"], f"--pwfile={pwfile}",
-               "--auth=scram-sha-256", "-E", "UTF8", "--no-locale"]
-        pw = pwd.getpwnam(user) if user else None
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd="/",
-                           **({"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []} if pw else {}))
+        cmd = [
+            pg_bin("initdb"),
+            "-D",
+            str(data),
+            "-U",
+            conf["db_user"],
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ]
+        account = pwd.getpwnam(user) if user else None
+        r = subprocess.run(  # type: ignore[call-overload]  # user/group as keyword arguments from a dict
+            cmd,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            **({"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}),
+        )
         pwfile.unlink(missing_ok=True)
         if r.returncode != 0:
             raise TeamError(f"initdb failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    cmd = [pg_bin("postgres"), "-D", str(data), "-p", str(conf["postgres_port"]),
-           "-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories=", "-c", "max_connections=50"]
+    cmd = [
+        pg_bin("postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(conf["postgres_port"]),
+        "-c",
+        f"listen_addresses={HOST}",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "max_connections=50",
+    ]
     spawn(state, "postgres", cmd, _base_env(), user=user)
 
 
@@ -374,8 +428,13 @@ def start_s3(state: State, conf: dict) -> None:
 def ensure_bucket(conf: dict) -> None:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=urls(conf)["s3"], aws_access_key_id=conf["access_key"],
-                      aws_secret_access_key=conf["secret_key"], region_name=conf["region"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=urls(conf)["s3"],
+        aws_access_key_id=conf["access_key"],
+        aws_secret_access_key=conf["secret_key"],
+        region_name=conf["region"],
+    )
     names = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if conf["bucket"] not in names:
         s3.create_bucket(Bucket=conf["bucket"])
@@ -384,13 +443,26 @@ def ensure_bucket(conf: dict) -> None:
 
 def start_mlflow(state: State, conf: dict) -> None:
     u = urls(conf)
-    env = {**_base_env(), **client_env(conf), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **_base_env(),
+        **client_env(conf),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     env.pop("MLFLOW_TRACKING_URI")
     env["MLFLOW_BACKEND_STORE_URI"] = u["backend"]  # = --backend-store-uri, without the password in `ps`
-    cmd = [venv_bin("mlflow"), "server",
-           "--artifacts-destination", f"s3://{conf['bucket']}/mlartifacts",
-           "--host", HOST, "--port", str(conf["mlflow_port"]), "--workers", "1"]
+    cmd = [
+        venv_bin("mlflow"),
+        "server",
+        "--artifacts-destination",
+        f"s3://{conf['bucket']}/mlartifacts",
+        "--host",
+        HOST,
+        "--port",
+        str(conf["mlflow_port"]),
+        "--workers",
+        "1",
+    ]
     spawn(state, "mlflow", cmd, env)
 
 
@@ -410,11 +482,15 @@ def wait_healthy(state: State, service: str, conf: dict) -> float:
         if healthy(service, conf):
             return time.monotonic() - t0
         if alive(state, service) is None:
-            raise TeamError(f"{service} exited while starting; the end of {state.log_file(service)}:\n"
-                            + tail(state.log_file(service)))
+            raise TeamError(
+                f"{service} exited while starting; the end of {state.log_file(service)}:\n"
+                + tail(state.log_file(service))
+            )
         time.sleep(0.25)
-    raise TeamError(f"{service} not healthy after {TIMEOUTS[service]:.0f} s; the end of "
-                    f"{state.log_file(service)}:\n" + tail(state.log_file(service)))
+    raise TeamError(
+        f"{service} not healthy after {TIMEOUTS[service]:.0f} s; the end of "
+        f"{state.log_file(service)}:\n" + tail(state.log_file(service))
+    )
 
 
 def tail(path: Path, n: int = 30) -> str:
@@ -439,7 +515,7 @@ def resolve_conf(state: State, args) -> dict:
     if "pg_data" not in conf and pg_user():
         # PostgreSQL runs as another user: its data dir must be in a folder that user can enter
         probe = state.dir
-        pw = pwd.getpwnam(pg_user())
+        pw = pwd.getpwnam(pg_user() or "")
         state.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state.dir, 0o755)
         if subprocess.run(["test", "-x", str(probe)], user=pw.pw_uid, group=pw.pw_gid).returncode != 0:
@@ -457,8 +533,10 @@ def cmd_up(args) -> int:
     conf = resolve_conf(state, args)
     state.save(conf)
     if args.fresh_s3_warning and (pg_data_dir(state, conf) / "PG_VERSION").is_file() and alive(state, "s3") is None:
-        log("note: the database keeps the runs of an earlier `up`, but the S3 server starts empty (moto keeps its "
-            "objects in memory): their artifacts are gone; `down --purge` for a clean slate")
+        log(
+            "note: the database keeps the runs of an earlier `up`, but the S3 server starts empty (moto keeps its "
+            "objects in memory): their artifacts are gone; `down --purge` for a clean slate"
+        )
     starters = {"postgres": start_postgres, "s3": start_s3, "mlflow": start_mlflow}
     port_of = {"postgres": "postgres_port", "s3": "s3_port", "mlflow": "mlflow_port"}
     t_all = time.monotonic()
@@ -472,8 +550,10 @@ def cmd_up(args) -> int:
             else:
                 port = conf[port_of[service]]
                 if not port_free(port):
-                    raise TeamError(f"{service}: port {HOST}:{port} is taken by another program; pass "
-                                    f"--{port_of[service].replace('_', '-')} N (0 = any free port)")
+                    raise TeamError(
+                        f"{service}: port {HOST}:{port} is taken by another program; pass "
+                        f"--{port_of[service].replace('_', '-')} N (0 = any free port)"
+                    )
                 starters[service](state, conf)
             took = wait_healthy(state, service, conf)
             log(f"{service}: healthy in {took:.1f} s (pid {alive(state, service)}, port {conf[port_of[service]]})")
@@ -559,12 +639,17 @@ def cmd_env(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="pipeline/team.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="pipeline/team.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n", 1)[0] + "\n\n" + __doc__.split("\n\n", 1)[1],
-        epilog="Typical use:  eval \"$(python pipeline/team.py up)\"; dvc repro ...; python pipeline/team.py down\n"
-               "or: make team-up / make team-down (then `source .team/team.env`)")
-    ap.add_argument("--state-dir", default=os.environ.get("DIRL_TEAM_DIR", str(ROOT / ".team")),
-                    help="pid files, logs, ports and keys, the database (default: $DIRL_TEAM_DIR or %(default)s)")
+        epilog='Typical use:  eval "$(python pipeline/team.py up)"; dvc repro ...; python pipeline/team.py down\n'
+        "or: make team-up / make team-down (then `source .team/team.env`)",
+    )
+    ap.add_argument(
+        "--state-dir",
+        default=os.environ.get("DIRL_TEAM_DIR", str(ROOT / ".team")),
+        help="pid files, logs, ports and keys, the database (default: $DIRL_TEAM_DIR or %(default)s)",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the stack (or what of it is down), wait until healthy, print the exports")
     up.add_argument("--postgres-port", type=int, help=f"default {DEFAULTS['postgres_port']} (0 = any free port)")
@@ -580,7 +665,7 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="pid, alive and healthy per service; exit 1 unless all are healthy")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
-    env = sub.add_parser("env", help="print the exports (`eval \"$(python pipeline/team.py env)\"`)")
+    env = sub.add_parser("env", help='print the exports (`eval "$(python pipeline/team.py env)"`)')
     env.add_argument("--json", action="store_true", help="a JSON object instead of shell exports")
     env.set_defaults(func=cmd_env)
     return ap

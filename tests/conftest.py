@@ -27,8 +27,9 @@ def shared_data() -> Path:
     """``../shared/data`` beside the checkout (or $DIRL_SHARED_DATA); skips the test when it is absent."""
     path = shared_data_dir()
     if path is None:
-        pytest.skip(f"real data folder {shared_data_path()} (../shared/data or $DIRL_SHARED_DATA) is absent in this "
-                    "checkout")
+        pytest.skip(
+            f"real data folder {shared_data_path()} (../shared/data or $DIRL_SHARED_DATA) is absent in this checkout"
+        )
     return path
 
 
@@ -108,5 +109,7 @@ def hostile_tally(pytestconfig) -> dict:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     t = config.stash.get(HOSTILE, None)
     if t:
-        terminalreporter.write_line(f"hostile inputs: tried {t['tried']} / reported by name {t['reported']} / "
-                                    f"good items kept {t['kept']} of {t['good']} / lost {t['lost']}")
+        terminalreporter.write_line(
+            f"hostile inputs: tried {t['tried']} / reported by name {t['reported']} / "
+            f"good items kept {t['kept']} of {t['good']} / lost {t['lost']}"
+        )

@@ -20,13 +20,14 @@ import pytest
 import yaml
 
 from helpers.paths import PARAMS, ROOT
+
 CLUSTER = ROOT / "pipeline" / "cluster"
 LOCAL_SH = CLUSTER / "local.sh"
 RUN_SH = CLUSTER / "run-pipeline.sh"
 VENV_BIN = Path(sys.executable).parent
 
 # Paths of the repository that a cluster node must receive.
-NEEDED = ["dirl/data", "pipeline/stages.py", "params.yaml", "dvc.yaml", "pyproject.toml", ".git", ".dvc/config"]
+NEEDED = ["dirl/data", "dirl/stages", "params.yaml", "dvc.yaml", "pyproject.toml", ".git", ".dvc/config"]
 
 
 def _ray_schema() -> dict:
@@ -116,13 +117,19 @@ def test_ray_up_installs_the_project_and_passes_storage_and_mlflow():
     storage = env["DIRL_STORAGE_PATH"]
     assert storage.startswith("/") or "://" in storage
     if storage.startswith("/"):  # a path must lie on a volume shared by all nodes
-        assert any(storage.startswith(c.rstrip("/") + "/") for c in _docker_volumes(cfg)), (storage, _docker_volumes(cfg))
+        assert any(storage.startswith(c.rstrip("/") + "/") for c in _docker_volumes(cfg)), (
+            storage,
+            _docker_volumes(cfg),
+        )
     assert re.match(r"https?://[^/]+", env["MLFLOW_TRACKING_URI"])
     assert env.get("RAY_AUTH_MODE") == "token"
 
     # A GPU worker type that the cluster starts with, and a head that the workers join.
-    gpu_types = [t for k, t in cfg["available_node_types"].items()
-                 if k != cfg["head_node_type"] and re.match(r"(g|p)\d", t["node_config"]["InstanceType"])]
+    gpu_types = [
+        t
+        for k, t in cfg["available_node_types"].items()
+        if k != cfg["head_node_type"] and re.match(r"(g|p)\d", t["node_config"]["InstanceType"])
+    ]
     assert gpu_types and gpu_types[0]["min_workers"] >= 1
     assert sum(t.get("max_workers", 0) for t in cfg["available_node_types"].values()) <= cfg["max_workers"]
     assert any("--head" in c for c in cfg["head_start_ray_commands"])
@@ -166,7 +173,9 @@ def test_kuberay_cluster_spec_is_complete(kind):
         params = group["rayStartParams"]  # KubeRay's map[string]string: numbers must be quoted
         assert isinstance(params, dict) and all(isinstance(v, str) for v in params.values()), (name, params)
         pod = group["template"]["spec"]
-        claim_volumes = {v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == pvc}
+        claim_volumes = {
+            v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == pvc
+        }
         assert claim_volumes, f"{kind} group {name}: no volume of PVC {pvc}"
         for c in pod["containers"]:
             assert c["image"], (name, c)
@@ -184,8 +193,11 @@ def test_kuberay_cluster_spec_is_complete(kind):
 def test_kuberay_cluster_and_job_run_the_same_image_and_settings():
     def shape(spec):
         groups = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
-        return [(c["image"], sorted((e["name"], e.get("value")) for e in c["env"]))
-                for g in groups for c in g["template"]["spec"]["containers"]]
+        return [
+            (c["image"], sorted((e["name"], e.get("value")) for e in c["env"]))
+            for g in groups
+            for c in g["template"]["spec"]["containers"]
+        ]
 
     specs = _cluster_specs()
     assert shape(specs["RayCluster"]) == shape(specs["RayJob"])
@@ -198,15 +210,16 @@ def test_kuberay_job_entrypoint_runs_a_real_command_with_valid_overrides():
     # The image copies the repository to /app (pipeline/cluster/Dockerfile).
     assert script.startswith("/app/") and (ROOT / script.removeprefix("/app/")).is_file(), script
     assert "COPY --chown=ray:users . /app" in (CLUSTER / "Dockerfile").read_text()
-    extra = args[args.index("--") + 1:]
+    extra = args[args.index("--") + 1 :]
     overrides = _check_overrides(extra)
     assert overrides["cluster.use_gpu"] is True
 
     # What the script runs, with the environment of the pods.
     env = next(c for c in _cluster_specs()["RayJob"]["headGroupSpec"]["template"]["spec"]["containers"])["env"]
     env = {**os.environ, **{e["name"]: e["value"] for e in env}}
-    out = subprocess.run(["bash", str(RUN_SH), "--dry-run", "--", *extra], env=env,
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--dry-run", "--", *extra], env=env, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     cmd = shlex.split(out.stdout.splitlines()[-1])
     assert cmd[:3] == ["dvc", "exp", "run"]
@@ -223,11 +236,17 @@ def test_kuberay_job_entrypoint_runs_a_real_command_with_valid_overrides():
 
 def test_run_pipeline_refuses_to_run_without_shared_storage(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DIRL_STORAGE_PATH", "MLFLOW_TRACKING_URI")}
-    out = subprocess.run(["bash", str(RUN_SH), "--workspace", str(tmp_path / "ws")], env=env,
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--workspace", str(tmp_path / "ws")], env=env, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 2 and "DIRL_STORAGE_PATH" in out.stderr
-    out = subprocess.run(["bash", str(RUN_SH), "--dry-run"], env={**env, "DIRL_STORAGE_PATH": "relative/dir",
-                         "MLFLOW_TRACKING_URI": "http://m:5000"}, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--dry-run"],
+        env={**env, "DIRL_STORAGE_PATH": "relative/dir", "MLFLOW_TRACKING_URI": "http://m:5000"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and "absolute path or a URI" in out.stderr
     assert not (tmp_path / "ws").exists()
 
@@ -235,8 +254,9 @@ def test_run_pipeline_refuses_to_run_without_shared_storage(tmp_path):
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="the checkout has no .git to seed a workspace from")
 def test_run_pipeline_seeds_the_workspace_once_without_local_outputs(tmp_path):
     ws = tmp_path / "shared" / "workspace"
-    out = subprocess.run(["bash", str(RUN_SH), "--workspace", str(ws), "--seed-only"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--workspace", str(ws), "--seed-only"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     for needed in ["params.yaml", "dvc.yaml", ".git/HEAD", "dirl/data/__init__.py", "pipeline/cluster/run-pipeline.sh"]:
         assert (ws / needed).exists(), needed
@@ -244,8 +264,9 @@ def test_run_pipeline_seeds_the_workspace_once_without_local_outputs(tmp_path):
         assert not (ws / left_out).exists(), left_out
     # A second run keeps the workspace as it is (its params and outputs belong to the experiments).
     (ws / "params.yaml").write_text("edited: true\n")
-    out = subprocess.run(["bash", str(RUN_SH), "--workspace", str(ws), "--seed-only"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["bash", str(RUN_SH), "--workspace", str(ws), "--seed-only"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and (ws / "params.yaml").read_text() == "edited: true\n"
 
 
@@ -278,7 +299,7 @@ def _env_file(path: Path) -> dict[str, str]:
     env = {}
     for line in path.read_text().splitlines():
         if line.startswith("export "):
-            key, value = line[len("export "):].split("=", 1)
+            key, value = line[len("export ") :].split("=", 1)
             env[key] = value
     return env
 
@@ -300,8 +321,14 @@ def _survivors(pgids: list[int], temp_dir: str) -> list[str]:
     """Live processes in the nodes' process groups, or naming the cluster's Ray temp folder."""
     out = subprocess.run(["ps", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 3) for line in out.splitlines()]
-    return [" ".join(r) for r in rows if len(r) == 4 and not r[2].startswith("Z")
-            and (int(r[1]) in pgids or temp_dir in r[3]) and "ps -eo" not in r[3]]
+    return [
+        " ".join(r)
+        for r in rows
+        if len(r) == 4
+        and not r[2].startswith("Z")
+        and (int(r[1]) in pgids or temp_dir in r[3])
+        and "ps -eo" not in r[3]
+    ]
 
 
 def _http_status(url: str, token: str | None) -> int:
@@ -318,7 +345,7 @@ import json, sys
 from pathlib import Path
 from dirl.config import load_config
 from dirl.data.toy import toy_shards
-from dirl.train.trainer import train
+from dirl.stages.train import run as train
 tmp, storage = Path(sys.argv[1]), sys.argv[2]
 data = toy_shards(tmp / "toy", n_train=16, n_val=4, size=32)
 cfg = load_config("params.yaml", overrides={
@@ -358,8 +385,13 @@ def test_local_cluster_spreads_torch_trainer_over_two_nodes(tmp_path):
         assert _http_status(jobs, None) == 401 and _http_status(jobs, token) == 200
 
         t1 = time.perf_counter()
-        run = subprocess.run([sys.executable, str(CLUSTER / "smoke.py"), "--workers", "2"],
-                             env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            [sys.executable, str(CLUSTER / "smoke.py"), "--workers", "2"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         smoke_s = time.perf_counter() - t1
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         res = json.loads(run.stdout.strip().splitlines()[-1])
@@ -372,8 +404,14 @@ def test_local_cluster_spreads_torch_trainer_over_two_nodes(tmp_path):
         assert json.loads((ckpt / "nodes.json").read_text()) == res["node_ids"]
 
         # The pipeline's own training: `train()` with 2 workers, one per node, checkpoints on shared storage.
-        run = subprocess.run([sys.executable, "-c", TRAIN_ON_CLUSTER, str(tmp_path), str(storage)],
-                             env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        run = subprocess.run(
+            [sys.executable, "-c", TRAIN_ON_CLUSTER, str(tmp_path), str(storage)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         status = [json.loads(p.read_text()) for p in sorted((tmp_path / "status").glob("rank-*.json"))]
         assert len(status) == 2 and len({s["node_id"] for s in status}) == 2, status
@@ -382,8 +420,11 @@ def test_local_cluster_spreads_torch_trainer_over_two_nodes(tmp_path):
         assert storage in Path(result["checkpoint"]).parents and Path(result["checkpoint"]).is_dir()
 
         pids, other_pids = _node_pids(state), _node_pids(other)
-        temp_dir = next(line.split("=", 1)[1] for line in (state / "cluster.info").read_text().splitlines()
-                        if line.startswith("temp_dir="))
+        temp_dir = next(
+            line.split("=", 1)[1]
+            for line in (state / "cluster.info").read_text().splitlines()
+            if line.startswith("temp_dir=")
+        )
         t2 = time.perf_counter()
         out = _local("stop", state=state)
         stop_s = time.perf_counter() - t2

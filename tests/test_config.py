@@ -76,11 +76,12 @@ def test_missing_file_names_it(tmp_path):
 
 
 def test_every_profile_is_a_valid_overlay(params_path):
-    """Each profile holds only keys of params.yaml, each with a value that differs from it."""
+    """Each profile holds only keys of params.yaml, each with a value that differs from it; the iHarmony4 recipes
+    pin every value of the recipe instead, so that a changed default never changes them silently."""
     from dirl.config import profile_overrides
 
     profiles = sorted((params_path.parent / "params").glob("*.yaml"))
-    assert {p.stem for p in profiles} >= {"smoke", "photos-cpu", "iharmony4-gpu"}
+    assert {p.stem for p in profiles} >= {"smoke", "photos-cpu", "iharmony4-reference", "iharmony4-search"}
     base = load_config(params_path).to_dict()
     for p in profiles:
         cfg = load_config(params_path, profile=p).to_dict()
@@ -89,7 +90,8 @@ def test_every_profile_is_a_valid_overlay(params_path):
             node = base[section]
             for part in name.split("."):
                 node = node[part]
-            assert node != value, f"{p.name}: {key} = {value!r} is params.yaml's value already: drop it"
+            pinned = p.stem.startswith("iharmony4-")
+            assert pinned or node != value, f"{p.name}: {key} = {value!r} is params.yaml's value already: drop it"
         assert cfg != base
 
 
@@ -138,12 +140,25 @@ def test_duplicate_key_names_both_lines(tmp_path):
 
 
 def test_in_code_dicts_may_stay_partial_and_good_values_pass():
-    cfg = config_from_dict({"train": {"batch_size": 12, "betas": [0.0, 0.5]},
-                            "cluster": {"num_workers": 4, "min_workers": 2},
-                            "mlflow": {"tracking_uri": "postgresql+psycopg2://u@db/mlflow"}})
+    cfg = config_from_dict(
+        {
+            "train": {"batch_size": 12, "betas": [0.0, 0.5]},
+            "cluster": {"num_workers": 4, "min_workers": 2},
+            "mlflow": {"tracking_uri": "postgresql+psycopg2://u@db/mlflow"},
+        }
+    )
     assert cfg.train.batch_size == 12 and cfg.mlflow.tracking_uri.startswith("postgresql")
-    for uri in ("", "file:///tmp/mlruns", "sqlite:///m.db", "http://h:5000", "https://h", "databricks",
-                "databricks://profile", "mysql://u@h/db", "mssql://u@h/db"):
+    for uri in (
+        "",
+        "file:///tmp/mlruns",
+        "sqlite:///m.db",
+        "http://h:5000",
+        "https://h",
+        "databricks",
+        "databricks://profile",
+        "mysql://u@h/db",
+        "mssql://u@h/db",
+    ):
         assert config_from_dict({"mlflow": {"tracking_uri": uri}}).mlflow.tracking_uri == uri
     with pytest.raises(ConfigError, match="train.lr"):
         config_from_dict({"train": {"lr": float("nan")}})

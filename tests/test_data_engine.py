@@ -65,8 +65,11 @@ def test_resolve_engine_from_config():
 def test_local_ordered_map_keeps_input_order_and_runs_the_initializer(workers):
     chunks = _chunks(30)
     stats = MapStats()
-    out = list(ordered_map(_square, iter(chunks), "local", args=(3,), workers=workers, initializer=_init,
-                           initargs=(1000,), stats=stats))
+    out = list(
+        ordered_map(
+            _square, iter(chunks), "local", args=(3,), workers=workers, initializer=_init, initargs=(1000,), stats=stats
+        )
+    )
     assert [c for c, _ in out] == chunks  # the chunk that was sent, with its result
     rows = [r for _, res in out for r in res]
     assert [(x, y) for x, y, _ in rows] == [(x, 3 * x * x + 1000) for x in range(30)]
@@ -104,11 +107,24 @@ def test_local_ordered_map_bad_items_come_back_as_results(tmp_path):
     cv2.imwrite(str(tmp_path / "good.jpg"), img)
     cv2.imwrite(str(tmp_path / "m.png"), mask)
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
-    items = [_as_dict({"id": f"i{k}", "subset": "u", "split": "train", "mask": str(tmp_path / "m.png"),
-                       "composite": str(tmp_path / ("bad.jpg" if k in (3, 9) else "good.jpg"))}) for k in range(12)]
-    chunks = [items[i:i + 4] for i in range(0, 12, 4)]
-    out = [(it, res) for chunk, results in ordered_map(_process_chunk, chunks, "local", args=(32, 90, True, True),
-                                                       workers=2) for it, res in zip(chunk, results)]
+    items = [
+        _as_dict(
+            {
+                "id": f"i{k}",
+                "subset": "u",
+                "split": "train",
+                "mask": str(tmp_path / "m.png"),
+                "composite": str(tmp_path / ("bad.jpg" if k in (3, 9) else "good.jpg")),
+            }
+        )
+        for k in range(12)
+    ]
+    chunks = [items[i : i + 4] for i in range(0, 12, 4)]
+    out = [
+        (it, res)
+        for chunk, results in ordered_map(_process_chunk, chunks, "local", args=(32, 90, True, True), workers=2)
+        for it, res in zip(chunk, results)
+    ]
     assert [it["id"] for it, _ in out] == [f"i{k}" for k in range(12)]
     bad = {it["id"]: problems for it, (row, problems, _) in out if row is None}
     assert set(bad) == {"i3", "i9"} and all("bad.jpg" in p[0] for p in bad.values())
@@ -116,10 +132,10 @@ def test_local_ordered_map_bad_items_come_back_as_results(tmp_path):
 
 def test_write_shards_engine_local_matches_default(tmp_path):
     """``engine=`` (a Config resolving to local) gives the same shard bytes as the default call."""
+    import cv2
+
     from dirl.data.preprocess import write_shards
     from dirl.data.shards import read_manifest
-
-    import cv2
 
     rng = np.random.default_rng(0)
     items = []
@@ -128,10 +144,17 @@ def test_write_shards_engine_local_matches_default(tmp_path):
         p.parent.mkdir(exist_ok=True)
         cv2.imwrite(str(p), rng.integers(0, 255, (48, 64, 3), np.uint8))
         m = np.zeros((48, 64), np.uint8)
-        m[5:5 + k % 30 + 3, 8:40] = 255
+        m[5 : 5 + k % 30 + 3, 8:40] = 255
         cv2.imwrite(str(tmp_path / "src" / f"{k}-m.png"), m)
-        items.append({"id": f"x{k}", "subset": "u", "split": "train", "composite": str(p),
-                      "mask": str(tmp_path / "src" / f"{k}-m.png")})
+        items.append(
+            {
+                "id": f"x{k}",
+                "subset": "u",
+                "split": "train",
+                "composite": str(p),
+                "mask": str(tmp_path / "src" / f"{k}-m.png"),
+            }
+        )
     a = write_shards(items, tmp_path / "a", 32, workers=1, progress=False)
     b = write_shards(items, tmp_path / "b", 32, workers=2, progress=False, engine=config_from_dict({}))
     assert a["dataset_hash"] == b["dataset_hash"] == read_manifest(tmp_path / "b")["dataset_hash"]
@@ -143,18 +166,30 @@ def test_write_shards_engine_local_matches_default(tmp_path):
 def _local_sh(*args: str, state: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env["DIRL_PYTHON"] = sys.executable
-    return subprocess.run(["bash", str(LOCAL_SH), "--state-dir", str(state), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        ["bash", str(LOCAL_SH), "--state-dir", str(state), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def _env_file(path: Path) -> dict[str, str]:
-    return dict(line[len("export "):].split("=", 1) for line in path.read_text().splitlines()
-                if line.startswith("export "))
+    return dict(
+        line[len("export ") :].split("=", 1) for line in path.read_text().splitlines() if line.startswith("export ")
+    )
 
 
 def _dirl(ws: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, "-m", "dirl.cli", *args], cwd=ws, capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
+    run = subprocess.run(
+        [sys.executable, "-m", "dirl.cli", *args],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TQDM_DISABLE": "1", **(env or {})},
+    )
     assert run.returncode == 0, f"dirl {' '.join(args)}:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     return run
 
@@ -229,8 +264,9 @@ def test_ray_engine_writes_the_same_rows_as_the_local_engine(tmp_path):
         env = _env_file(state / "cluster.env")
         on_ray = ["--set", "cluster.data_engine=ray", "--set", f"cluster.address={env['RAY_ADDRESS']}"]
         runs = [_dirl(ws, "data", stage, *on_ray, env=env) for stage in ("preprocess", "synthesize")]
-        nodes = subprocess.run([sys.executable, "-c", WORKER_NODES], env={**os.environ, **env}, capture_output=True,
-                               text=True, timeout=180)
+        nodes = subprocess.run(
+            [sys.executable, "-c", WORKER_NODES], env={**os.environ, **env}, capture_output=True, text=True, timeout=180
+        )
         assert nodes.returncode == 0, nodes.stderr[-3000:]
         nodes = json.loads(nodes.stdout.strip().splitlines()[-1])
     finally:
@@ -254,5 +290,6 @@ def test_ray_engine_writes_the_same_rows_as_the_local_engine(tmp_path):
         assert sorted(p.name for p in (local / sub).iterdir()) == sorted(p.name for p in (ws / sub).iterdir())
     assert (local / "data/shards/issues.json").read_text() == (ws / "data/shards/issues.json").read_text()
     for stage in ("preprocess", "synthesize"):
-        assert (json.loads((local / "results" / stage / "issues.json").read_text())
-                == json.loads((ws / "results" / stage / "issues.json").read_text())), stage
+        assert json.loads((local / "results" / stage / "issues.json").read_text()) == json.loads(
+            (ws / "results" / stage / "issues.json").read_text()
+        ), stage

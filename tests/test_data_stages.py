@@ -86,8 +86,16 @@ def test_photos_source_from_shared_coco128(workspace, shared_data):
     # one corrupt image must be reported, not fatal
     victim = sorted((src / "images").iterdir())[0]
     victim.write_bytes(b"not a jpeg")
-    _run("data", "ingest", "--set", "data.source=photos", "--set", f"data.photos_dir={src}",
-         "--set", "data.max_bad_fraction=0.1")
+    _run(
+        "data",
+        "ingest",
+        "--set",
+        "data.source=photos",
+        "--set",
+        f"data.photos_dir={src}",
+        "--set",
+        "data.max_bad_fraction=0.1",
+    )
     issues = json.loads((workspace / "results/ingest/issues.json").read_text())
     assert any(victim.stem in i["item"] or victim.name in i["reason"] for i in issues["issues"])
     _run("data", "preprocess", "--set", "data.source=photos", "--set", f"data.photos_dir={src}")
@@ -95,12 +103,26 @@ def test_photos_source_from_shared_coco128(workspace, shared_data):
 
 
 def test_iharmony4_extracted_dir(workspace, shared_data):
-    _run("data", "ingest", "--set", "data.source=iharmony4",
-         "--set", f"data.iharmony4.extracted_dir={shared_data / 'ihd_dev'}")
+    _run(
+        "data",
+        "ingest",
+        "--set",
+        "data.source=iharmony4",
+        "--set",
+        f"data.iharmony4.extracted_dir={shared_data / 'ihd_dev'}",
+    )
     summary = json.loads((workspace / "results/ingest/summary.json").read_text())
     assert summary["items"] == 31
-    _run("data", "preprocess", "--set", "data.source=iharmony4", "--set", "data.iharmony4.split=computed",
-         "--set", f"data.iharmony4.extracted_dir={shared_data / 'ihd_dev'}")
+    _run(
+        "data",
+        "preprocess",
+        "--set",
+        "data.source=iharmony4",
+        "--set",
+        "data.iharmony4.split=computed",
+        "--set",
+        f"data.iharmony4.extracted_dir={shared_data / 'ihd_dev'}",
+    )
     table = read_table(workspace / "data/shards")
     assert set(table.column("source").to_pylist()) == {"composite"}
     # the computed le50 filter drops the two HFlickr composites whose masks cover > 50 %
@@ -120,15 +142,15 @@ def test_verify_with_nothing_to_verify_fails(workspace, capsys):
 STAGE_SCRIPT = """
 import os, pathlib, sys, time
 from dirl.config import load_config
-from dirl.data import build
+from dirl.stages import ingest
 if os.environ.get("PAUSE_AT"):  # the new output is complete but not yet swapped in: a kill lands here
-    real = build.swap_in
+    real = ingest.swap_in
     def paused(new, out):
         pathlib.Path(os.environ["PAUSE_AT"]).write_text(str(new))
         time.sleep(300)
         real(new, out)
-    build.swap_in = paused
-build.ingest(load_config("params.yaml"))
+    ingest.swap_in = paused
+ingest.run(load_config("params.yaml"))
 """
 
 
@@ -164,8 +186,15 @@ def test_stage_killed_under_dvc_repro_keeps_its_previous_output(tmp_path):
     for stage, out in (("ingest", "data/raw"), ("preprocess", "data/shards"), ("synthesize", "data/synth")):
         assert {out: {"persist": True}} in real[stage]["outs"], f"{stage}: {out} must be persist: true"
     dvc = [sys.executable, "-m", "dvc"]
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT), "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(ROOT),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     env.pop("PAUSE_AT", None)
 
     def run(*cmd, **kw):
@@ -178,9 +207,20 @@ def test_stage_killed_under_dvc_repro_keeps_its_previous_output(tmp_path):
     params["cluster"]["data_workers"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "stage.py").write_text(STAGE_SCRIPT)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ingest": {
-        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py", "photos"], "params": ["data"],
-        "outs": real["ingest"]["outs"]}}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "ingest": {
+                        "cmd": f"{sys.executable} stage.py",
+                        "deps": ["stage.py", "photos"],
+                        "params": ["data"],
+                        "outs": real["ingest"]["outs"],
+                    }
+                }
+            }
+        )
+    )
     _photo_folder(tmp_path / "photos", 3, seed=0)
     run(*dvc, "repro", "-q")
     first = _tree(tmp_path / "data" / "raw")
@@ -190,8 +230,14 @@ def test_stage_killed_under_dvc_repro_keeps_its_previous_output(tmp_path):
     _photo_folder(tmp_path / "photos", 5, seed=1)  # a new version of the source
     marker = tmp_path / "paused"
     t0 = time.time()
-    proc = subprocess.Popen([*dvc, "repro", "-q"], cwd=tmp_path, env={**env, "PAUSE_AT": str(marker)},
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*dvc, "repro", "-q"],
+        cwd=tmp_path,
+        env={**env, "PAUSE_AT": str(marker)},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while not marker.exists():
             assert proc.poll() is None and time.time() - t0 < 60, "the stage never reached its swap"
@@ -215,7 +261,7 @@ def test_stage_killed_under_dvc_repro_keeps_its_previous_output(tmp_path):
 
 
 def test_photo_splits_keep_whole_photos_and_minimums():
-    from dirl.data.build import photo_splits
+    from dirl.data.sources import photo_splits
 
     photos = [f"p{i}" for i in range(13)]
     split = photo_splits(photos * 3, seed=42, test_fraction=0.2, val_fraction=0.1)
@@ -227,3 +273,78 @@ def test_photo_splits_keep_whole_photos_and_minimums():
     assert sorted(small.values()).count("train") >= 1  # too few photos: train keeps at least one
     big = photo_splits([f"x{i}" for i in range(1000)], seed=0, test_fraction=0.2, val_fraction=0.1)
     assert sum(1 for v in big.values() if v == "test") == 200 and sum(1 for v in big.values() if v == "val") == 100
+
+
+def _ihd_extracted(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A small extracted iHarmony4 tree (tests/helpers/builders.ihd_archive_tree) and its two list files."""
+    from helpers.builders import ihd_archive_tree
+
+    files, lists = ihd_archive_tree(photos_per_subset=6)
+    root = tmp_path / "ihd"
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    for split, lines in lists.items():
+        (tmp_path / f"le50_{split}.txt").write_text("\n".join(lines) + "\n")
+    return root, tmp_path / "le50_train.txt", tmp_path / "le50_test.txt"
+
+
+def _ihd_sets(root: Path, train: Path, test: Path, *extra: str) -> list[str]:
+    sets = [
+        "--set",
+        "data.source=iharmony4",
+        "--set",
+        f"data.iharmony4.extracted_dir={root}",
+        "--set",
+        f"data.iharmony4.train_list={train}",
+        "--set",
+        f"data.iharmony4.test_list={test}",
+        "--set",
+        "data.stored_size=64",
+        "--set",
+        "data.keep_aspect=true",
+    ]
+    for e in extra:
+        sets += ["--set", e]
+    return sets
+
+
+def test_iharmony4_without_augmentation_synthesizes_zero_rows(workspace, capsys):
+    root, train, test = _ihd_extracted(workspace)
+    sets = _ihd_sets(root, train, test)
+    _run("data", "ingest", *sets)
+    _run("data", "preprocess", *sets)
+    issues = json.loads((workspace / "results/preprocess/issues.json").read_text())
+    assert "not a composite line" in json.dumps(issues)  # the malformed list line: named, skipped, not fatal
+    capsys.readouterr()
+    _run("data", "synthesize", *sets)
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("[synthesize]")]
+    assert len(lines) == 1 and "0 composites" in lines[0] and "synth.augment_iharmony4" in lines[0]
+    assert read_manifest(workspace / "data/synth")["rows"] == 0
+    assert verify_shards(workspace / "data/synth") == []
+    assert json.loads((workspace / "results/synthesize/metrics.json").read_text())["rows"] == 0
+    # the rows keep their aspect: shortest side 64, the original's proportions
+    for r in read_table(workspace / "data/shards", "train", ["height", "width", "orig_h", "orig_w"]).to_pylist():
+        assert min(r["height"], r["width"]) == 64
+        assert abs(r["width"] / r["height"] - r["orig_w"] / r["orig_h"]) < 0.05
+
+
+def test_iharmony4_augmentation_reaches_the_training_split_only(workspace):
+    root, train, test = _ihd_extracted(workspace)
+    sets = _ihd_sets(
+        root,
+        train,
+        test,
+        "synth.augment_iharmony4=true",
+        "synth.per_image=1",
+        "synth.recolour=0",
+        "data.val_fraction=0.3",
+    )
+    _run("data", "ingest", *sets)
+    _run("data", "preprocess", *sets)
+    shards = read_table(workspace / "data/shards", columns=["split"]).column("split").to_pylist()
+    assert {"train", "val", "test"} <= set(shards)  # there were validation and test rows to protect
+    _run("data", "synthesize", *sets)
+    synth = read_table(workspace / "data/synth", columns=["split", "source"]).to_pylist()
+    assert synth and {(r["split"], r["source"]) for r in synth} == {("train", "synthesized")}

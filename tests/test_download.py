@@ -244,8 +244,7 @@ def test_url_without_file_name_needs_name(server, tmp_path, archive_bytes):
     server.files["/download?id=42"] = archive_bytes
     with pytest.raises(ValueError, match="name="):
         fetch(f"{server.base}/download?id=42", tmp_path, LockFile(tmp_path / "lock.json"), **FAST)
-    path = fetch(f"{server.base}/download?id=42", tmp_path, LockFile(tmp_path / "lock.json"),
-                 name="HCOCO.zip", **FAST)
+    path = fetch(f"{server.base}/download?id=42", tmp_path, LockFile(tmp_path / "lock.json"), name="HCOCO.zip", **FAST)
     assert path.name == "HCOCO.zip" and path.read_bytes() == archive_bytes
 
 
@@ -344,7 +343,7 @@ def test_not_an_archive(tmp_path):
 
 
 def _flip(data: bytes, offset: int) -> bytes:
-    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1:]
+    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :]
 
 
 def _member_offset(tar: bytes, index: int) -> int:
@@ -430,8 +429,11 @@ def test_unsafe_members_are_refused(tmp_path, case):
         safe_extract(archive, work / "out" / "ds")
     assert "refusing" in str(e.value)
     # nothing escaped and nothing half-done is left: only the archive and the (empty) parent folder remain
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == \
-        ["work", f"work/evil.{kind}", "work/out"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "work",
+        f"work/evil.{kind}",
+        "work/out",
+    ]
     assert not Path("/tmp/abs_evil.txt").exists()
 
 

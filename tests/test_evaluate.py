@@ -93,14 +93,29 @@ def test_evaluate_stage_outputs_beside_centre_prior_and_logged(workspace):
     grid, mda = cv2.imread(str(out / "grid.png")), cv2.imread(str(out / "mda.png"))
     assert grid is not None and mda is not None
     assert mda.shape[1] > grid.shape[1]  # 8 columns (image, GT, A0..A4, final) against 4
+    assert cv2.imread(str(out / "pr_curve.png")) is not None  # the PR curves as a picture too
     assert (out / "config.yaml").is_file()
 
+    # the evaluation is a run of its own, tagged with the training run, which it leaves as it was
     client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
-    logged = client.get_run(run_id).data.metrics
-    assert logged["test_IoU"] == pytest.approx(metrics["test"]["model"]["IoU"])
-    assert logged["ihd_mini_prior_AP"] == pytest.approx(metrics["ihd_mini"]["centre_prior"]["AP"])
-    names = {f.path for f in client.list_artifacts(run_id, "evaluate")}
-    assert {"evaluate/metrics.json", "evaluate/grid.png", "evaluate/mda.png", "evaluate/pr_curve.csv"} <= names
+    eval_id = json.loads((out / "info.json").read_text())["mlflow"]["evaluation_run_id"]
+    assert eval_id and eval_id != run_id and not client.get_run(run_id).data.metrics
+    run = client.get_run(eval_id)
+    assert run.data.tags["dirl.train_run_id"] == run_id and run.data.tags["stage"] == "evaluate"
+    assert run.info.status == "FINISHED" and "centred prior" in run.data.tags["mlflow.note.content"]
+    logged = run.data.metrics
+    assert logged["test/IoU"] == pytest.approx(metrics["test"]["model"]["IoU"])
+    assert logged["ihd_mini/prior_AP"] == pytest.approx(metrics["ihd_mini"]["centre_prior"]["AP"])
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"test", "ihd_mini"}
+    names = {f.path for f in client.list_artifacts(eval_id, "evaluate")}
+    assert {
+        "evaluate/metrics.json",
+        "evaluate/grid.png",
+        "evaluate/mda.png",
+        "evaluate/pr_curve.csv",
+        "evaluate/pr_curve.png",
+    } <= names
+    assert not client.list_artifacts(run_id)
 
 
 def test_model_without_attention_maps_gets_note_figure_and_no_run(workspace):
@@ -108,7 +123,7 @@ def test_model_without_attention_maps_gets_note_figure_and_no_run(workspace):
     make_weights(workspace / "w" / "unet.pt")
     metrics = evaluate_stage(cfg, model_ref=str(workspace / "w" / "unet.pt"), out_dir="out")
     info = json.loads((workspace / "out" / "info.json").read_text())
-    assert any("no attention maps" in n for n in info["notes"]) and info["mlflow"]["run_id"] is None
+    assert any("no attention maps" in n for n in info["notes"]) and info["mlflow"]["train_run_id"] is None
     assert cv2.imread(str(workspace / "out" / "mda.png")) is not None
     assert set(metrics) == {"test"}
 
@@ -177,8 +192,9 @@ def preprocessed_originals(root: Path) -> tuple[Path, dict[str, tuple[Path, Path
     from dirl.data.preprocess import write_shards
 
     files = {}
-    for seed, (name, (h, w), split) in enumerate((("c1_1_1", (300, 420), "test"), ("c2_1_1", (1000, 800), "test"),
-                                                  ("c3_1_1", (200, 200), "train"))):
+    for seed, (name, (h, w), split) in enumerate(
+        (("c1_1_1", (300, 420), "test"), ("c2_1_1", (1000, 800), "test"), ("c3_1_1", (200, 200), "train"))
+    ):
         img, mask = composite(700 + seed, h, w)
         if name == "c2_1_1":
             mask[:] = 0

@@ -16,8 +16,19 @@ import pytest
 
 from dirl.data.images import encode_jpeg, encode_png
 from dirl.data.shards import ShardWriter, write_manifest
-from dirl.data.show import (GAP, HEADER_H, LABEL_W, TILE, contact_sheet, photo_of, sample_rows, sheet_columns,
-                            show_sheet, spread_pick, wrap_label)
+from dirl.data.show import (
+    GAP,
+    HEADER_H,
+    LABEL_W,
+    TILE,
+    contact_sheet,
+    photo_of,
+    sample_rows,
+    sheet_columns,
+    show_sheet,
+    spread_pick,
+    wrap_label,
+)
 from dirl.lifecycle import figures
 
 S = 64
@@ -122,7 +133,8 @@ def test_grid_shows_distinct_photos_as_heat_overlays_with_iou(tmp_path):
     for r in range(len(idx)):
         for label in ("model", "centre prior"):
             ax = panels[(r, label)]
-            assert f"IoU {ax.iou:.1f}" in ax.get_title()
+            assert [t.get_text() for t in ax.inside] == [f"IoU {ax.iou:.1f}"]  # written inside its own panel
+            assert ax.get_title() == (label if r == 0 else "")  # column names head the first row only
         assert panels[(r, "model")].iou > panels[(r, "centre prior")].iou  # the map follows its mask
     boxes = _boxes(fig, panels)
     path = figures.save_figure(fig, tmp_path / "grid.png")
@@ -149,6 +161,100 @@ def test_grid_keeps_the_callers_prior_and_writes_atomically(tmp_path):
     out = figures.grid_figure([img], [mask], {"m": [mask.astype(np.float32)]}, ["x__y"], tmp_path / "g" / "grid.png")
     assert cv2.imread(str(out)) is not None
     assert sorted(p.name for p in out.parent.iterdir()) == ["grid.png"]  # no temp file left beside it
+
+
+def test_quantile_pick_orders_best_to_worst_and_names_the_quantiles():
+    scores = [0.30, 0.90, 0.10, 0.50, 0.70, 0.00, 0.60, 0.20, 0.40]  # 9 items: ranks 0..8 by score
+    picks = figures.quantile_pick(scores, 5)
+    assert [name for _, name in picks] == ["best", "upper quartile", "median", "lower quartile", "worst"]
+    assert [scores[i] for i, _ in picks] == [0.90, 0.60, 0.40, 0.20, 0.00]  # np.quantile(scores, [1, .75, .5, .25, 0])
+    three = figures.quantile_pick(scores, 3)
+    assert [(scores[i], n) for i, n in three] == [(0.90, "best"), (0.40, "median"), (0.00, "worst")]
+    assert [n for _, n in figures.quantile_pick(scores, 6)][1:3] == ["80th percentile", "60th percentile"]
+    # a photo already shown gives way to the nearest rank of another photo; never an item twice
+    photos = ["a", "b", "c", "d", "e", "f", "g", "h", "b"]  # items 1 (best) and 8 share photo b
+    picks = figures.quantile_pick([0.9, 0.95, 0.1, 0.5, 0.3, 0.0, 0.6, 0.2, 0.85], 2, photos)
+    assert [i for i, _ in picks] == [1, 5]
+    assert len({i for i, _ in figures.quantile_pick([0.5] * 4, 4)}) == 4
+    assert figures.quantile_pick([], 5) == [] and len(figures.quantile_pick([0.2, 0.1], 5)) == 2
+
+
+def test_grid_rows_by_iou_quantile_with_labels_inside_and_the_headline(tmp_path):
+    ids = [f"p{k}__obj" for k in range(9)]
+    items = [_item(k) for k in range(9)]
+    rng = np.random.default_rng(0)
+    model = [
+        np.clip(m.astype(np.float32) * (k / 8) + rng.random(m.shape).astype(np.float32) * (1 - k / 8), 0, 1)
+        for k, (_, m) in enumerate(items)
+    ]  # item k follows its mask more closely as k grows
+    ious = [figures._iou(p, m) for p, (_, m) in zip(model, items)]
+    picks = figures.quantile_pick(ious, 5, [photo_of(i) for i in ids])
+    idx, names = [i for i, _ in picks], [n for _, n in picks]
+    headline = figures.headline_text(
+        {"n": 9, "AP": 41.5, "F1": 0.4, "IoU": 30.25}, {"n": 9, "AP": 20.0, "F1": 0.3, "IoU": 15.5}
+    )
+    fig, panels = figures.draw_grid(
+        [items[i][0] for i in idx],
+        [items[i][1] for i in idx],
+        {"model": [model[i] for i in idx]},
+        [ids[i] for i in idx],
+        "unit: quantiles",
+        row_labels=names,
+        headline=headline,
+    )
+    rows = [panels[(r, "model")].iou for r in range(5)]
+    assert rows == sorted(rows, reverse=True) and rows[0] == max(ious) and rows[-1] == min(ious)
+    assert [panels[(r, "image")].inside[0].get_text() for r in range(5)] == names
+    suptitle = fig._suptitle.get_text()
+    assert "IoU 30.25" in suptitle and "IoU 15.50" in suptitle and "centre prior" in suptitle
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for key, ax in panels.items():  # every label lies within its own panel's frame
+        frame = ax.get_window_extent(renderer)
+        for text in ax.inside:
+            box = text.get_window_extent(renderer)
+            assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, key
+    figures.save_figure(fig, tmp_path / "grid.png")
+    assert cv2.imread(str(tmp_path / "grid.png")) is not None
+
+
+def test_pr_figure_has_titled_axes_and_the_prior_in_its_own_colour(tmp_path):
+    ts = np.linspace(0, 1, 11)
+    model = [{"threshold": t, "precision": 0.9 - 0.3 * t, "recall": 1 - t} for t in ts]
+    prior = [{"threshold": t, "precision": 0.4, "recall": 1 - t} for t in ts]
+    fig, ax = figures.draw_pr(model, prior, "unit PR", model_label="unet", model_ap=55.0, prior_ap=30.0)
+    assert ax.get_xlabel().startswith("recall") and ax.get_ylabel().startswith("precision")
+    assert len(ax.lines) == 2 and ax.lines[0].get_color() != ax.lines[1].get_color()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["unet (AP 55.00)", "centre prior (AP 30.00)"]
+    assert list(ax.lines[0].get_xdata()) == pytest.approx(sorted(1 - ts, reverse=True))  # threshold order
+    out = figures.pr_figure(model, prior, tmp_path / "pr_curve.png")
+    assert cv2.imread(str(out)) is not None
+
+
+def test_learning_curve_marks_the_exported_epoch_and_the_prior(tmp_path):
+    from dirl.train.outputs import draw_learning_curve, plot_learning_curve
+
+    history = [
+        {"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.5 / e, "val_iou": 20.0 + 3 * e - e * e} for e in range(1, 6)
+    ]
+    fig, (loss_ax, iou_ax) = draw_learning_curve(history, selected_epoch=5, rule="last", prior_iou=18.5)
+
+    def vertical(ax):
+        return [ln for ln in ax.lines if len(set(ln.get_xdata())) == 1 and len(ln.get_xdata()) == 2]
+
+    for ax in (loss_ax, iou_ax):
+        marks = vertical(ax)
+        assert len(marks) == 1 and marks[0].get_xdata()[0] == 5
+        assert "exported epoch 5 (train.checkpoint: last)" in [t.get_text() for t in ax.get_legend().get_texts()]
+        assert ax.get_xlim()[1] > 5  # the marker is inside the frame
+    flat = [ln for ln in iou_ax.lines if len(set(ln.get_ydata())) == 1 and len(ln.get_ydata()) == 2]
+    assert len(flat) == 1 and flat[0].get_ydata()[0] == 18.5 and "prior" in flat[0].get_label()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    out = plot_learning_curve(history, tmp_path / "learning_curve.png", 5, "last", 18.5)
+    assert cv2.imread(str(out)) is not None and [p.name for p in tmp_path.iterdir()] == ["learning_curve.png"]
 
 
 # ----------------------------------------------------------------------------- the MDA figure
@@ -201,10 +307,22 @@ def test_mda_flat_map_is_named_not_hidden(tmp_path):
 
 def _row(rid: str, method: str | None, real: bool, k: int, split: str = "train") -> dict:
     img, mask = _item(k, 48)
-    return {"id": rid, "subset": "unit", "split": split, "image": encode_jpeg(img), "mask": encode_png(mask),
-            "real": encode_jpeg(img) if real else None, "orig_h": 48, "orig_w": 48, "height": 48, "width": 48,
-            "fg_ratio": float(mask.mean()), "source": "synthesized" if method else "photo", "synth_method": method,
-            "ref_id": None}
+    return {
+        "id": rid,
+        "subset": "unit",
+        "split": split,
+        "image": encode_jpeg(img),
+        "mask": encode_png(mask),
+        "real": encode_jpeg(img) if real else None,
+        "orig_h": 48,
+        "orig_w": 48,
+        "height": 48,
+        "width": 48,
+        "fg_ratio": float(mask.mean()),
+        "source": "synthesized" if method else "photo",
+        "synth_method": method,
+        "ref_id": None,
+    }
 
 
 def _shards(out: Path, rows: list[dict]) -> Path:
@@ -218,8 +336,11 @@ def _shards(out: Path, rows: list[dict]) -> Path:
 def test_sample_rows_picks_distinct_photos_then_methods(tmp_path):
     methods = ["reinhard", "xiao", "fecker", "idt"]
     # stored photo by photo: the first 8 rows are all the same bottle, as `dirl data show` used to draw
-    rows = [_row(f"{photo}__obj_s{k}", m, False, k) for photo in ("bottle", "cup", "chair")
-            for k, m in enumerate(methods * 3)]
+    rows = [
+        _row(f"{photo}__obj_s{k}", m, False, k)
+        for photo in ("bottle", "cup", "chair")
+        for k, m in enumerate(methods * 3)
+    ]
     rows[1:1] = [_row(f"mug__obj_s{k}", "xiao", False, k, split="val") for k in range(2)]  # another split
     folder = _shards(tmp_path / "synth", rows)
     three = sample_rows(folder, "train", 3)
@@ -255,6 +376,6 @@ def test_contact_sheet_has_no_blank_real_column_and_whole_labels(tmp_path):
     assert sheet.shape[1] == LABEL_W + 4 * (TILE + GAP)
     # the real cell of a row without one says so: it is not an empty (uniform) tile
     x0 = LABEL_W + 2 * (TILE + GAP)
-    cell = sheet[HEADER_H:HEADER_H + TILE, x0:x0 + TILE]
+    cell = sheet[HEADER_H : HEADER_H + TILE, x0 : x0 + TILE]
     assert cell.std() > 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["no_real.png", "real.png"]  # atomic: no temp files

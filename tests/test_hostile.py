@@ -4,7 +4,7 @@ Everything is generated here at test time (no data files are committed): an iHar
 bad items (empty, unreadable, truncated and corrupt files, missing / garbled / mis-sized / empty masks, a bad
 name), items a filter is meant to drop (all-foreground and > 50 % masks) and good-but-odd ones (CMYK, 16-bit,
 EXIF-rotated, RGBA, grey, progressive, trailing bytes, non-binary mask, missing or broken real image). It goes
-through the real stages (``dirl.data.build.ingest`` + ``preprocess`` with a Config loaded from a params.yaml),
+through the real stages (``dirl.stages.ingest`` + ``preprocess`` with a Config loaded from a params.yaml),
 from an extracted folder and from archives, damaged archives included; unsafe archives go through
 ``safe_extract``. Each test adds to the tally that ``tests/conftest.py`` prints at the end of the run:
 
@@ -26,12 +26,15 @@ import yaml
 
 from dirl.cli import main
 from dirl.config import load_config
-from dirl.data import build
 from dirl.data.download import UnsafeArchive, safe_extract
 from dirl.data.issues import TooManyBadItems
 from dirl.data.shards import read_table
+from dirl.stages import ingest as ingest_stage
+from dirl.stages import preprocess as preprocess_stage
+from dirl.workspace import DOWNLOADS
 from helpers.builders import UNSAFE_ARCHIVES, corrupt_jpeg_data, make_tar, make_zip, with_exif_orientation
 from helpers.paths import PARAMS
+
 H, W = 24, 32  # composite size (rows, columns)
 
 
@@ -75,8 +78,15 @@ def hostile_tree(seed: int = 0) -> tuple[dict[str, bytes], dict[str, str], dict[
     jpeg = lambda: _enc(".jpg", _noise(rng))  # noqa: E731
     smooth = _enc(".jpg", cv2.GaussianBlur(rng.integers(0, 256, (H * 2, W * 2, 3), dtype=np.uint8), (5, 5), 2))
 
-    def add(subset: str, image: str, composite: bytes | None, ext: str = ".jpg", mask: bytes | None = None,
-            real: bytes | None = b"default", k: int = 1) -> str:
+    def add(
+        subset: str,
+        image: str,
+        composite: bytes | None,
+        ext: str = ".jpg",
+        mask: bytes | None = None,
+        real: bytes | None = b"default",
+        k: int = 1,
+    ) -> str:
         files[f"{subset}/masks/{image}_1.png"] = mask if mask is not None else _enc(".png", _mask())
         if real == b"default":
             real = jpeg()
@@ -120,10 +130,17 @@ def hostile_tree(seed: int = 0) -> tuple[dict[str, bytes], dict[str, str], dict[
     bad[add("HFlickr", "f304", b"<html>this share link has expired</html>")] = "unreadable"
     bad[add("HFlickr", "f305", jpeg()[:-40])] = "truncated JPEG"
     sos = smooth.rfind(b"\xff\xda")
-    bad[add("HFlickr", "f306", smooth[: (sos + len(smooth)) // 2] + b"\xff\xd9",
-            mask=_enc(".png", _mask(h=2 * H, w=2 * W)))] = "premature end of data segment"
-    bad[add("HFlickr", "f307", corrupt_jpeg_data(smooth), mask=_enc(".png", _mask(h=2 * H, w=2 * W)))] = \
+    bad[
+        add(
+            "HFlickr",
+            "f306",
+            smooth[: (sos + len(smooth)) // 2] + b"\xff\xd9",
+            mask=_enc(".png", _mask(h=2 * H, w=2 * W)),
+        )
+    ] = "premature end of data segment"
+    bad[add("HFlickr", "f307", corrupt_jpeg_data(smooth), mask=_enc(".png", _mask(h=2 * H, w=2 * W)))] = (
         "corrupt JPEG data"
+    )
     png = _enc(".png", _noise(rng))
     bad[add("HFlickr", "f308", png[: len(png) // 2], ext=".png")] = "not a readable image"  # truncated PNG
     bad[add("HFlickr", "f309", jpeg(), mask=_enc(".png", _mask(h=H + 8)))] = "mask is"  # another size
@@ -150,8 +167,11 @@ def _item_id(key: str) -> str:
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder``: bytes and modification time (so a rewrite with equal bytes shows too)."""
-    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -167,7 +187,7 @@ def configure(ws: Path, **data) -> Path:
     params["cluster"]["data_workers"] = 1
     for key, value in data.items():
         if key.startswith("iharmony4_"):
-            params["data"]["iharmony4"][key[len("iharmony4_"):]] = value
+            params["data"]["iharmony4"][key[len("iharmony4_") :]] = value
         else:
             params["data"][key] = value
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
@@ -199,14 +219,21 @@ def test_hostile_folder_every_bad_item_named_every_good_item_kept(workspace, cap
     assert total == len(bad) + len(excluded) + len(good)
     frac = len(bad) / total
     # the rule passes exactly when every item seen is counted (scan rejects and filtered items too)
-    cfg = load_config(configure(workspace, source="iharmony4", iharmony4_extracted_dir=str(src),
-                                iharmony4_split="le50", max_bad_fraction=frac + 0.001))
-    build.ingest(cfg)
+    cfg = load_config(
+        configure(
+            workspace,
+            source="iharmony4",
+            iharmony4_extracted_dir=str(src),
+            iharmony4_split="le50",
+            max_bad_fraction=frac + 0.001,
+        )
+    )
+    ingest_stage.run(cfg)
     ing = report("ingest")
     scan_bad = {k for k in bad if named(ing, k)}
     assert ing["total"] == total and ing["bad"] == len(scan_bad) == 5 and ing["passed"] is True
 
-    build.preprocess(cfg)
+    preprocess_stage.run(cfg)
     rep = report("preprocess")
     assert (rep["total"], rep["bad"], rep["excluded"]) == (total, len(bad), len(excluded))
     assert rep["fraction"] == pytest.approx(frac) and rep["passed"] is True
@@ -220,7 +247,10 @@ def test_hostile_folder_every_bad_item_named_every_good_item_kept(workspace, cap
         assert word in notes.get(key, ""), (key, notes)
         reported += 1
     assert {n["item"] for n in rep["notes"] if not n.get("excluded")} >= {
-        "HFlickr/composite_images/f110_1_1.jpg", "HFlickr/composite_images/f111_1_1.jpg", "f109_1_1"}
+        "HFlickr/composite_images/f110_1_1.jpg",
+        "HFlickr/composite_images/f111_1_1.jpg",
+        "f109_1_1",
+    }
     rows = read_table(Path("data/shards")).column("id").to_pylist()
     assert sorted(rows) == sorted(good)  # every good item stored, no bad one
     accounted = set(rows) | {_item_id(k) for k in bad} | {_item_id(k) for k in excluded}
@@ -231,15 +261,17 @@ def test_hostile_folder_every_bad_item_named_every_good_item_kept(workspace, cap
     assert "Traceback" not in err
     for key in bad:  # 12 bad items (<= 20): the console names every one
         assert _item_id(key) in err, key
-    tally(hostile_tally, tried=len(bad) + len(excluded), reported=reported, good=len(good), kept=len(rows),
-          lost=len(lost))
+    tally(
+        hostile_tally, tried=len(bad) + len(excluded), reported=reported, good=len(good), kept=len(rows), lost=len(lost)
+    )
 
     # the same folder with a stricter rule: the preprocess stage fails, writes the full report, keeps data/shards
     before = snapshot(Path("data/shards"))
-    cfg = load_config(configure(workspace, source="iharmony4", iharmony4_extracted_dir=str(src),
-                                max_bad_fraction=frac - 0.01))
+    cfg = load_config(
+        configure(workspace, source="iharmony4", iharmony4_extracted_dir=str(src), max_bad_fraction=frac - 0.01)
+    )
     with pytest.raises(TooManyBadItems, match=re.escape(str(Path("results/preprocess/issues.json")))):
-        build.preprocess(cfg)
+        preprocess_stage.run(cfg)
     rep = report("preprocess")
     assert rep["passed"] is False and rep["bad"] == len(bad) and "max_bad_fraction" in rep["error"]
     assert all(named(rep, k) for k in bad)
@@ -254,8 +286,13 @@ def test_failed_ingest_keeps_previous_raw_and_writes_the_full_report(workspace, 
     keep = {k: v for k, v in files.items() if "/f1" in k or "/c2" in k}  # the good items only
     (workspace / "src").mkdir()
     (workspace / "src" / "good.tar.gz").write_bytes(make_tar(keep, prefix="iHarmony4/"))
-    configure(workspace, source="iharmony4", iharmony4_archives=[str(workspace / "src" / "good.tar.gz")],
-              iharmony4_lock_file="lock.json", max_bad_fraction=0.05)
+    configure(
+        workspace,
+        source="iharmony4",
+        iharmony4_archives=[str(workspace / "src" / "good.tar.gz")],
+        iharmony4_lock_file="lock.json",
+        max_bad_fraction=0.05,
+    )
     assert main(["data", "ingest"]) == 0
     lock = json.loads(Path("lock.json").read_text())["archives"]
     assert set(lock) == {"good.tar.gz"}  # recorded once it had extracted
@@ -269,8 +306,13 @@ def test_failed_ingest_keeps_previous_raw_and_writes_the_full_report(workspace, 
         bad_tree[f"HFlickr/composite_images/f9{i:02d}_1_1.jpg"] = b""  # zero bytes
         bad_tree[f"HFlickr/masks/f9{i:02d}_1.png"] = keep["HFlickr/masks/f101_1.png"]
     (workspace / "src" / "many_bad.zip").write_bytes(make_zip(bad_tree))
-    configure(workspace, source="iharmony4", iharmony4_archives=[str(workspace / "src" / "many_bad.zip")],
-              iharmony4_lock_file="lock.json", max_bad_fraction=0.05)
+    configure(
+        workspace,
+        source="iharmony4",
+        iharmony4_archives=[str(workspace / "src" / "many_bad.zip")],
+        iharmony4_lock_file="lock.json",
+        max_bad_fraction=0.05,
+    )
     capsys.readouterr()
     assert main(["data", "ingest"]) == 1
     err = capsys.readouterr().err
@@ -294,7 +336,7 @@ def test_stale_report_is_removed_when_a_stage_fails_early(workspace):
     stale.parent.mkdir(parents=True)
     stale.write_text(json.dumps({"stage": "preprocess", "total": 99, "bad": 0, "issues": []}))
     with pytest.raises(FileNotFoundError, match="dvc repro ingest"):
-        build.preprocess(load_config("params.yaml"))
+        preprocess_stage.run(load_config("params.yaml"))
     rep = report("preprocess")
     assert rep["total"] == 0 and "FileNotFoundError" in rep["error"]  # this run's report, not the stale one
 
@@ -310,7 +352,7 @@ def test_verify_with_nothing_to_verify_fails(workspace, capsys):
 
 
 def _flip(data: bytes, offset: int) -> bytes:
-    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1:]
+    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :]
 
 
 def test_corrupt_archives_one_line_nothing_kept_never_pinned(workspace, capsys, hostile_tally):
@@ -333,15 +375,25 @@ def test_corrupt_archives_one_line_nothing_kept_never_pinned(workspace, capsys, 
     src = workspace / "src"
     src.mkdir()
     (src / "first.tar.gz").write_bytes(tgz)
-    configure(workspace, source="iharmony4", iharmony4_archives=[str(src / "first.tar.gz")],
-              iharmony4_lock_file="lock.json", max_bad_fraction=0.0)
+    configure(
+        workspace,
+        source="iharmony4",
+        iharmony4_archives=[str(src / "first.tar.gz")],
+        iharmony4_lock_file="lock.json",
+        max_bad_fraction=0.0,
+    )
     assert main(["data", "ingest"]) == 0
     raw = snapshot(Path("data/raw"))
     reported = 0
     for name, (damaged, intact) in corrupt.items():
         (src / name).write_bytes(damaged)
-        configure(workspace, source="iharmony4", iharmony4_archives=[str(src / name)],
-                  iharmony4_lock_file="lock.json", max_bad_fraction=0.0)
+        configure(
+            workspace,
+            source="iharmony4",
+            iharmony4_archives=[str(src / name)],
+            iharmony4_lock_file="lock.json",
+            max_bad_fraction=0.0,
+        )
         capsys.readouterr()
         assert main(["data", "ingest"]) == 1, name
         err = capsys.readouterr().err.strip().splitlines()
@@ -350,7 +402,7 @@ def test_corrupt_archives_one_line_nothing_kept_never_pinned(workspace, capsys, 
         reported += 1
         assert name not in json.loads(Path("lock.json").read_text())["archives"]  # never the reference
         assert snapshot(Path("data/raw")) == raw  # nothing half-extracted, nothing replaced
-        assert not list(Path("data").glob(".raw.*")) and not (build.DOWNLOADS / name).exists()
+        assert not list(Path("data").glob(".raw.*")) and not (DOWNLOADS / name).exists()
         (src / name).write_bytes(intact)  # the real thing: accepted, and only now recorded
         assert main(["data", "ingest"]) == 0, name
         assert name in json.loads(Path("lock.json").read_text())["archives"]
@@ -373,13 +425,15 @@ def _absurd_zip() -> bytes:
     """A zip whose central directory declares 4 GiB - 1 uncompressed for a 7-byte member."""
     data = bytearray(make_zip({"huge.bin": b"payload"}))
     cd = data.rindex(b"PK\x01\x02")
-    data[cd + 24:cd + 28] = (2**32 - 1).to_bytes(4, "little")
+    data[cd + 24 : cd + 28] = (2**32 - 1).to_bytes(4, "little")
     return bytes(data)
 
 
-UNSAFE = {**UNSAFE_ARCHIVES,
-          "tar-absurd-size": ("tar.gz", _absurd_tar, "huge.bin"),
-          "zip-absurd-size": ("zip", _absurd_zip, "huge.bin")}
+UNSAFE = {
+    **UNSAFE_ARCHIVES,
+    "tar-absurd-size": ("tar.gz", _absurd_tar, "huge.bin"),
+    "zip-absurd-size": ("zip", _absurd_zip, "huge.bin"),
+}
 
 
 @pytest.mark.parametrize("case", sorted(UNSAFE))

@@ -65,7 +65,7 @@ def _jpeg_declaring(h: int, w: int) -> bytes:
     img, _ = composite(11, 24, 24)
     data = bytearray(encode_jpeg(img))
     i = data.find(b"\xff\xc0")
-    data[i + 5:i + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    data[i + 5 : i + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
     return bytes(data)
 
 
@@ -92,9 +92,22 @@ def test_dirl_predict_refuses_every_bad_input_naming_it(tmp_path, capsys, tally)
     inputs = _hostile_inputs(tmp_path / "in")
     out = tmp_path / "out"
     weights = make_weights(tmp_path / "unet.pt")
-    argv = ["predict", "--params", str(PARAMS), "--set", "model.name=unet", "--set", "model.input_size=32",
-            "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            *map(str, inputs), "--model", str(weights), "--out", str(out)]
+    argv = [
+        "predict",
+        "--params",
+        str(PARAMS),
+        "--set",
+        "model.name=unet",
+        "--set",
+        "model.input_size=32",
+        "--set",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        *map(str, inputs),
+        "--model",
+        str(weights),
+        "--out",
+        str(out),
+    ]
     tally["tried"] += len(inputs)
     before = peak_rss_mb()
     with pytest.raises(SystemExit) as e:
@@ -117,7 +130,9 @@ def test_zz_tally(tally, capsys):
     if tally["tried"] != expected or tally["good_tried"] != 1:
         pytest.skip("the tally needs the whole file (run tests/test_hostile_config.py without -k)")
     assert tally["named"] == tally["tried"] and tally["good_accepted"] == tally["good_tried"] == 1
-    line = (f"hostile configs and predict inputs: tried {tally['tried']} / refused with the key or file named "
-            f"{tally['named']} / accepted good {tally['good_accepted']} of {tally['good_tried']}")
+    line = (
+        f"hostile configs and predict inputs: tried {tally['tried']} / refused with the key or file named "
+        f"{tally['named']} / accepted good {tally['good_accepted']} of {tally['good_tried']}"
+    )
     with capsys.disabled():
         print("\n" + line)

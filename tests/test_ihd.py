@@ -24,6 +24,7 @@ from dirl.data.ihd import (
 from dirl.data.issues import IssueLog, TooManyBadItems
 from helpers.paths import require_dir
 
+
 def write_image(path: Path, img: np.ndarray, **params) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if params.get("progressive") else []
@@ -50,8 +51,9 @@ def build_tree(root: Path, photos: dict[str, dict], seed: int = 0) -> None:
         if spec.get("real", True):
             write_image(sub / "real_images" / f"{image}.jpg", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
         for k in range(1, spec.get("k", 2) + 1):
-            write_image(sub / "composite_images" / f"{image}_1_{k}.jpg",
-                        rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+            write_image(
+                sub / "composite_images" / f"{image}_1_{k}.jpg", rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            )
 
 
 # ---------------------------------------------------------------------------------------------- headers
@@ -83,10 +85,15 @@ def test_foreground_ratio(tmp_path):
 
 def test_scan_reports_missing_and_unreadable(tmp_path):
     root = tmp_path / "ihd"
-    build_tree(root, {
-        "HFlickr/f1": {}, "HFlickr/f2": {"mask": False}, "HFlickr/f3": {"real": False},
-        "HCOCO/c9": {"k": 3},
-    })
+    build_tree(
+        root,
+        {
+            "HFlickr/f1": {},
+            "HFlickr/f2": {"mask": False},
+            "HFlickr/f3": {"real": False},
+            "HCOCO/c9": {"k": 3},
+        },
+    )
     (root / "HFlickr" / "composite_images" / "f1_1_2.jpg").write_bytes(b"")  # 0 bytes
     (root / "HCOCO" / "masks" / "c9_1.png").write_bytes(b"\x89PNG garbage")  # shared by 3 composites
     (root / "HFlickr" / "composite_images" / "badname.jpg").write_bytes(b"")
@@ -100,8 +107,10 @@ def test_scan_reports_missing_and_unreadable(tmp_path):
     assert "mask HCOCO/masks/c9_1.png" in reasons["HCOCO/composite_images/c9_1_3.jpg"]
     assert "<image>_<fg>_<k>" in reasons["HFlickr/composite_images/badname.jpg"]
     assert len(issues) == 2 + 1 + 3 + 1
-    assert [n["item"] for n in issues.notes] == ["HFlickr/composite_images/f3_1_1.jpg",
-                                                 "HFlickr/composite_images/f3_1_2.jpg"]
+    assert [n["item"] for n in issues.notes] == [
+        "HFlickr/composite_images/f3_1_1.jpg",
+        "HFlickr/composite_images/f3_1_2.jpg",
+    ]
     f3 = next(it for it in items if it.id == "f3_1_1")
     assert f3.real is None and f3.mask == root / "HFlickr" / "masks" / "f3_1.png"
     f1 = next(it for it in items if it.id == "f1_1_1")
@@ -110,8 +119,16 @@ def test_scan_reports_missing_and_unreadable(tmp_path):
 
     report = verify_layout(root)
     assert report["subsets"]["HFlickr"] == {
-        "composites": 7, "items": 3, "masks": 2, "real_images": 2, "missing_mask": 2, "missing_real": 2,
-        "unreadable": 1, "bad_name": 1, "orphan_masks": 0, "extra_files": 1,
+        "composites": 7,
+        "items": 3,
+        "masks": 2,
+        "real_images": 2,
+        "missing_mask": 2,
+        "missing_real": 2,
+        "unreadable": 1,
+        "bad_name": 1,
+        "orphan_masks": 0,
+        "extra_files": 1,
     }
     assert report["subsets"]["HCOCO"]["unreadable"] == 3
     assert report["totals"]["items"] == 3 and report["bad"] == 7 and report["ok"] is False
@@ -148,15 +165,23 @@ def test_find_root_variants(tmp_path):
 
 
 def test_read_list_formats(tmp_path):
-    (tmp_path / "HFlickr_train.txt").write_bytes(b"f1_1_1.jpg\r\n\r\n# comment\ncomposite_images/f2_1_1.jpg\n"
-                                                 b"f1_1_1.jpg\n")
-    assert read_list(tmp_path / "HFlickr_train.txt") == ["HFlickr/composite_images/f1_1_1.jpg",
-                                                         "HFlickr/composite_images/f2_1_1.jpg"]
-    (tmp_path / "mixed.txt").write_text("HCOCO/composite_images/c1_5_1.jpg\niHarmony4/HAdobe5k/composite_images/"
-                                        "a1_1_1.jpg\nd77-2012_1_1.jpg\nHFlickr/f9_1_1.jpg\n")
+    (tmp_path / "HFlickr_train.txt").write_bytes(
+        b"f1_1_1.jpg\r\n\r\n# comment\ncomposite_images/f2_1_1.jpg\nf1_1_1.jpg\n"
+    )
+    assert read_list(tmp_path / "HFlickr_train.txt") == [
+        "HFlickr/composite_images/f1_1_1.jpg",
+        "HFlickr/composite_images/f2_1_1.jpg",
+    ]
+    (tmp_path / "mixed.txt").write_text(
+        "HCOCO/composite_images/c1_5_1.jpg\niHarmony4/HAdobe5k/composite_images/"
+        "a1_1_1.jpg\nd77-2012_1_1.jpg\nHFlickr/f9_1_1.jpg\n"
+    )
     assert read_list(tmp_path / "mixed.txt") == [
-        "HCOCO/composite_images/c1_5_1.jpg", "HAdobe5k/composite_images/a1_1_1.jpg",
-        "Hday2night/composite_images/d77-2012_1_1.jpg", "HFlickr/composite_images/f9_1_1.jpg"]
+        "HCOCO/composite_images/c1_5_1.jpg",
+        "HAdobe5k/composite_images/a1_1_1.jpg",
+        "Hday2night/composite_images/d77-2012_1_1.jpg",
+        "HFlickr/composite_images/f9_1_1.jpg",
+    ]
     (tmp_path / "bad.txt").write_text("HFlickr/composite_images/f1_1_1.jpg\nx1_1_1.jpg\n")
     with pytest.raises(ValueError, match=r"bad.txt:2"):
         read_list(tmp_path / "bad.txt")
@@ -177,28 +202,45 @@ def test_splits_from_lists(tmp_path):
     items = scan(root, issues)
     out = assign_splits(items, train, test, val_fraction=0.0, issues=issues)
     split = {it.id: it.split for it in out}
-    assert split == {"f1_1_1": "train", "f1_1_2": "train", "f2_1_1": "test", "f3_1_1": "test",
-                     "f3_1_2": "test"}  # f2_1_2 and HCOCO are in no list: dropped
+    assert split == {
+        "f1_1_1": "train",
+        "f1_1_2": "train",
+        "f2_1_1": "test",
+        "f3_1_1": "test",
+        "f3_1_2": "test",
+    }  # f2_1_2 and HCOCO are in no list: dropped
     bad = {i["item"]: i["reason"] for i in issues.issues}
     assert bad == {
         "HFlickr/composite_images/f4_1_1.jpg": "listed in HFlickr_train.txt but not found",
         "HFlickr/composite_images/f2_1_1.jpg": "listed in both HFlickr_train.txt and HFlickr_test.txt; kept in test",
     }
-    assert {"item": "HAdobe5k", "reason": "2 listed composites not used: subset HAdobe5k is not present"} \
-        in issues.notes
+    assert {
+        "item": "HAdobe5k",
+        "reason": "2 listed composites not used: subset HAdobe5k is not present",
+    } in issues.notes
     relaxed = IssueLog()
     assign_splits(items, train, test, issues=relaxed, missing_ok=True)
     assert "f4_1_1" not in json.dumps(relaxed.issues) and "f4_1_1" in json.dumps(relaxed.notes)
     # items in no list are not dropped silently: each is named as an exclusion (a note, not a bad item)
-    assert issues.excluded_items() == {"HFlickr/composite_images/f2_1_2.jpg", "HCOCO/composite_images/c1_1_1.jpg",
-                                       "HCOCO/composite_images/c1_1_2.jpg"}
+    assert issues.excluded_items() == {
+        "HFlickr/composite_images/f2_1_2.jpg",
+        "HCOCO/composite_images/c1_1_1.jpg",
+        "HCOCO/composite_images/c1_1_2.jpg",
+    }
     assert all("not in any split list" in n["reason"] for n in issues.notes if n.get("excluded"))
 
 
 def test_le50_filter_computed_from_masks(tmp_path):
     root = tmp_path / "ihd"
-    build_tree(root, {"HFlickr/f1": {"ratio": 0.3}, "HFlickr/f2": {"ratio": 0.7}, "HFlickr/f3": {"ratio": 0.5},
-                      "HCOCO/c1": {"ratio": 0.51}})
+    build_tree(
+        root,
+        {
+            "HFlickr/f1": {"ratio": 0.3},
+            "HFlickr/f2": {"ratio": 0.7},
+            "HFlickr/f3": {"ratio": 0.5},
+            "HCOCO/c1": {"ratio": 0.51},
+        },
+    )
     items = scan(root, IssueLog())
     kept = assign_splits(items, le50=True, test_fraction=0.0, val_fraction=0.0)
     assert sorted(it.id for it in kept) == ["f1_1_1", "f1_1_2", "f3_1_1", "f3_1_2"]
@@ -206,26 +248,35 @@ def test_le50_filter_computed_from_masks(tmp_path):
     log = IssueLog()
     assign_splits(items, le50=True, test_fraction=0.0, issues=log)
     # every composite the filter drops is named with its reason, as an exclusion (a note), not as a bad item
-    assert len(log) == 0 and log.excluded_items() == {"HFlickr/composite_images/f2_1_1.jpg",
-                                                      "HFlickr/composite_images/f2_1_2.jpg",
-                                                      "HCOCO/composite_images/c1_1_1.jpg",
-                                                      "HCOCO/composite_images/c1_1_2.jpg"}
+    assert len(log) == 0 and log.excluded_items() == {
+        "HFlickr/composite_images/f2_1_1.jpg",
+        "HFlickr/composite_images/f2_1_2.jpg",
+        "HCOCO/composite_images/c1_1_1.jpg",
+        "HCOCO/composite_images/c1_1_2.jpg",
+    }
     reasons = {n["item"]: n["reason"] for n in log.notes}
-    assert "70.0%" in reasons["HFlickr/composite_images/f2_1_1.jpg"] and "f2_1.png" in reasons[
-        "HFlickr/composite_images/f2_1_1.jpg"]
+    assert (
+        "70.0%" in reasons["HFlickr/composite_images/f2_1_1.jpg"]
+        and "f2_1.png" in reasons["HFlickr/composite_images/f2_1_1.jpg"]
+    )
     assert log.to_dict(8)["excluded"] == 4 and log.to_dict(8)["bad"] == 0
     assert len(assign_splits(items, le50=False, test_fraction=0.0)) == 8
     (root / "HFlickr" / "masks" / "f1_1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken after the header")
     issues = IssueLog()
     kept = assign_splits(items, le50=True, test_fraction=0.0, issues=issues)
     assert sorted(it.id for it in kept) == ["f3_1_1", "f3_1_2"]
-    assert {i["item"] for i in issues.issues} == {"HFlickr/composite_images/f1_1_1.jpg",
-                                                  "HFlickr/composite_images/f1_1_2.jpg"}
+    assert {i["item"] for i in issues.issues} == {
+        "HFlickr/composite_images/f1_1_1.jpg",
+        "HFlickr/composite_images/f1_1_2.jpg",
+    }
 
 
 def fake_items(n_photos: int, per_photo: int = 3) -> list[IHDItem]:
-    return [IHDItem(id=f"c{i}_1_{k}", subset="HCOCO", composite=Path(f"/nx/c{i}_1_{k}.jpg"),
-                    mask=Path(f"/nx/c{i}_1.png")) for i in range(n_photos) for k in range(1, per_photo + 1)]
+    return [
+        IHDItem(id=f"c{i}_1_{k}", subset="HCOCO", composite=Path(f"/nx/c{i}_1_{k}.jpg"), mask=Path(f"/nx/c{i}_1.png"))
+        for i in range(n_photos)
+        for k in range(1, per_photo + 1)
+    ]
 
 
 def test_computed_split_is_deterministic_grouped_and_stable():
@@ -239,7 +290,7 @@ def test_computed_split_is_deterministic_grouped_and_stable():
     counts = {s: sum(1 for v in by_photo.values() if s in v) for s in ("train", "val", "test")}
     assert 0.16 < counts["test"] / 1500 < 0.24
     assert 0.06 < counts["val"] / (counts["train"] + counts["val"]) < 0.14
-    grown = assign_splits(items + fake_items(1700)[len(items):], test_fraction=0.2, val_fraction=0.1, seed=7)
+    grown = assign_splits(items + fake_items(1700)[len(items) :], test_fraction=0.2, val_fraction=0.1, seed=7)
     assert grown[: len(out)] == out  # adding items leaves earlier assignments alone
     other = assign_splits(items, test_fraction=0.2, val_fraction=0.1, seed=8)
     assert [it.split for it in other] != [it.split for it in out]
@@ -332,8 +383,9 @@ def test_computed_le50_agrees_with_dirl_lists_on_real_masks(shared_data):
     items = scan(root, IssueLog(), subsets=["HFlickr"])
     computed = {it.key for it in assign_splits(items, le50=True, test_fraction=0.0)}
     issues = IssueLog()
-    from_lists = assign_splits(items, splits / "le50_train.txt", splits / "le50_test.txt", issues=issues,
-                               missing_ok=True)
+    from_lists = assign_splits(
+        items, splits / "le50_train.txt", splits / "le50_test.txt", issues=issues, missing_ok=True
+    )
     assert {it.key for it in from_lists} == computed  # DIRL's lists = composites with foreground <= 50 %
     assert len(computed) == 23  # f436 (65 %) and f523 (53 %) are over the limit
     assert {it.split for it in from_lists} <= {"train", "val"} and len(issues) == 0

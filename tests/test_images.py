@@ -7,8 +7,16 @@ import cv2
 import numpy as np
 import pytest
 
-from dirl.data.images import (BadImage, decode_image, decode_mask, encode_jpeg, encode_png, resize_image,
-                              resize_mask, resize_pair)
+from dirl.data.images import (
+    BadImage,
+    decode_image,
+    decode_mask,
+    encode_jpeg,
+    encode_png,
+    resize_image,
+    resize_mask,
+    resize_pair,
+)
 from helpers.builders import corrupt_jpeg_data, with_exif_orientation
 from helpers.paths import require_dir
 
@@ -19,7 +27,7 @@ def halves(h=20, w=40) -> np.ndarray:
     """RGB image: left half red, right half blue."""
     img = np.zeros((h, w, 3), np.uint8)
     img[:, : w // 2] = RED
-    img[:, w // 2:] = BLUE
+    img[:, w // 2 :] = BLUE
     return img
 
 
@@ -40,18 +48,22 @@ def png(arr: np.ndarray) -> bytes:
 
 # --- images -----------------------------------------------------------------------------------------------------
 
+
 def test_plain_jpeg_is_rgb():
     img = decode_image(encode_jpeg(halves()))
     assert img.shape == (20, 40, 3) and img.dtype == np.uint8
     assert is_red(img[10, 5]) and is_blue(img[10, 35])
 
 
-@pytest.mark.parametrize("orientation, shape, red_at, blue_at", [
-    (1, (20, 40), (10, 2), (10, 37)),  # as stored
-    (3, (20, 40), (10, 37), (10, 2)),  # rotated 180: red ends up on the right
-    (6, (40, 20), (2, 10), (37, 10)),  # rotate 90 CW to display: the stored left side becomes the top
-    (8, (40, 20), (37, 10), (2, 10)),  # rotate 90 CCW: the stored left side becomes the bottom
-])
+@pytest.mark.parametrize(
+    "orientation, shape, red_at, blue_at",
+    [
+        (1, (20, 40), (10, 2), (10, 37)),  # as stored
+        (3, (20, 40), (10, 37), (10, 2)),  # rotated 180: red ends up on the right
+        (6, (40, 20), (2, 10), (37, 10)),  # rotate 90 CW to display: the stored left side becomes the top
+        (8, (40, 20), (37, 10), (2, 10)),  # rotate 90 CCW: the stored left side becomes the bottom
+    ],
+)
 def test_exif_orientation_is_applied(orientation, shape, red_at, blue_at):
     data = with_exif_orientation(encode_jpeg(halves()), orientation)
     img = decode_image(data)
@@ -98,16 +110,19 @@ def test_jpeg_with_trailing_bytes_after_eoi_is_accepted():
     assert img.shape == (20, 40, 3)
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda j, p: j[: len(j) // 2], "truncated JPEG"),
-    (lambda j, p: j[:-2], "truncated JPEG"),  # only the EOI marker missing
-    (lambda j, p: p[: len(p) // 2], "not a readable image"),  # truncated PNG
-    (lambda j, p: p[:-12], "not a readable image"),  # PNG without IEND
-    (lambda j, p: bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)), "not a readable image"),
-    (lambda j, p: b"name,value\n1,2\n", "not a readable image"),  # a text file
-    (lambda j, p: b"", "empty"),
-    (lambda j, p: j[:2] + bytes(len(j) - 2), "not a readable image"),  # JPEG header, zeroed body
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda j, p: j[: len(j) // 2], "truncated JPEG"),
+        (lambda j, p: j[:-2], "truncated JPEG"),  # only the EOI marker missing
+        (lambda j, p: p[: len(p) // 2], "not a readable image"),  # truncated PNG
+        (lambda j, p: p[:-12], "not a readable image"),  # PNG without IEND
+        (lambda j, p: bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)), "not a readable image"),
+        (lambda j, p: b"name,value\n1,2\n", "not a readable image"),  # a text file
+        (lambda j, p: b"", "empty"),
+        (lambda j, p: j[:2] + bytes(len(j) - 2), "not a readable image"),  # JPEG header, zeroed body
+    ],
+)
 def test_bad_data_raises_badimage(make, reason):
     rng = np.random.default_rng(1)
     jpeg = encode_jpeg(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
@@ -176,6 +191,7 @@ def test_directory_is_not_an_image(tmp_path):
 
 # --- masks ------------------------------------------------------------------------------------------------------
 
+
 def test_mask_0_255_and_0_1_read_the_same():
     m = np.zeros((10, 12), np.uint8)
     m[2:5, 3:9] = 1
@@ -229,6 +245,7 @@ def test_encode_jpeg_round_trip_is_close():
 
 # --- resizing ---------------------------------------------------------------------------------------------------
 
+
 def test_resize_mask_interpolates_then_cuts_at_half():
     m = np.zeros((4, 4), np.uint8)
     m[:, :2] = 1
@@ -259,6 +276,7 @@ def test_big_shrink_is_antialiased():
 
 
 # --- real data --------------------------------------------------------------------------------------------------
+
 
 def test_real_photos_and_masks_decode(shared_data):
     root = require_dir(shared_data / "photos" / "coco128")

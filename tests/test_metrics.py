@@ -147,8 +147,10 @@ def test_foreground_vanished_at_input_size_is_scored_not_dropped():
     rng = np.random.default_rng(8)
     normal = random_masks(rng, 1, 224, 224)[0]
     g = np.stack([normal, gone])
-    preds = [noisy_predictions(rng, g),  # some pixels > 0.5 on the empty image: F1 = IoU = 0, not NaN
-             np.zeros(g.shape, np.float32)]  # a flat map (range < 1e-2): only shifted
+    preds = [
+        noisy_predictions(rng, g),  # some pixels > 0.5 on the empty image: F1 = IoU = 0, not NaN
+        np.zeros(g.shape, np.float32),
+    ]  # a flat map (range < 1e-2): only shifted
     for p in preds:
         acc = MetricAccumulator()
         acc.update(p[:, None], g[:, None], ["c1_1_1", "c2_1_1"])
@@ -201,8 +203,13 @@ def test_subset_means_and_per_image_rows():
     assert [r["id"] for r in rows] == ids
     assert res["n"] == 10
     assert list(res["subsets"]) == ["HCOCO", "HAdobe5k", "HFlickr", "Hday2night", "other"]
-    for name, members in {"HCOCO": [0, 1, 2, 8], "HFlickr": [3, 4], "HAdobe5k": [5], "Hday2night": [6, 9],
-                          "other": [7]}.items():
+    for name, members in {
+        "HCOCO": [0, 1, 2, 8],
+        "HFlickr": [3, 4],
+        "HAdobe5k": [5],
+        "Hday2night": [6, 9],
+        "other": [7],
+    }.items():
         sub = res["subsets"][name]
         assert sub["n"] == len(members)
         assert sub["AP"] == pytest.approx(100 * np.mean([rows[i]["ap"] for i in members]))

@@ -1,4 +1,5 @@
 """Every registered model: output contract, gradients, ImageNet-weight loading, input checks; DIRL's exact sizes."""
+
 from __future__ import annotations
 
 import pickle
@@ -58,8 +59,9 @@ def test_dirl_output_order_matches_attention_maps():
     """outputs[1:] are the MDA maps A4, A3, A2, A1, A0, bilinearly resized to H x W."""
     model = get_model("dirl").eval()
     captured = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: captured.__setitem__(k, o[1]))
-             for k, m in enumerate(model.mda)]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, k=k: captured.__setitem__(k, o[1])) for k, m in enumerate(model.mda)
+    ]
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 64, 64))
     for h in hooks:
@@ -92,8 +94,16 @@ def test_torchvision_layout():
     """The hand-written ResNet-34 has torchvision's keys (218 entries) and parameter count."""
     sd = torchvision_resnet34_state_dict(seed=0)
     assert len(sd) == 218
-    assert {"conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
-            "layer2.0.downsample.1.running_var", "layer4.2.bn2.num_batches_tracked", "fc.weight", "fc.bias"} <= set(sd)
+    assert {
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.running_var",
+        "layer4.2.bn2.num_batches_tracked",
+        "fc.weight",
+        "fc.bias",
+    } <= set(sd)
     assert "layer1.0.downsample.0.weight" not in sd and "layer2.1.downsample.0.weight" not in sd
     assert sum(v.numel() for k, v in sd.items() if "running" not in k and "num_batches" not in k) == 21_797_672
     assert tuple(sd["layer3.0.conv1.weight"].shape) == (256, 128, 3, 3)

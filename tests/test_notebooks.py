@@ -27,6 +27,7 @@ nbclient = pytest.importorskip("nbclient", reason="the notebooks extra (nbformat
 from nbclient.exceptions import CellExecutionError  # noqa: E402
 
 from helpers.paths import PARAMS, ROOT  # noqa: E402
+
 NB_DIR = ROOT / "notebooks"
 WALKTHROUGH = NB_DIR / "walkthrough.ipynb"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
@@ -34,11 +35,20 @@ CELL_TIMEOUT_S = 300
 IMAGE_CELLS = ("contact-sheet", "predict", "attention", "curves")
 
 TINY = {
-    "data.stored_size": 64, "cluster.data_workers": 1, "synth.per_image": 2,
-    "model.name": "dirl_lite", "model.input_size": 64,
-    "train.epochs": 1, "train.batch_size": 4, "train.max_steps_per_epoch": 3, "train.use_tune_best": False,
-    "tune.enabled": False, "evaluate.batch_size": 8, "evaluate.grid_items": 3,
-    "cluster.storage_path": "", "mlflow.tracking_uri": "",
+    "data.stored_size": 64,
+    "cluster.data_workers": 1,
+    "synth.per_image": 2,
+    "model.name": "dirl_lite",
+    "model.input_size": 64,
+    "train.epochs": 1,
+    "train.batch_size": 4,
+    "train.max_steps_per_epoch": 3,
+    "train.use_tune_best": False,
+    "tune.enabled": False,
+    "evaluate.batch_size": 8,
+    "evaluate.grid_items": 3,
+    "cluster.storage_path": "",
+    "mlflow.tracking_uri": "",
 }
 
 # Runs in the workspace (cwd) as `python -c PIPELINE <step> ...`: the stage functions that dvc.yaml's stages call.
@@ -51,19 +61,19 @@ from dirl.config import load_config
 cfg = load_config("params.yaml")
 for step in sys.argv[1:]:
     if step == "data":
-        from dirl.data.build import ingest, preprocess, synthesize
-        ingest(cfg)
-        preprocess(cfg)
-        synthesize(cfg)
+        from dirl.stages import ingest, preprocess, synthesize
+        ingest.run(cfg)
+        preprocess.run(cfg)
+        synthesize.run(cfg)
     elif step == "train":
-        from dirl.train.trainer import train
-        train(cfg, out_dir="results/train", root=Path.cwd())
+        from dirl.stages import train
+        train.run(cfg, out_dir="results/train", root=Path.cwd())
     elif step == "evaluate":
-        from dirl.lifecycle.evaluate import evaluate_stage
-        evaluate_stage(cfg)
+        from dirl.stages import evaluate
+        evaluate.run(cfg)
     elif step == "register":
-        from dirl.lifecycle.release import register_stage
-        register_stage(cfg)
+        from dirl.stages import register
+        register.run(cfg)
     elif step == "promote":
         from dirl.lifecycle.release import promote
         promote(cfg)
@@ -86,8 +96,15 @@ def clean_env() -> dict[str, str]:
     """This process's environment without anything that would point MLflow or Ray elsewhere."""
     elsewhere = ("MLFLOW_TRACKING", "MLFLOW_REGISTRY", "MLFLOW_RUN", "MLFLOW_EXPERIMENT", "RAY_ADDRESS")
     env = {k: v for k, v in os.environ.items() if not k.startswith(elsewhere)}
-    env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1",
-                "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "TQDM_DISABLE": "1",
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -107,8 +124,9 @@ def make_workspace(ws: Path) -> Path:
 def run_steps(ws: Path, *steps: str) -> float:
     """Run pipeline steps in ``ws`` in a fresh interpreter; returns the seconds taken."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PIPELINE, *steps], cwd=ws, env=clean_env(), capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", PIPELINE, *steps], cwd=ws, env=clean_env(), capture_output=True, text=True, timeout=900
+    )
     if proc.returncode:
         pytest.fail(f"pipeline steps {steps} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
     return time.perf_counter() - t0
@@ -119,8 +137,9 @@ def execute(path: Path, cwd: Path, probe: bool = False) -> tuple[nbformat.Notebo
     nb = nbformat.read(path, as_version=4)
     if probe:
         nb.cells.append(nbformat.v4.new_code_cell(PROBE.strip()))
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(cwd)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    )
     t0 = time.perf_counter()
     client.execute(env=clean_env())  # raises CellExecutionError naming the failing cell
     seconds = time.perf_counter() - t0
@@ -128,7 +147,7 @@ def execute(path: Path, cwd: Path, probe: bool = False) -> tuple[nbformat.Notebo
     if probe:
         text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
         line = next(ln for ln in text.splitlines() if ln.startswith("PROBE "))
-        values = json.loads(line[len("PROBE "):])
+        values = json.loads(line[len("PROBE ") :])
     return nb, values, seconds
 
 
@@ -169,7 +188,8 @@ def _expected(ws: Path) -> dict:
         "rows": sum(m["rows"] for m in manifests),
         "run_id": json.loads((ws / "results/train/run.json").read_text())["run_id"],
         "test_iou": json.loads((ws / "results/evaluate/scores.json").read_text())["test"]["model"]["IoU"],
-        "name": cfg["register"]["model_name"], "alias": cfg["register"]["alias"],
+        "name": cfg["register"]["model_name"],
+        "alias": cfg["register"]["alias"],
     }
 
 
@@ -206,7 +226,8 @@ def test_walkthrough_loads_the_challenger_after_register(lifecycle):
     assert values["ref"] == f"models:/{exp['name']}@{exp['alias']}"
     assert values["version"] == registered["version"]
     assert [(str(r["version"]), r["aliases"], r["run_id"]) for r in values["registry"]] == [
-        (registered["version"], f"@{exp['alias']}", exp["run_id"])]
+        (registered["version"], f"@{exp['alias']}", exp["run_id"])
+    ]
 
 
 def test_walkthrough_loads_the_champion_after_promote(lifecycle):
@@ -241,13 +262,15 @@ def test_committed_notebooks_have_no_outputs(path):
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, f"{path.name} has no code cell"
-    assert all(c.outputs == [] and c.execution_count is None for c in code), \
+    assert all(c.outputs == [] and c.execution_count is None for c in code), (
         f"{path.name} carries outputs: clear them (or rebuild it with notebooks/_build.py)"
+    )
 
 
 def test_walkthrough_matches_its_generator():
     spec = importlib.util.spec_from_file_location("walkthrough_build", NB_DIR / "_build.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    assert json.loads(nbformat.writes(build.build())) == json.loads(WALKTHROUGH.read_text()), \
+    assert json.loads(nbformat.writes(build.build())) == json.loads(WALKTHROUGH.read_text()), (
         "notebooks/walkthrough.ipynb differs from notebooks/_build.py: run `python notebooks/_build.py`"
+    )

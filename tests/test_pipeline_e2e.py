@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers.repo import BIN, base_env, make_repo, ran as _ran
+from helpers.repo import BIN, base_env, make_repo
+from helpers.repo import ran as _ran
 from helpers.repo import sh as run
 
 
@@ -43,7 +44,7 @@ def test_repro_runs_every_stage_and_writes_outputs(repo, first_repro):
     run = json.loads((repo / "results/train/run.json").read_text())
     assert model["logged_model_uri"] == f"models:/{run['model_id']}"
     logged = mlflow.MlflowClient(run["tracking_uri"]).get_logged_model(run["model_id"])
-    assert {"test_IoU", "test_prior_IoU"} <= {m.key for m in logged.metrics}
+    assert {"test/IoU", "test/prior_IoU"} <= {m.key for m in logged.metrics}
     assert (repo / "results/train/model.pt").stat().st_size > 1_000_000
     assert yaml.safe_load((repo / "results/tune/best.yaml").read_text())
     shown = sh(str(BIN / "dvc"), "metrics", "show", "--json", cwd=repo)

@@ -33,8 +33,13 @@ def test_predict_folder_any_size_reports_bad_files(tmp_path):
     weights = make_weights(tmp_path / "unet.pt")
     out = tmp_path / "out"
 
-    summary = predict_paths(make_cfg(tmp_path), [str(src), str(tmp_path / "missing.jpg")], model_ref=str(weights),
-                            out_dir=str(out), batch_size=2)
+    summary = predict_paths(
+        make_cfg(tmp_path),
+        [str(src), str(tmp_path / "missing.jpg")],
+        model_ref=str(weights),
+        out_dir=str(out),
+        batch_size=2,
+    )
     assert summary["inputs"] == 5 and summary["written"] == 3
     failed = {os.path.basename(f["file"]): f["reason"] for f in summary["failed"]}
     assert set(failed) == {"corrupt.jpg", "truncated.jpg", "missing.jpg"}
@@ -163,8 +168,18 @@ def _cli_predict(tmp_path, inputs, *extra):
 
     weights = make_weights(tmp_path / "unet.pt")
     sets = ["model.name=unet", "model.input_size=32", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
-    argv = ["predict", "--params", str(PARAMS), *[a for s in sets for a in ("--set", s)], *map(str, inputs),
-            "--model", str(weights), "--out", str(tmp_path / "out"), *extra]
+    argv = [
+        "predict",
+        "--params",
+        str(PARAMS),
+        *[a for s in sets for a in ("--set", s)],
+        *map(str, inputs),
+        "--model",
+        str(weights),
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
     return main(argv)
 
 
@@ -199,7 +214,35 @@ def test_a_failed_write_leaves_no_partial_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(predict_mod, "overlay", no_memory)  # the mask is ready, the overlay fails
     out = tmp_path / "out"
-    summary = predict_paths(make_cfg(tmp_path), [str(tmp_path / "a.png")], str(make_weights(tmp_path / "w.pt")),
-                            str(out))
+    summary = predict_paths(
+        make_cfg(tmp_path), [str(tmp_path / "a.png")], str(make_weights(tmp_path / "w.pt")), str(out)
+    )
     assert summary["written"] == 0 and "cannot write its outputs" in summary["failed"][0]["reason"]
     assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
+def test_predict_from_mlflow_off_a_terminal_writes_no_download_bar(tmp_path, monkeypatch, capfd):
+    """Off a terminal (here: pytest's captured stderr, as in a log file) MLflow's artifact download bar would write
+    a carriage-return update per file; predict prints at most one progress line instead."""
+    import mlflow
+
+    from dirl.lifecycle.pyfunc import log_pyfunc
+    from helpers.lifecycle import make_training_run
+
+    cfg = make_cfg(tmp_path)
+    (tmp_path / "train").mkdir()
+    weights = make_weights(tmp_path / "train" / "model.pt", "unet", 32)
+    run_id = make_training_run(cfg, tmp_path / "train")
+    with mlflow.start_run(run_id=run_id):
+        log_pyfunc(weights, name="model")  # the run's logged model, as training logs it
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)  # as a fresh `dirl predict` starts
+    img, _ = composite(3, 40, 50)
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    capfd.readouterr()
+    summary = predict_paths(cfg, [tmp_path / "a.png"], model_ref=run_id, out_dir=tmp_path / "out")
+    assert summary["written"] == 1
+    err = capfd.readouterr().err
+    assert "\r" not in err, err[:300]
+    progress = [ln for ln in err.splitlines() if "Downloading" in ln or "predict:" in ln]
+    assert len(progress) <= 1, progress
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"

@@ -31,8 +31,7 @@ def make_items(root: Path, n_good: int = 9) -> tuple[list[Item], dict[str, str]]
     items: list[Item] = []
 
     def add(name, mask, img=None, split="train", real=None, mask_ext=".png"):
-        img = img if img is not None else cv2.GaussianBlur(
-            rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (7, 7), 3)
+        img = img if img is not None else cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (7, 7), 3)
         comp = write_image(root / "composite_images" / f"{name}.jpg", img)
         mpath = root / "masks" / f"{name}{mask_ext}"
         if mask is not None:
@@ -50,9 +49,14 @@ def make_items(root: Path, n_good: int = 9) -> tuple[list[Item], dict[str, str]]
     soft = cv2.GaussianBlur(box_mask(), (9, 9), 3)  # anti-aliased edges: non-binary but usable
     add("soft", soft)
     add("odd_real", box_mask(), real=write_image(root / "real_images" / "odd.jpg", np.zeros((20, 20, 3), np.uint8)))
-    expected = {"mismatch": "mask is 40x64 (HxW) but the composite is 48x64", "missing": "file not found",
-                "empty": "empty mask", "full": "covers the whole image", "corrupt": "not a readable image",
-                "tiny": "vanishes once resized"}
+    expected = {
+        "mismatch": "mask is 40x64 (HxW) but the composite is 48x64",
+        "missing": "file not found",
+        "empty": "empty mask",
+        "full": "covers the whole image",
+        "corrupt": "not a readable image",
+        "tiny": "vanishes once resized",
+    }
     add("mismatch", box_mask(40, 64))
     add("missing", None)
     add("empty", np.zeros((48, 64), np.uint8))
@@ -73,8 +77,9 @@ def dataset(tmp_path):
 
 def run(items, out, workers=1, max_bad_fraction=0.5, **kw):
     issues = IssueLog("preprocess")
-    manifest = write_shards(items, out, SIZE, workers=workers, issues=issues, max_bad_fraction=max_bad_fraction,
-                          progress=False, **kw)
+    manifest = write_shards(
+        items, out, SIZE, workers=workers, issues=issues, max_bad_fraction=max_bad_fraction, progress=False, **kw
+    )
     return manifest, issues
 
 
@@ -172,8 +177,10 @@ def processes_with_env(marker: str) -> list[int]:
     found = []
     for d in Path("/proc").glob("[0-9]*"):
         try:
-            if f"DIRL_KILL_TEST={marker}".encode() in (d / "environ").read_bytes() and \
-                    ") Z " not in (d / "stat").read_text():
+            if (
+                f"DIRL_KILL_TEST={marker}".encode() in (d / "environ").read_bytes()
+                and ") Z " not in (d / "stat").read_text()
+            ):
                 found.append(int(d.name))
         except OSError:
             continue
@@ -187,8 +194,12 @@ def test_killed_run_leaves_previous_output(dataset, tmp_path):
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
     marker = f"dirl-kill-test-{os.getpid()}"
-    proc = subprocess.run([sys.executable, str(script), str(items[0].composite), str(items[0].mask), str(out)],
-                          capture_output=True, timeout=120, env={**os.environ, "DIRL_KILL_TEST": marker})
+    proc = subprocess.run(
+        [sys.executable, str(script), str(items[0].composite), str(items[0].mask), str(out)],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "DIRL_KILL_TEST": marker},
+    )
     assert proc.returncode == -9, proc.stderr.decode()
     deadline = time.monotonic() + 10
     while processes_with_env(marker) and time.monotonic() < deadline:
@@ -226,8 +237,16 @@ def test_real_ihd_composites(shared_data, tmp_path):
         for p in sorted((root / sub / "composite_images").glob("*.jpg"))[:4]:
             stem, fg, _ = p.stem.rsplit("_", 2)
             real = root / sub / "real_images" / f"{stem}.jpg"
-            items.append(Item(id=p.stem, subset=sub, split="test", composite=p,
-                              mask=root / sub / "masks" / f"{stem}_{fg}.png", real=real if real.exists() else None))
+            items.append(
+                Item(
+                    id=p.stem,
+                    subset=sub,
+                    split="test",
+                    composite=p,
+                    mask=root / sub / "masks" / f"{stem}_{fg}.png",
+                    real=real if real.exists() else None,
+                )
+            )
     manifest, issues = run(items, tmp_path / "ihd", max_bad_fraction=0.0)
     assert manifest["rows"] == len(items) == 8 and len(issues) == 0
     table = read_table(tmp_path / "ihd", "test", ["subset", "real", "fg_ratio"])
@@ -252,15 +271,27 @@ def originals(root: Path) -> dict[str, Item]:
     for split in ("train", "val", "test"):
         comp = write_image(root / f"{split}.jpg", smooth_image(rng, 60, 90))
         real = write_image(root / f"{split}_real.jpg", smooth_image(rng, 60, 90))
-        items[split] = Item(id=split, subset="unit", split=split, composite=comp,
-                            mask=write_image(root / f"{split}_mask.png", mask), real=real)
+        items[split] = Item(
+            id=split,
+            subset="unit",
+            split=split,
+            composite=comp,
+            mask=write_image(root / f"{split}_mask.png", mask),
+            real=real,
+        )
     png = write_image(root / "png.png", smooth_image(rng, 50, 70))
-    items["png"] = Item(id="png", subset="unit", split="test", composite=png,
-                        mask=write_image(root / "png_mask.png", mask[:50, :70]))
+    items["png"] = Item(
+        id="png", subset="unit", split="test", composite=png, mask=write_image(root / "png_mask.png", mask[:50, :70])
+    )
     tiny = np.zeros((1000, 800), np.uint8)
     tiny[500, 400:403] = 255  # 3 pixels: gone at any stored size of a few hundred pixels
-    items["tiny"] = Item(id="tiny", subset="unit", split="test", composite=write_image(root / "tiny.jpg",
-                         smooth_image(rng, 1000, 800)), mask=write_image(root / "tiny_mask.png", tiny))
+    items["tiny"] = Item(
+        id="tiny",
+        subset="unit",
+        split="test",
+        composite=write_image(root / "tiny.jpg", smooth_image(rng, 1000, 800)),
+        mask=write_image(root / "tiny_mask.png", tiny),
+    )
     return items
 
 
@@ -313,8 +344,10 @@ def test_keep_test_originals_off_resizes_test_rows_and_drops_a_vanished_foregrou
 def test_synthesized_and_photo_test_rows_are_resized(tmp_path):
     items = originals(tmp_path / "src")
     t = items["test"]
-    others = [Item(id=f"t_{src}", subset="unit", split="test", composite=t.composite, mask=t.mask, source=src)
-              for src in ("synthesized", "photo")]
+    others = [
+        Item(id=f"t_{src}", subset="unit", split="test", composite=t.composite, mask=t.mask, source=src)
+        for src in ("synthesized", "photo")
+    ]
     run(others, tmp_path / "out", max_bad_fraction=0.0)
     for r in read_table(tmp_path / "out").to_pylist():
         assert (r["height"], r["width"]) == (SIZE, SIZE), r["id"]

@@ -14,7 +14,7 @@ def test_non_tty_progress_prints_a_line_every_interval(monkeypatch):
     monkeypatch.setattr("dirl.progress.time.perf_counter", lambda: next(clock))
     out = io.StringIO()  # not a TTY
     p = EpochProgress(3, 12, 100, world=2, every=30, stream=out)  # start at t=0
-    for step, t in zip((10, 30, 45, 60, 70), range(5)):
+    for step in (10, 30, 45, 60, 70):
         p(step, step * 8, 1.5)  # 8 images per step on each of 2 workers
     p.close()
     lines = out.getvalue().splitlines()
@@ -26,8 +26,15 @@ def test_non_tty_progress_prints_a_line_every_interval(monkeypatch):
 
 
 def test_epoch_line_is_short_and_readable():
-    row = {"epoch": 2, "train_loss": 12.5, "val_iou": 31.25, "val_ap": 50.0, "best_val_iou": 31.25,
-           "images_per_s": 61.2, "epoch_s": 52.4}
+    row = {
+        "epoch": 2,
+        "train_loss": 12.5,
+        "val_iou": 31.25,
+        "val_ap": 50.0,
+        "best_val_iou": 31.25,
+        "images_per_s": 61.2,
+        "epoch_s": 52.4,
+    }
     line = epoch_line(row, 10)
     assert line == "epoch 2/10  train loss 12.5000  val IoU 31.2 AP 50.0 (best 31.2)  61.2 img/s  52s"
     assert "val" not in epoch_line({**row, "val_iou": math.nan}, 10)

@@ -14,8 +14,16 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from dirl.lifecycle.release import (CHAMPION, HOLD_ENV, PREVIOUS, PromotionRefused, RegistryError, promote,
-                                     register_stage, rollback)
+from dirl.lifecycle.release import (
+    CHAMPION,
+    HOLD_ENV,
+    PREVIOUS,
+    PromotionRefused,
+    RegistryError,
+    promote,
+    register_stage,
+    rollback,
+)
 from dirl.lifecycle.resolve import ModelRefError, load_model_ref
 from dirl.tracking import TrackingError
 from dirl.weights import WeightsError
@@ -38,11 +46,28 @@ def store(tmp_path_factory):
     run_id = make_training_run(cfg, train)
     metrics = root / "results" / "evaluate" / "scores.json"
     metrics.parent.mkdir(parents=True)
-    metrics.write_text(json.dumps({"test": {"model": {"n": 6, "AP": 50.0, "F1": 0.5, "IoU": 40.0},
-                                            "centre_prior": {"n": 6, "AP": 30.0, "F1": 0.3, "IoU": 20.0}}}))
+    metrics.write_text(
+        json.dumps(
+            {
+                "test": {
+                    "model": {"n": 6, "AP": 50.0, "F1": 0.5, "IoU": 40.0},
+                    "centre_prior": {"n": 6, "AP": 30.0, "F1": 0.3, "IoU": 20.0},
+                }
+            }
+        )
+    )
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    return {"root": root, "dirs": [str(d) for d in dirs], "cfg": cfg, "train": train, "good": good, "flat": flat,
-            "run_id": run_id, "metrics": metrics, "client": client}
+    return {
+        "root": root,
+        "dirs": [str(d) for d in dirs],
+        "cfg": cfg,
+        "train": train,
+        "good": good,
+        "flat": flat,
+        "run_id": run_id,
+        "metrics": metrics,
+        "client": client,
+    }
 
 
 def register(store, weights: Path, name: str | None = None) -> dict:
@@ -50,8 +75,14 @@ def register(store, weights: Path, name: str | None = None) -> dict:
     target = store["train"] / "model.pt"
     target.unlink(missing_ok=True)
     os.link(weights, target)
-    return register_stage(cfg, out_dir=store["root"] / "results" / "register", weights=target,
-                          run_json=store["train"] / "run.json", metrics_path=store["metrics"], shard_dirs=store["dirs"])
+    return register_stage(
+        cfg,
+        out_dir=store["root"] / "results" / "register",
+        weights=target,
+        run_json=store["train"] / "run.json",
+        metrics_path=store["metrics"],
+        shard_dirs=store["dirs"],
+    )
 
 
 def aliases(store, name: str = "dirl-test") -> dict:
@@ -67,7 +98,7 @@ def test_register_promote_refuse_force_rollback(store):
     assert json.loads((store["root"] / "results" / "register" / "model.json").read_text()) == info
     mv = client.get_model_version("dirl-test", "1")
     assert mv.run_id == store["run_id"] and aliases(store) == {"challenger": "1"}
-    assert mv.tags["metric.test_IoU"] == "40" and mv.tags["metric.test_prior_IoU"] == "20"
+    assert mv.tags["metric.test/IoU"] == "40" and mv.tags["metric.test/prior_IoU"] == "20"
     assert mv.tags["model"] == "unet" and mv.tags["input_size"] == "32" and len(mv.tags["weights_sha256"]) == 64
     assert "git_commit" in mv.tags
     assert "data.synth.dataset_hash" in mv.tags and "data.shards.dataset_hash" in mv.tags
@@ -132,8 +163,14 @@ print("RESULT " + json.dumps({"champion": r["champion"], "previous": r["previous
 
 def _spawn(code: str, arg: dict, env: dict) -> subprocess.Popen:
     env = {**env, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code, json.dumps(arg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(arg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def test_racing_promotions_leave_aliases_consistent(store):
@@ -144,11 +181,22 @@ def test_racing_promotions_leave_aliases_consistent(store):
         mlflow.register_model(logged, name)
     client.set_registered_model_alias(name, CHAMPION, "1")
     go = store["root"] / "race.go"
-    overrides = {"model.name": "unet", "model.input_size": 32, "evaluate.batch_size": 4, "register.model_name": name,
-                 "mlflow.tracking_uri": f"sqlite:///{store['root'] / 'mlflow.db'}"}
+    overrides = {
+        "model.name": "unet",
+        "model.input_size": 32,
+        "evaluate.batch_size": 4,
+        "register.model_name": name,
+        "mlflow.tracking_uri": f"sqlite:///{store['root'] / 'mlflow.db'}",
+    }
     env = {**os.environ, HOLD_ENV: "1.5"}
-    procs = [_spawn(RACE, {"params": str(PARAMS), "overrides": overrides, "go": str(go), "version": v,
-                           "dirs": store["dirs"]}, env) for v in ("2", "3")]
+    procs = [
+        _spawn(
+            RACE,
+            {"params": str(PARAMS), "overrides": overrides, "go": str(go), "version": v, "dirs": store["dirs"]},
+            env,
+        )
+        for v in ("2", "3")
+    ]
     time.sleep(1.0)
     go.touch()
     results = []

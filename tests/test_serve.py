@@ -67,23 +67,43 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
 def mlflow_server(tmp_path: Path, env: dict, request) -> str:
     """A real `mlflow server` on 127.0.0.1 over a SQLite store in tmp_path; returns its URI once healthy."""
     port = free_port()
-    server = start([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                    "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1",
-                    "--port", str(port), "--workers", "1"], tmp_path / "server.log", env, request)
+    server = start(
+        [
+            MLFLOW,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        tmp_path / "server.log",
+        env,
+        request,
+    )
     uri = f"http://127.0.0.1:{port}"
     wait_http(f"{uri}/health", server, tmp_path / "server.log", 120)
     return uri
 
 
 def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
-    from dirl.lifecycle.pyfunc import decode_maps, rest_payload
     from dirl.lifecycle.predict import predict_maps
+    from dirl.lifecycle.pyfunc import decode_maps, rest_payload
     from dirl.lifecycle.release import promote, register_stage
     from dirl.weights import load_weights
 
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "OMP_NUM_THREADS": "1",  # the scoring server runs `uvicorn` from PATH: the venv's bin must be on it
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "OMP_NUM_THREADS": "1",  # the scoring server runs `uvicorn` from PATH: the venv's bin must be on it
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     uri = mlflow_server(tmp_path, env, request)
 
     monkeypatch.chdir(tmp_path)
@@ -93,9 +113,16 @@ def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
     train.mkdir(parents=True)
     make_training_run(cfg, train)
     (tmp_path / "results" / "evaluate").mkdir(parents=True)
-    (tmp_path / "results" / "evaluate" / "scores.json").write_text(json.dumps(
-        {"test": {"model": {"n": 6, "AP": 1.0, "F1": 0.1, "IoU": 1.0}, "centre_prior": {"n": 6, "AP": 1.0, "F1": 0.1,
-                                                                                          "IoU": 1.0}}}))
+    (tmp_path / "results" / "evaluate" / "scores.json").write_text(
+        json.dumps(
+            {
+                "test": {
+                    "model": {"n": 6, "AP": 1.0, "F1": 0.1, "IoU": 1.0},
+                    "centre_prior": {"n": 6, "AP": 1.0, "F1": 0.1, "IoU": 1.0},
+                }
+            }
+        )
+    )
     flat, good = make_weights(tmp_path / "flat.pt", constant=True), make_weights(tmp_path / "good.pt")
     for weights, version in ((flat, "1"), (good, "2")):
         (train / "model.pt").unlink(missing_ok=True)
@@ -107,16 +134,32 @@ def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
     assert client_aliases == {"challenger": "2", "champion": "2", "previous": "1"}
 
     sport = free_port()
-    serve = start([MLFLOW, "models", "serve", "-m", "models:/dirl-test@champion", "--env-manager", "local",
-                   "-h", "127.0.0.1", "-p", str(sport)], tmp_path / "serve.log", {**env, "MLFLOW_TRACKING_URI": uri},
-                  request)
+    serve = start(
+        [
+            MLFLOW,
+            "models",
+            "serve",
+            "-m",
+            "models:/dirl-test@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(sport),
+        ],
+        tmp_path / "serve.log",
+        {**env, "MLFLOW_TRACKING_URI": uri},
+        request,
+    )
     wait_http(f"http://127.0.0.1:{sport}/ping", serve, tmp_path / "serve.log", 180)
 
     img, _ = composite(7, 61, 90)  # any size: not square, not a multiple of 16
     ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     body = json.dumps(rest_payload([png.tobytes()])).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{sport}/invocations", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{sport}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=120) as r:
         body = json.loads(r.read())
     (served,) = decode_maps(body)
@@ -129,16 +172,28 @@ def test_training_logs_into_a_real_mlflow_server(tmp_path, request):
     """`train()` with `mlflow.tracking_uri` pointing at `mlflow server`: one run, each epoch once, weights logged."""
     from dirl.config import load_config
     from dirl.data.toy import toy_shards
-    from dirl.train.trainer import train
+    from dirl.stages.train import run as train
 
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     uri = mlflow_server(tmp_path, env, request)
     data = toy_shards(tmp_path / "toy", n_train=16, n_val=4, size=32)
-    cfg = load_config(PARAMS, overrides={
-        "model.name": "unet", "model.input_size": 32, "train.epochs": 2, "train.batch_size": 2,
-        "train.max_steps_per_epoch": 2, "train.precision": "fp32", "train.channels_last": False,
-        "cluster.storage_path": str(tmp_path / "ray_results"), "train.use_tune_best": False,
-        "mlflow.tracking_uri": uri, "mlflow.experiment": "server-test", "cluster.num_cpus": 2})
+    cfg = load_config(
+        PARAMS,
+        overrides={
+            "model.name": "unet",
+            "model.input_size": 32,
+            "train.epochs": 2,
+            "train.batch_size": 2,
+            "train.max_steps_per_epoch": 2,
+            "train.precision": "fp32",
+            "train.channels_last": False,
+            "cluster.storage_path": str(tmp_path / "ray_results"),
+            "train.use_tune_best": False,
+            "mlflow.tracking_uri": uri,
+            "mlflow.experiment": "server-test",
+            "cluster.num_cpus": 2,
+        },
+    )
     out = train(cfg, out_dir=tmp_path / "out", data_dirs=[data], root=tmp_path)
     import mlflow
 
@@ -149,4 +204,6 @@ def test_training_logs_into_a_real_mlflow_server(tmp_path, request):
     assert steps == [1, 2]
     # the weights are stored once, as the run's logged model, which `dirl register` registers as it is
     logged = client.get_logged_model(out["model_id"])
-    assert logged.source_run_id == out["run_id"] and "weights" not in {a.path for a in client.list_artifacts(out["run_id"])}
+    assert logged.source_run_id == out["run_id"] and "weights" not in {
+        a.path for a in client.list_artifacts(out["run_id"])
+    }

@@ -12,8 +12,17 @@ import torch
 
 from dirl.data.images import encode_jpeg, encode_png
 from dirl.data.loader import ShardDataset, decode_row
-from dirl.data.shards import (MANIFEST, SCHEMA, SCHEMA_VERSION, ShardWriter, iter_rows, read_manifest, read_table,
-                              verify_shards, write_manifest)
+from dirl.data.shards import (
+    MANIFEST,
+    SCHEMA,
+    SCHEMA_VERSION,
+    ShardWriter,
+    iter_rows,
+    read_manifest,
+    read_table,
+    verify_shards,
+    write_manifest,
+)
 
 
 def make_row(i: int, split: str = "train", size: int = 32) -> dict:
@@ -21,18 +30,30 @@ def make_row(i: int, split: str = "train", size: int = 32) -> dict:
     img = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), (5, 5), 2)
     mask = np.zeros((size, size), np.uint8)
     y, x = rng.integers(0, size // 2, 2)
-    mask[y:y + size // 3, x:x + size // 3] = 1
+    mask[y : y + size // 3, x : x + size // 3] = 1
     return {
-        "id": f"item{i:03d}", "subset": "unit", "split": split, "image": encode_jpeg(img), "mask": encode_png(mask),
-        "real": encode_jpeg(img) if i % 2 else None, "orig_h": 2 * size, "orig_w": 3 * size, "height": size,
-        "width": size, "fg_ratio": float(mask.mean()), "source": "synthesized" if i % 3 else "composite",
-        "synth_method": "reinhard" if i % 3 else None, "ref_id": None,
+        "id": f"item{i:03d}",
+        "subset": "unit",
+        "split": split,
+        "image": encode_jpeg(img),
+        "mask": encode_png(mask),
+        "real": encode_jpeg(img) if i % 2 else None,
+        "orig_h": 2 * size,
+        "orig_w": 3 * size,
+        "height": size,
+        "width": size,
+        "fg_ratio": float(mask.mean()),
+        "source": "synthesized" if i % 3 else "composite",
+        "synth_method": "reinhard" if i % 3 else None,
+        "ref_id": None,
     }
 
 
 def write_split_dataset(out, n_train=23, n_test=7, max_shard_bytes=20_000, batch_rows=4):
-    rows = {"train": [make_row(i, "train") for i in range(n_train)],
-            "test": [make_row(100 + i, "test") for i in range(n_test)]}
+    rows = {
+        "train": [make_row(i, "train") for i in range(n_train)],
+        "test": [make_row(100 + i, "test") for i in range(n_test)],
+    }
     infos = []
     for split, rs in rows.items():
         with ShardWriter(out, split, max_shard_bytes=max_shard_bytes, batch_rows=batch_rows) as w:
@@ -139,6 +160,7 @@ def test_writer_rejects_bad_rows(tmp_path):
 
 # --- loader -----------------------------------------------------------------------------------------------------
 
+
 def test_decode_row_shapes_and_determinism(tmp_path):
     row = make_row(5, size=48)
     out = decode_row(row, 32, train=False)
@@ -184,6 +206,7 @@ def test_shard_dataset_with_torch_dataloader_and_pickle(tmp_path):
 
 
 # --- check_shards: the fast pre-flight check before training --------------------------------------------------
+
 
 def _toy(tmp_path):
     from dirl.data.toy import toy_shards
@@ -260,15 +283,19 @@ def test_train_on_a_corrupt_shard_fails_fast_without_starting_ray(tmp_path):
 
     from dirl.config import config_from_dict
     from dirl.data.shards import ShardError
-    from dirl.train.trainer import train
+    from dirl.stages.train import run as train
 
     toy = _toy(tmp_path)
     shard = sorted(toy.glob("train-*.arrow"))[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    cfg = config_from_dict({"cluster": {"storage_path": str(tmp_path / "ray_results")},
-                            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    cfg = config_from_dict(
+        {
+            "cluster": {"storage_path": str(tmp_path / "ray_results")},
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        }
+    )
     assert not ray.is_initialized()
     with pytest.raises(ShardError) as e:
         train(cfg, out_dir=tmp_path / "out", data_dirs=[toy], root=tmp_path)

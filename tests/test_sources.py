@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import socket
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from dirl.data.images import decode_mask
 from dirl.data.sources import PhotoItem, load_photo_folder, polygons_to_mask, sample_photos
-from dirl.data.synth import make_composites
+from dirl.data.synth import Reference, make_composites
 
 
 def _write_photo(path: Path, rng: np.random.Generator, size=(40, 60)) -> None:
@@ -91,16 +93,28 @@ def _coco(tmp_path: Path) -> Path:
     _write_photo(tmp_path / "images" / "p2.jpg", rng, (30, 30))  # JSON claims 40x40
     square = [10, 10, 50, 10, 50, 40, 10, 40]
     doc = {
-        "images": [{"id": 1, "file_name": "p1.jpg", "height": 50, "width": 80},
-                   {"id": 2, "file_name": "p2.jpg", "height": 40, "width": 40},
-                   {"id": 3, "file_name": "gone.jpg", "height": 40, "width": 40}],
+        "images": [
+            {"id": 1, "file_name": "p1.jpg", "height": 50, "width": 80},
+            {"id": 2, "file_name": "p2.jpg", "height": 40, "width": 40},
+            {"id": 3, "file_name": "gone.jpg", "height": 40, "width": 40},
+        ],
         "categories": [{"id": 7, "name": "cat"}, {"id": 8, "name": "dog"}],
         "annotations": [
             {"id": 11, "image_id": 1, "category_id": 7, "segmentation": [square], "iscrowd": 0},
-            {"id": 12, "image_id": 1, "category_id": 8, "iscrowd": 0,
-             "segmentation": [[60, 5, 75, 5, 75, 15], [60, 30, 70, 45, 60, 45]]},
-            {"id": 13, "image_id": 1, "category_id": 7, "segmentation": {"counts": [1, 2], "size": [50, 80]},
-             "iscrowd": 1},
+            {
+                "id": 12,
+                "image_id": 1,
+                "category_id": 8,
+                "iscrowd": 0,
+                "segmentation": [[60, 5, 75, 5, 75, 15], [60, 30, 70, 45, 60, 45]],
+            },
+            {
+                "id": 13,
+                "image_id": 1,
+                "category_id": 7,
+                "segmentation": {"counts": [1, 2], "size": [50, 80]},
+                "iscrowd": 1,
+            },
             {"id": 14, "image_id": 2, "category_id": 7, "segmentation": [square], "iscrowd": 0},
             {"id": 15, "image_id": 3, "category_id": 7, "segmentation": [square], "iscrowd": 0},
             {"id": 16, "image_id": 1, "category_id": 7, "segmentation": [[1, 2, 3]], "iscrowd": 0},
@@ -128,8 +142,7 @@ def test_coco_polygons(tmp_path):
 
 
 def test_coco_malformed(tmp_path):
-    (tmp_path / "annotations.json").write_text(json.dumps({"images": [{"id": 1}], "annotations": [],
-                                                           "categories": []}))
+    (tmp_path / "annotations.json").write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
     with pytest.raises(ValueError, match="COCO image 1 lacks file_name, height, width"):
         load_photo_folder(tmp_path)
 
@@ -169,11 +182,23 @@ def sample_dir(tmp_path_factory) -> tuple[Path, list[PhotoItem]]:
         raise AssertionError("sample_photos must not use the network")
 
     socket.socket.connect = no_network
+    console = io.StringIO()
     try:
-        items = sample_photos(out, size=128)
+        with contextlib.redirect_stdout(console):
+            items = sample_photos(out, size=128)
     finally:
         socket.socket.connect = real_connect
+    SAMPLE_CONSOLE.append(console.getvalue())
     return out, items
+
+
+SAMPLE_CONSOLE: list[str] = []  # what sample_photos printed in the fixture
+
+
+def test_sample_photos_prints_one_count_not_a_line_per_skipped_view(sample_dir):
+    lines = SAMPLE_CONSOLE[-1].splitlines()
+    assert len(lines) == 1, lines  # no "skip" line per view: the views left out are one count
+    assert lines[0].startswith("sample_photos: ") and "left out" in lines[0]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -211,9 +236,10 @@ def test_sample_photos_deterministic(sample_dir, tmp_path):
 
 def test_sample_items_feed_make_composites(sample_dir):
     _, items = sample_dir
-    refs = [i.reference() for i in items[:6]]
+    refs = [Reference(i.id, *i.load(), i.category) for i in items[:6]]
     image, mask = items[0].load()
-    comps = make_composites(image, mask, 3, np.random.default_rng(0), refs=refs, category=items[0].category,
-                            image_id=items[0].id)
+    comps = make_composites(
+        image, mask, 3, np.random.default_rng(0), refs=refs, category=items[0].category, image_id=items[0].id
+    )
     assert len(comps) == 3
     assert all(c.ref_id != items[0].id for c in comps)

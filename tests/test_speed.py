@@ -1,4 +1,5 @@
 """Speed switches: each one gives finite outputs close to fp32 NCHW; invalid combinations fail clearly."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,11 @@ def run(model: nn.Module, x: torch.Tensor, speed: SpeedConfig) -> list[torch.Ten
     return outs
 
 
-@pytest.mark.parametrize("speed", [SpeedConfig("fp32", channels_last=True), SpeedConfig("bf16"),
-                                   SpeedConfig("bf16", channels_last=True)], ids=lambda s: s.label)
+@pytest.mark.parametrize(
+    "speed",
+    [SpeedConfig("fp32", channels_last=True), SpeedConfig("bf16"), SpeedConfig("bf16", channels_last=True)],
+    ids=lambda s: s.label,
+)
 def test_switch_matches_fp32(model_and_input, speed):
     model, x = model_and_input
     ref = run(model, x, SpeedConfig())

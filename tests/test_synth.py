@@ -30,15 +30,19 @@ def _photo(img: np.ndarray, centre: tuple[float, float]) -> tuple[np.ndarray, np
     """A bundled real photo at SIZE x SIZE with an elliptic object mask (~25 %)."""
     img = np.ascontiguousarray(cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA))
     m = np.zeros((SIZE, SIZE), np.uint8)
-    cv2.ellipse(m, (int(centre[0] * SIZE), int(centre[1] * SIZE)), (int(0.3 * SIZE), int(0.27 * SIZE)), 0, 0, 360,
-                1, -1)
+    cv2.ellipse(
+        m, (int(centre[0] * SIZE), int(centre[1] * SIZE)), (int(0.3 * SIZE), int(0.27 * SIZE)), 0, 0, 360, 1, -1
+    )
     return img, m
 
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {"coffee": _photo(data.coffee(), (0.5, 0.35)), "chelsea": _photo(data.chelsea(), (0.5, 0.5)),
-            "astronaut": _photo(data.astronaut(), (0.4, 0.6))}
+    return {
+        "coffee": _photo(data.coffee(), (0.5, 0.35)),
+        "chelsea": _photo(data.chelsea(), (0.5, 0.5)),
+        "astronaut": _photo(data.astronaut(), (0.4, 0.6)),
+    }
 
 
 def _fg_change(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
@@ -189,8 +193,10 @@ def test_bad_inputs_are_named():
 
 
 def test_pick_reference_prefers_same_category():
-    refs = [Reference(f"r{i}", np.zeros((1, 1, 3), np.uint8), np.ones((1, 1), np.uint8), c)
-            for i, c in enumerate(["cat", "dog", "cat", None])]
+    refs = [
+        Reference(f"r{i}", np.zeros((1, 1, 3), np.uint8), np.ones((1, 1), np.uint8), c)
+        for i, c in enumerate(["cat", "dog", "cat", None])
+    ]
     rng = np.random.default_rng(0)
     picks = {pick_reference(refs, "cat", rng).id for _ in range(50)}
     assert picks == {"r0", "r2"}
@@ -200,8 +206,11 @@ def test_pick_reference_prefers_same_category():
 
 
 def _refs(photos) -> list[Reference]:
-    return [Reference("coffee", *photos["coffee"], "cup"), Reference("chelsea", *photos["chelsea"], "cat"),
-            Reference("astronaut", *photos["astronaut"], "person")]
+    return [
+        Reference("coffee", *photos["coffee"], "cup"),
+        Reference("chelsea", *photos["chelsea"], "cat"),
+        Reference("astronaut", *photos["astronaut"], "person"),
+    ]
 
 
 def test_make_composites_count_provenance_determinism(photos):
@@ -219,7 +228,9 @@ def test_make_composites_count_provenance_determinism(photos):
         if c.method in synth.TRANSFER_METHODS:
             assert c.ref_id == "coffee"  # same category preferred; the image itself is excluded
             ref = next(r for r in refs if r.id == c.ref_id)
-            rebuilt = recolour_region(image, mask, c.method, np.random.default_rng(c.params["seed"]), ref.image, ref.mask)
+            rebuilt = recolour_region(
+                image, mask, c.method, np.random.default_rng(c.params["seed"]), ref.image, ref.mask
+            )
         else:
             assert c.ref_id is None
             rebuilt = recolour_region(image, mask, c.method, np.random.default_rng(c.params["seed"]))
@@ -231,8 +242,9 @@ def test_make_composites_count_provenance_determinism(photos):
 def test_make_composites_reports_shortfall(photos, caplog):
     image, mask = photos["coffee"]
     with caplog.at_level(logging.WARNING, logger="dirl.data.synth"):
-        comps = make_composites(image, mask, 3, np.random.default_rng(0), methods=["lut"], max_tries=2,
-                                min_change=300.0, image_id="coffee")
+        comps = make_composites(
+            image, mask, 3, np.random.default_rng(0), methods=["lut"], max_tries=2, min_change=300.0, image_id="coffee"
+        )
     assert comps == []
     assert "0 of 3 composites after 6 tries" in caplog.text and "too little change" in caplog.text
 
@@ -260,7 +272,9 @@ def test_free_form_masks_are_one_blob_of_the_asked_area_anywhere():
     assert 0.02 <= min(areas) and max(areas) <= 0.45
     cy, cx = np.array(centres).T
     assert cy.min() < 0.35 and cy.max() > 0.65 and cx.min() < 0.35 and cx.max() > 0.65  # not only centred
-    assert np.array_equal(free_form_mask(64, 64, np.random.default_rng(3)), free_form_mask(64, 64, np.random.default_rng(3)))
+    assert np.array_equal(
+        free_form_mask(64, 64, np.random.default_rng(3)), free_form_mask(64, 64, np.random.default_rng(3))
+    )
 
 
 def test_recolour_changes_the_whole_photo_consistently(photos):
@@ -274,3 +288,118 @@ def test_recolour_changes_the_whole_photo_consistently(photos):
     flat_in, flat_out = image.reshape(-1, 3), out.reshape(-1, 3)
     _, first, inverse = np.unique(flat_in, axis=0, return_index=True, return_inverse=True)
     assert np.array_equal(flat_out, flat_out[first][inverse.ravel()])
+
+
+# ----------------------------------------------------------------------------- the iharmony4-like recipe
+
+
+def test_retouch_is_a_global_edit_of_the_region(photos):
+    img, m = photos["chelsea"]
+    out, params = synthesize_with_params(img, m, "retouch", np.random.default_rng(3))
+    fg = m.astype(bool)
+    assert np.array_equal(out[~fg], img[~fg]) and not np.array_equal(out[fg], img[fg])
+    assert set(params) == {"ev", "temperature", "tint", "contrast", "saturation"}
+    assert "retouch" not in METHODS  # not drawn by the mixed recipe's default methods
+
+
+def test_category_key():
+    assert [synth.category_key(c) for c in ("carLeft", "car side az180deg", "trees", "snowy mountain", "sky")] == [
+        "car",
+        "car",
+        "tree",
+        "mountain",
+        "sky",
+    ]
+    assert synth.category_key(None) is None
+
+
+def test_target_crop_matches_area_and_centre():
+    m = np.zeros((256, 256), np.uint8)
+    cv2.ellipse(m, (70, 180), (30, 22), 0, 0, 360, 1, -1)  # ~3 % of the frame, low left
+    rng = np.random.default_rng(0)
+    got = []
+    for _ in range(60):
+        window = synth.target_crop(m, rng)
+        img, region = synth.apply_crop(np.zeros((256, 256, 3), np.uint8), m, window)
+        ys, xs = np.nonzero(region)
+        got.append((region.mean(), xs.mean() / 256, ys.mean() / 256))
+    area, cx, cy = np.median(np.array(got), axis=0)
+    assert 0.12 < area < 0.32  # target median 0.22; the full frame gives 0.03
+    assert 0.4 < cx < 0.6 and 0.42 < cy < 0.62  # target centre (0.5, 0.52); the full frame gives (0.27, 0.70)
+    assert all(0.03 <= a <= 0.5 for a, _, _ in got)
+
+
+def test_realism_filter_rejects_invisible_and_extreme_shifts(photos):
+    img, m = photos["chelsea"]
+    fg = m.astype(bool)
+    faint = img.copy()
+    faint[fg] = np.clip(img[fg].astype(int) + 2, 0, 255).astype(np.uint8)
+    ok, reason = synth.realism_check(img, faint, m)
+    assert not ok and reason.startswith("invisible")
+    extreme = img.copy()
+    extreme[fg] = (255, 0, 255)
+    ok, reason = synth.realism_check(img, extreme, m)
+    assert not ok and reason.startswith("implausible")
+    moderate = img.copy()
+    moderate[fg] = np.clip(img[fg].astype(int) * [1.15, 1.0, 0.85], 0, 255).astype(np.uint8)
+    assert synth.realism_check(img, moderate, m) == (True, "ok")
+
+
+def test_imitate_iharmony4_composites(photos, caplog):
+    img, m = photos["coffee"]
+    refs = [Reference("chelsea", *photos["chelsea"], "cat"), Reference("astro", *photos["astronaut"], "person")]
+    opts = synth.Imitation(retouch_share=0.5)
+    made = synth.imitate_iharmony4(
+        img, m, 6, np.random.default_rng(1), refs=refs, category="cats", image_id="coffee", opts=opts
+    )
+    assert len(made) == 6
+    for c, region, base in made:
+        assert c.image.shape == img.shape and region.shape == m.shape and base.shape == img.shape
+        assert np.array_equal(c.image[region == 0], base[region == 0])  # background untouched
+        assert synth.realism_check(base, c.image, region)[0]
+        assert c.method in ("retouch",) + synth.TRANSFER_METHODS
+        if c.method != "retouch":
+            assert c.ref_id == "chelsea" and c.params["same_category"]  # "cats" -> "cat"
+    again = synth.imitate_iharmony4(
+        img, m, 6, np.random.default_rng(1), refs=refs, category="cats", image_id="coffee", opts=opts
+    )
+    assert all(np.array_equal(a[0].image, b[0].image) for a, b in zip(made, again))
+
+
+def test_default_recipe_rows_unchanged():
+    """The mixed recipe (the default) makes the same rows, byte for byte, as before the iharmony4-like recipe."""
+    import hashlib
+
+    from dirl.data import build
+    from dirl.data.images import encode_jpeg, encode_png
+
+    rows = []
+    for name, im in (("coffee", data.coffee()), ("chelsea", data.chelsea()), ("astronaut", data.astronaut())):
+        im = np.ascontiguousarray(cv2.resize(im, (64, 64), interpolation=cv2.INTER_AREA))
+        m = np.zeros((64, 64), np.uint8)
+        cv2.ellipse(m, (32, 30), (18, 14), 0, 0, 360, 1, -1)
+        rows.append(
+            {
+                "id": name,
+                "subset": "sample",
+                "split": "train",
+                "image": encode_jpeg(im),
+                "mask": encode_png(m),
+                "real": None,
+                "orig_h": 64,
+                "orig_w": 64,
+                "height": 64,
+                "width": 64,
+                "fg_ratio": float(m.mean()),
+            }
+        )
+    build._init_synth(build._references(rows, seed=0))
+    res = build._synth_chunk((rows, 2, tuple(METHODS), 20, 0, 1, 0.8))
+    h = hashlib.sha256()
+    for row, problem in res:
+        h.update(repr(problem).encode())
+        if row:
+            for k in ("id", "synth_method", "ref_id", "image", "mask", "real"):
+                h.update(row[k] if isinstance(row[k], bytes) else repr(row[k]).encode())
+    assert len(res) == 9
+    assert h.hexdigest() == "d6bdbd54e6e7d0d10e602bac1fcb20ce3a2949bad75cd9b3effc9a12a6bdf3f1"

@@ -30,10 +30,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dirl.config import write_profile
 from helpers.paths import ROOT
 from helpers.repo import BIN, base_env, copy_tree, ran, sh
-
-from dirl.config import write_profile
 
 pytestmark = pytest.mark.team
 
@@ -59,8 +58,20 @@ def stack(tmp_path_factory):
     state = tmp_path_factory.mktemp("team") / "state"
     t0 = time.monotonic()
     try:
-        out = sh(*TEAM, "--state-dir", state, "up", "--postgres-port", "0", "--s3-port", "0", "--mlflow-port", "0",
-                 cwd=ROOT, timeout=400)
+        out = sh(
+            *TEAM,
+            "--state-dir",
+            state,
+            "up",
+            "--postgres-port",
+            "0",
+            "--s3-port",
+            "0",
+            "--mlflow-port",
+            "0",
+            cwd=ROOT,
+            timeout=400,
+        )
         TIMES["team up"] = time.monotonic() - t0
         env = json.loads(sh(*TEAM, "--state-dir", state, "env", "--json", cwd=ROOT))
         conf = json.loads((state / "team.json").read_text())
@@ -87,8 +98,13 @@ def s3(stack):
     import boto3
 
     e = stack["env"]
-    return boto3.client("s3", endpoint_url=e["AWS_ENDPOINT_URL"], aws_access_key_id=e["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"], region_name=e["AWS_DEFAULT_REGION"])
+    return boto3.client(
+        "s3",
+        endpoint_url=e["AWS_ENDPOINT_URL"],
+        aws_access_key_id=e["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"],
+        region_name=e["AWS_DEFAULT_REGION"],
+    )
 
 
 def keys(s3, bucket: str, prefix: str) -> list[str]:
@@ -129,8 +145,14 @@ def pg_rows(stack, sql: str, args: tuple = ()) -> list[tuple]:
     import psycopg2
 
     c = stack["conf"]
-    conn = psycopg2.connect(host="127.0.0.1", port=c["postgres_port"], user=c["db_user"], password=c["db_password"],
-                            dbname=c["db_name"], connect_timeout=5)
+    conn = psycopg2.connect(
+        host="127.0.0.1",
+        port=c["postgres_port"],
+        user=c["db_user"],
+        password=c["db_password"],
+        dbname=c["db_name"],
+        connect_timeout=5,
+    )
     try:
         with conn.cursor() as cur:
             cur.execute(sql, args)
@@ -161,14 +183,21 @@ def test_repro_records_runs_and_model_in_postgres(stack, repo):
     assert run["tracking_uri"] == model["tracking_uri"] == stack["env"]["MLFLOW_TRACKING_URI"]
     assert not (work / "mlflow.db").exists() and not (work / "ray_results").exists()  # nothing went local
     # the rows, straight from PostgreSQL
-    runs = dict(pg_rows(stack, "SELECT r.run_uuid, r.status FROM runs r JOIN experiments e "
-                               "ON r.experiment_id = e.experiment_id WHERE e.name = %s", ("dirl",)))
+    runs = dict(
+        pg_rows(
+            stack,
+            "SELECT r.run_uuid, r.status FROM runs r JOIN experiments e "
+            "ON r.experiment_id = e.experiment_id WHERE e.name = %s",
+            ("dirl",),
+        )
+    )
     assert runs.get(run["run_id"]) == "FINISHED", runs
     assert len(runs) >= 3, runs  # tune parent + trial + train at least
     versions = pg_rows(stack, "SELECT version, run_id, source FROM model_versions WHERE name = %s", (model["name"],))
     assert (int(model["version"]), run["run_id"]) in [(v, r) for v, r, _ in versions], versions
-    aliases = dict(pg_rows(stack, "SELECT alias, version FROM registered_model_aliases WHERE name = %s",
-                           (model["name"],)))
+    aliases = dict(
+        pg_rows(stack, "SELECT alias, version FROM registered_model_aliases WHERE name = %s", (model["name"],))
+    )
     assert aliases.get("challenger") == int(model["version"]), aliases
 
 
@@ -217,8 +246,17 @@ def test_push_then_pull_in_a_fresh_clone_predicts_the_same(stack, repo, client_e
     assert keys(s3, repo["bucket"], "dvc/files/md5/"), "dvc push wrote nothing to the bucket"
     sh("git", "add", "-A", cwd=work)
     sh("git", "commit", "-qm", "lock", "--allow-empty", cwd=work)
-    first = sh(BIN / "dirl", "predict", inputs, "--model", "models:/dirl@challenger", "--out", tmp_path / "first",
-               cwd=work, env=client_env)
+    first = sh(
+        BIN / "dirl",
+        "predict",
+        inputs,
+        "--model",
+        "models:/dirl@challenger",
+        "--out",
+        tmp_path / "first",
+        cwd=work,
+        env=client_env,
+    )
 
     mate = tmp_path / "teammate"
     sh("git", "clone", "-q", work, mate, cwd=tmp_path)
@@ -230,8 +268,17 @@ def test_push_then_pull_in_a_fresh_clone_predicts_the_same(stack, repo, client_e
     assert (mate / "results/train/model.pt").read_bytes() == (work / "results/train/model.pt").read_bytes()
     status = sh(dvc, "status", cwd=mate, env=client_env)
     assert "up to date" in status.lower(), status
-    second = sh(BIN / "dirl", "predict", inputs, "--model", "models:/dirl@challenger", "--out", tmp_path / "second",
-                cwd=mate, env=client_env)
+    second = sh(
+        BIN / "dirl",
+        "predict",
+        inputs,
+        "--model",
+        "models:/dirl@challenger",
+        "--out",
+        tmp_path / "second",
+        cwd=mate,
+        env=client_env,
+    )
     assert not (mate / "mlflow.db").exists(), "the clone must use the tracking server, not a local store"
     a, b = _masks(tmp_path / "first"), _masks(tmp_path / "second")
     assert len(a) == 3 and a.keys() == b.keys(), (first[-2000:], second[-2000:])
@@ -269,8 +316,14 @@ print("RESULT " + json.dumps({"champion": r["champion"], "previous": r["previous
 
 
 def _spawn(code: str, arg: dict, env: dict, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, json.dumps(arg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**env, "OMP_NUM_THREADS": "1"}, cwd=cwd)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(arg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        cwd=cwd,
+    )
 
 
 def _results(procs, timeout: float) -> list:
@@ -289,8 +342,9 @@ def test_registry_lock_is_exclusive_on_the_server(stack, repo, client_env, tmp_p
     client = mlflow.MlflowClient(uri)
     client.create_registered_model("lock-server")
     arg = {"uri": uri, "name": "lock-server", "barrier": str(tmp_path / "barrier."), "module": "dirl.lifecycle.release"}
-    spans = sorted(s for r in _results([_spawn(LOCKER, arg, client_env, repo["work"]) for _ in range(2)], 240)
-                   for s in r)
+    spans = sorted(
+        s for r in _results([_spawn(LOCKER, arg, client_env, repo["work"]) for _ in range(2)], 240) for s in r
+    )
     assert len(spans) == 6
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"critical sections overlap: {spans}"
     assert not [t for t in client.get_registered_model("lock-server").tags if t.startswith("dirl.lock")]
@@ -298,9 +352,9 @@ def test_registry_lock_is_exclusive_on_the_server(stack, repo, client_env, tmp_p
 
 def test_racing_promotions_against_the_server(stack, repo, client_env, tmp_path):
     """Two processes force-promote v2 and v3 of a model at once: the lock and the re-read make them serial."""
-    import mlflow
-
     import importlib
+
+    import mlflow
 
     reg = importlib.import_module("dirl.lifecycle.release")
     CHAMPION, HOLD_ENV, PREVIOUS = reg.CHAMPION, reg.HOLD_ENV, reg.PREVIOUS
@@ -320,8 +374,10 @@ def test_racing_promotions_against_the_server(stack, repo, client_env, tmp_path)
     client.set_registered_model_alias(name, CHAMPION, "1")
     go = tmp_path / "go"
     env = {**client_env, HOLD_ENV: "1.5"}
-    procs = [_spawn(RACE, {"name": name, "go": str(go), "version": v, "module": "dirl.lifecycle.release"}, env, repo["work"])
-             for v in ("2", "3")]
+    procs = [
+        _spawn(RACE, {"name": name, "go": str(go), "version": v, "module": "dirl.lifecycle.release"}, env, repo["work"])
+        for v in ("2", "3")
+    ]
     time.sleep(2.0)
     go.touch()
     results = _results(procs, 400)

@@ -16,8 +16,10 @@ from dirl.config import load_config
 @pytest.fixture
 def cfg(params_path, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test: setup() exports the URI
-    return load_config(params_path, overrides={"mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                               "mlflow.experiment": "dirl-test"})
+    return load_config(
+        params_path,
+        overrides={"mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "mlflow.experiment": "dirl-test"},
+    )
 
 
 def _free_port() -> int:
@@ -61,8 +63,7 @@ def test_log_params_flat_is_write_once_and_reports_changes(cfg):
         assert again == {}
         changed = tracking.log_params_flat({"train": {"lr": 3e-4}})
     params = client.get_run(run.info.run_id).data.params
-    assert params == {"train.lr": "0.0001", "train.betas": "[0.9, 0.999]", "model.name": "unet",
-                      "train.epochs": "5"}
+    assert params == {"train.lr": "0.0001", "train.betas": "[0.9, 0.999]", "model.name": "unet", "train.epochs": "5"}
     assert changed == {"train.lr": ("0.0001", "0.0003")}
 
 
@@ -107,8 +108,10 @@ def test_dvc_lock_hashes(tmp_path):
         "    - path: results/train/model.pt\n"
         "      md5: ffee\n"
     )
-    assert tracking.dvc_lock_hashes(lock) == {"preprocess:data/shards": "0123abcd.dir",
-                                              "train:results/train/model.pt": "ffee"}
+    assert tracking.dvc_lock_hashes(lock) == {
+        "preprocess:data/shards": "0123abcd.dir",
+        "train:results/train/model.pt": "ffee",
+    }
     lock.write_text("stages: [unclosed\n")
     with pytest.raises(tracking.TrackingError, match="dvc.lock"):
         tracking.dvc_lock_hashes(lock)
@@ -116,8 +119,13 @@ def test_dvc_lock_hashes(tmp_path):
 
 def test_git_commit_and_provenance_tags(tmp_path):
     assert tracking.git_commit(tmp_path) == ""  # not a repository
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, env=env, check=True, capture_output=True)  # noqa
     run("init", "-q")
     (tmp_path / "f.txt").write_text("1")
@@ -133,7 +141,9 @@ def test_git_commit_and_provenance_tags(tmp_path):
     (shards / "manifest.json").write_text(json.dumps({"dataset_hash": "cafe"}))
     tags = tracking.provenance_tags(tmp_path, data_dirs=[shards, tmp_path / "missing"])
     assert {k: v for k, v in tags.items() if not k.startswith("mlflow.")} == {
-        "git_commit": f"{sha}-dirty", "data.shards.dataset_hash": "cafe"}
+        "git_commit": f"{sha}-dirty",
+        "data.shards.dataset_hash": "cafe",
+    }
     # MLflow's own source and git tags, which its UI shows as "Source" and the commit
     assert tags["mlflow.source.git.commit"] == sha and tags["mlflow.source.git.dirty"] == "true"
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] and "mlflow.user" in tags
@@ -143,6 +153,9 @@ def test_git_commit_and_provenance_tags(tmp_path):
 
 
 def test_flatten():
-    assert tracking.flatten({"a": {"b": {"c": 1}, "d": None}, "e": [1, 2]}) == {"a.b.c": "1", "a.d": "None",
-                                                                              "e": "[1, 2]"}
+    assert tracking.flatten({"a": {"b": {"c": 1}, "d": None}, "e": [1, 2]}) == {
+        "a.b.c": "1",
+        "a.d": "None",
+        "e": "[1, 2]",
+    }
     assert len(tracking.flatten({"long": "x" * 10000})["long"]) == tracking.PARAM_VALUE_MAX

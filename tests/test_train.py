@@ -9,11 +9,11 @@ UNet baseline at 32x32 for a couple of 2-step epochs: seconds of compute, plus R
 from __future__ import annotations
 
 import json
-import subprocess
 import math
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -27,9 +27,9 @@ from dirl.config import ConfigError, load_config
 from dirl.losses import DIRLLoss
 from dirl.models import create_model
 from dirl.speed import SpeedConfig
-from dirl.weights import load_weights
 from dirl.train.checkpoint import export_model, load_checkpoint, save_checkpoint
-from dirl.train.loop import build_optimizer, build_scheduler, evaluate_batches, seed_everything, train_one_epoch
+from dirl.train.epoch import build_optimizer, build_scheduler, evaluate_batches, seed_everything, train_one_epoch
+from dirl.weights import load_weights
 from helpers.paths import PARAMS
 from helpers.training import make_shards, tiny_train_cfg
 
@@ -42,7 +42,7 @@ FP32 = SpeedConfig("fp32", False, False)
 def fixed_batch(n: int = 2, size: int = 32, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(n, 1, size, size)
-    mask[:, :, size // 4: size // 2, size // 4: 3 * size // 4] = 1.0
+    mask[:, :, size // 4 : size // 2, size // 4 : 3 * size // 4] = 1.0
     image = torch.randn(n, 3, size, size, generator=g) + 2.0 * mask  # the region is shifted
     return {"image": image, "mask": mask, "id": [f"b{i}" for i in range(n)]}
 
@@ -51,9 +51,17 @@ def fixed_batch(n: int = 2, size: int = 32, seed: int = 0) -> dict:
 
 
 def test_optimizer_is_adam_with_l2_and_lr_halves_at_milestones(params_path):
-    cfg = load_config(params_path, overrides={"train.milestones": [2, 4], "train.gamma": 0.5, "train.lr": 1e-3,
-                                              "train.weight_decay": 1e-4, "train.schedule": "multistep",
-                                              "train.warmup_steps": 0})
+    cfg = load_config(
+        params_path,
+        overrides={
+            "train.milestones": [2, 4],
+            "train.gamma": 0.5,
+            "train.lr": 1e-3,
+            "train.weight_decay": 1e-4,
+            "train.schedule": "multistep",
+            "train.warmup_steps": 0,
+        },
+    )
     model = nn.Conv2d(3, 1, 3)
     opt = build_optimizer(model, cfg)
     assert type(opt) is torch.optim.Adam  # coupled L2, not AdamW
@@ -108,9 +116,16 @@ def test_evaluate_batches_scores_a_perfect_and_an_inverted_prediction():
 
 
 def test_checkpoint_round_trip_restores_everything(params_path, tmp_path):
-    cfg = load_config(params_path, overrides={"train.lr": 1e-3, "train.weight_decay": 1e-4,
-                                              "train.milestones": [1], "train.schedule": "multistep",
-                                              "train.warmup_steps": 0})
+    cfg = load_config(
+        params_path,
+        overrides={
+            "train.lr": 1e-3,
+            "train.weight_decay": 1e-4,
+            "train.milestones": [1],
+            "train.schedule": "multistep",
+            "train.warmup_steps": 0,
+        },
+    )
     seed_everything(1)
     model = create_model("unet")
     opt = build_optimizer(model, cfg)
@@ -118,11 +133,33 @@ def test_checkpoint_round_trip_restores_everything(params_path, tmp_path):
     train_one_epoch(model, [fixed_batch()], DIRLLoss(), opt, "cpu", FP32)
     sched.step()
     history = [{"epoch": 1, "train_loss": 2.0, "val_iou": 10.0}]
-    path = save_checkpoint(tmp_path / "ckpt", model, opt, sched, epoch=1, best=10.0, best_epoch=1, history=history,
-                           config=cfg.to_dict(), model_name="unet", model_kwargs={"pretrained": "x.pth"})
+    path = save_checkpoint(
+        tmp_path / "ckpt",
+        model,
+        opt,
+        sched,
+        epoch=1,
+        best=10.0,
+        best_epoch=1,
+        history=history,
+        config=cfg.to_dict(),
+        model_name="unet",
+        model_kwargs={"pretrained": "x.pth"},
+    )
     # overwrite in place: the folder is replaced atomically, no temporary left behind
-    save_checkpoint(path, model, opt, sched, epoch=1, best=10.0, best_epoch=1, history=history,
-                    config=cfg.to_dict(), model_name="unet", model_kwargs={"pretrained": "x.pth"})
+    save_checkpoint(
+        path,
+        model,
+        opt,
+        sched,
+        epoch=1,
+        best=10.0,
+        best_epoch=1,
+        history=history,
+        config=cfg.to_dict(),
+        model_name="unet",
+        model_kwargs={"pretrained": "x.pth"},
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     expected_draw = (torch.rand(3), np.random.rand(), random.random())
 
@@ -163,15 +200,17 @@ def test_mlflow_epoch_logger_never_logs_an_epoch_twice(params_path, tmp_path, mo
     exp_id = tracking.setup(cfg)
     uri = cfg.mlflow.tracking_uri
     run_id = mlflow.MlflowClient(uri).create_run(exp_id).info.run_id
-    history = [{"epoch": e, "train_loss": 1.0 / e, "val_iou": float("nan") if e == 2 else 10.0 * e, "lr": 1e-3}
-               for e in (1, 2, 3)]
+    history = [
+        {"epoch": e, "train_loss": 1.0 / e, "val_iou": float("nan") if e == 2 else 10.0 * e, "lr": 1e-3}
+        for e in (1, 2, 3)
+    ]
     first = MlflowEpochLogger(uri, run_id)
     first.log_params(cfg.to_dict())
     assert first.sync(history[:1]) == 1 and first.sync(history[:2]) == 1  # epoch 1 once, then epoch 2
     restarted = MlflowEpochLogger(uri, run_id)  # e.g. after a crash between report and logging epoch 3
     assert restarted.sync(history) == 1
-    assert _mlflow_history(uri, run_id, "train_loss") == [1, 2, 3]
-    assert _mlflow_history(uri, run_id, "val_iou") == [1, 3]  # an epoch without validation logs no val_iou
+    assert _mlflow_history(uri, run_id, "train/loss") == [1, 2, 3]
+    assert _mlflow_history(uri, run_id, "val/IoU") == [1, 3]  # an epoch without validation logs no val/IoU
     cfg.train.epochs = 7
     restarted.log_params(cfg.to_dict())
     run = mlflow.MlflowClient(uri).get_run(run_id)
@@ -179,7 +218,7 @@ def test_mlflow_epoch_logger_never_logs_an_epoch_twice(params_path, tmp_path, mo
 
 
 def test_resolve_tuned_reads_flat_nested_and_dotted_files(params_path, tmp_path):
-    from dirl.train.tuned import resolve_tuned
+    from dirl.train.best_yaml import resolve_tuned
 
     cfg = load_config(params_path)  # train.lr and train.weight_decay are null: the tune stage's values
     best = tmp_path / "best.yaml"
@@ -204,12 +243,20 @@ def test_plan_workers_fits_the_cluster(params_path):
     p = plan_workers(cfg, {"CPU": 2.0})
     assert p.num_workers == 1 and p.cpus_per_worker == 1.0 and p.notes  # 2 - 0.1 kept for the drivers
     assert p.num_workers * p.cpus_per_worker <= 2.0 - 0.1
-    cfg = load_config(params_path, overrides={"cluster.num_workers": 3, "cluster.min_workers": 1,
-                                              "cluster.cpus_per_worker": 0.5, "train.batch_size": 12})
+    cfg = load_config(
+        params_path,
+        overrides={
+            "cluster.num_workers": 3,
+            "cluster.min_workers": 1,
+            "cluster.cpus_per_worker": 0.5,
+            "train.batch_size": 12,
+        },
+    )
     p = plan_workers(cfg, {"CPU": 2.0})
     assert p.num_workers == (1, 3) and not p.notes and p.threads_per_worker == 1
-    cfg = load_config(params_path, overrides={"cluster.num_workers": 8, "cluster.min_workers": 4,
-                                              "cluster.cpus_per_worker": 1.0})
+    cfg = load_config(
+        params_path, overrides={"cluster.num_workers": 8, "cluster.min_workers": 4, "cluster.cpus_per_worker": 1.0}
+    )
     p = plan_workers(cfg, {"CPU": 2.0})
     assert p.num_workers == (1, 8) and p.notes  # the elastic minimum fits now; Ray may grow the group later
     cfg = load_config(params_path, overrides={"cluster.cpus_per_worker": 4.0})
@@ -221,12 +268,13 @@ def test_plan_workers_fits_the_cluster(params_path):
 
 
 def test_run_name_ignores_length_but_not_hyperparameters(params_path, shards):
-    from dirl.train.trainer import run_name
+    from dirl.train.naming import run_name
 
     cfg = load_config(params_path)
     name = run_name(cfg, [shards])
-    assert name == run_name(load_config(params_path, overrides={"train.epochs": 50, "cluster.num_workers": 2}),
-                            [shards])
+    assert name == run_name(
+        load_config(params_path, overrides={"train.epochs": 50, "cluster.num_workers": 2}), [shards]
+    )
     assert name != run_name(load_config(params_path, overrides={"train.lr": 3e-4}), [shards])
     assert name.startswith(cfg.model.name + "-")
 
@@ -247,10 +295,21 @@ def _grouped_shards(out_dir: Path, photos: int = 12, per_photo: int = 8, size: i
         for p in range(photos):
             for i in range(per_photo + 1):
                 img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-                w.write({"id": f"p{p:02d}__{'photo' if i == per_photo else i}", "subset": "toy", "split": "train",
-                         "image": encode_jpeg(img), "mask": encode_png(mask), "orig_h": size, "orig_w": size,
-                         "height": size, "width": size, "fg_ratio": float(mask.mean()),
-                         "source": "photo" if i == per_photo else "synthesized"})
+                w.write(
+                    {
+                        "id": f"p{p:02d}__{'photo' if i == per_photo else i}",
+                        "subset": "toy",
+                        "split": "train",
+                        "image": encode_jpeg(img),
+                        "mask": encode_png(mask),
+                        "orig_h": size,
+                        "orig_w": size,
+                        "height": size,
+                        "width": size,
+                        "fg_ratio": float(mask.mean()),
+                        "source": "photo" if i == per_photo else "synthesized",
+                    }
+                )
     write_manifest(out_dir, w.shards)
     return out_dir
 
@@ -311,8 +370,16 @@ def test_global_batch_is_split_over_workers():
 
 
 def test_warmup_then_cosine_schedule(params_path):
-    cfg = load_config(params_path, overrides={"train.lr": 1e-3, "train.weight_decay": 0.0, "train.schedule": "cosine",
-                                              "train.warmup_steps": 4, "train.epochs": 2})
+    cfg = load_config(
+        params_path,
+        overrides={
+            "train.lr": 1e-3,
+            "train.weight_decay": 0.0,
+            "train.schedule": "cosine",
+            "train.warmup_steps": 4,
+            "train.epochs": 2,
+        },
+    )
     opt = build_optimizer(nn.Conv2d(3, 1, 3), cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch=10)
     lrs = []
@@ -334,7 +401,7 @@ def _mlflow_history(tracking_uri: str, run_id: str, key: str) -> list[int]:
 @pytest.fixture(scope="module")
 def trained(ray_local, shards, tmp_path_factory):
     """One 2-epoch run, then the same settings with 3 epochs (resumes the Ray run)."""
-    from dirl.train.trainer import train
+    from dirl.stages.train import run as train
 
     tmp = tmp_path_factory.mktemp("train")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(tmp)]
@@ -342,20 +409,28 @@ def trained(ray_local, shards, tmp_path_factory):
     subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "workspace"], check=True)
     first = train(tiny_train_cfg(PARAMS, tmp), out_dir=tmp / "out", data_dirs=[shards], root=tmp)
     first_files = {p.name: p.stat().st_mtime_ns for p in (tmp / "out").iterdir()}
-    second = train(tiny_train_cfg(PARAMS, tmp, **{"train.epochs": 3}), out_dir=tmp / "out2", data_dirs=[shards],
-                   root=tmp)
+    second = train(
+        tiny_train_cfg(PARAMS, tmp, **{"train.epochs": 3}), out_dir=tmp / "out2", data_dirs=[shards], root=tmp
+    )
     return {"tmp": tmp, "first": first, "second": second, "first_files": first_files, "shards": shards}
 
 
 def test_train_writes_outputs_and_one_mlflow_run(trained):
     tmp, first = trained["tmp"], trained["first"]
     out = tmp / "out"
-    assert set(trained["first_files"]) >= {"model.pt", "metrics.json", "info.json", "history.csv", "run.json",
-                                           "config.yaml", "learning_curve.png"}
-    assert set(json.loads((out / "metrics.json").read_text())) == {"best_val_iou", "best_epoch"}  # dvc metrics
+    assert set(trained["first_files"]) >= {
+        "model.pt",
+        "metrics.json",
+        "info.json",
+        "history.csv",
+        "run.json",
+        "config.yaml",
+        "learning_curve.png",
+    }
+    assert set(json.loads((out / "metrics.json").read_text())) == {"selected_val_iou", "best_val_iou"}  # dvc
     metrics = json.loads((out / "info.json").read_text())
-    assert metrics["epochs"] == 2 and 1 <= metrics["best_epoch"] <= 2
-    assert 0.0 <= metrics["val_iou"] <= 100.0 and metrics["val_iou"] == metrics["best_val_iou"]
+    assert metrics["epochs"] == 2 and 1 <= metrics["best_epoch"] <= 2 and metrics["selected_epoch"] == 2  # last
+    assert 0.0 <= metrics["selected_val_iou"] <= metrics["best_val_iou"] <= 100.0
     rows = (out / "history.csv").read_text().splitlines()
     assert rows[0] == "epoch,train_loss,val_loss,val_ap,val_f1,val_iou,lr"
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"] and all(r.split(",")[5] for r in rows[1:])
@@ -366,7 +441,7 @@ def test_train_writes_outputs_and_one_mlflow_run(trained):
     assert load_config(out / "config.yaml").model.name == "unet"
 
     model, info = load_weights(out / "model.pt")
-    assert info["model"] == "unet" and info["epoch"] == metrics["best_epoch"] and info["input_size"] == 32
+    assert info["model"] == "unet" and info["epoch"] == metrics["selected_epoch"] and info["input_size"] == 32
     with torch.no_grad():
         assert model(fixed_batch()["image"])[0].shape == (2, 1, 32, 32)
 
@@ -385,11 +460,15 @@ def test_train_writes_outputs_and_one_mlflow_run(trained):
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] and tags["mlflow.user"]
     # the shards as dataset inputs: name, digest = the manifest's dataset hash, context training / validation
     manifest = json.loads((trained["shards"] / "manifest.json").read_text())
-    inputs = {(d.dataset.name, d.dataset.digest, next(t.value for t in d.tags if t.key == "mlflow.data.context"))
-              for d in got.inputs.dataset_inputs}
+    inputs = {
+        (d.dataset.name, d.dataset.digest, next(t.value for t in d.tags if t.key == "mlflow.data.context"))
+        for d in got.inputs.dataset_inputs
+    }
     name = trained["shards"].name
-    assert inputs == {(f"{name}-train", manifest["dataset_hash"][:16], "training"),
-                      (f"{name}-val", manifest["dataset_hash"][:16], "validation")}
+    assert inputs == {
+        (f"{name}-train", manifest["dataset_hash"][:16], "training"),
+        (f"{name}-val", manifest["dataset_hash"][:16], "validation"),
+    }
     # the weights once, as the run's logged model; the experiment opens on the training view
     assert client.get_logged_model(run["model_id"]).source_run_id == run["run_id"]
     assert client.get_experiment(run["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
@@ -404,7 +483,7 @@ def test_resume_continues_from_the_last_epoch(trained):
     assert [r["epoch"] for r in second["history"]] == [1, 2, 3]
     assert second["history"][:2] == first["history"]  # epochs 1-2 come from the checkpoint, not re-run
     uri = second["tracking_uri"]
-    for key in ("train_loss", "val_iou", "lr"):
+    for key in ("train/loss", "val/IoU", "train/lr"):
         assert _mlflow_history(uri, second["run_id"], key) == [1, 2, 3]
     import mlflow
 
@@ -419,7 +498,7 @@ def test_resume_continues_from_the_last_epoch(trained):
 @pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, shards, tmp_path, params_path):
     """SIGKILL the training worker mid-run: Ray restarts the group, which resumes at the next epoch."""
-    from dirl.train.trainer import train
+    from dirl.stages.train import run as train
 
     status = tmp_path / "status"
     cfg = tiny_train_cfg(params_path, tmp_path, **{"train.epochs": 4, "train.max_steps_per_epoch": 6})
@@ -457,11 +536,13 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, shards, tmp_path,
 def test_resolve_tuned_keeps_an_explicit_value_and_fills_null_from_best_yaml(params_path, tmp_path):
     """`dvc exp run -S train.lr=3e-4`: the explicit value wins over best.yaml; a null key takes tune's value."""
     from dirl.config import TUNED_DEFAULTS
-    from dirl.train.tuned import resolve_tuned
+    from dirl.train.best_yaml import resolve_tuned
 
     best = tmp_path / "best.yaml"
-    best.write_text("train: {lr: 0.002, weight_decay: 0.0, lam: 1.0}\n"
-                    "tune: {metric: val_iou, searched: [train.lr, train.weight_decay]}\n")
+    best.write_text(
+        "train: {lr: 0.002, weight_decay: 0.0, lam: 1.0}\n"
+        "tune: {metric: val_iou, searched: [train.lr, train.weight_decay]}\n"
+    )
     cfg = load_config(params_path, overrides={"train.lr": 3e-4})
     new, sources = resolve_tuned(cfg, best)
     assert new.train.lr == 3e-4 and new.train.weight_decay == 0.0
@@ -474,12 +555,16 @@ def test_resolve_tuned_keeps_an_explicit_value_and_fills_null_from_best_yaml(par
     assert new.train.lr == TUNED_DEFAULTS["train.lr"] and sources["train.lr"] == "default"
     best.write_text("train: {lr: 0.002, weight_decay: 0.0}\ntune: {skipped: true}\n")
     assert set(resolve_tuned(load_config(params_path), best)[1].values()) == {"default", "params.yaml"}
-    for cfg, path in ((load_config(params_path), tmp_path / "absent.yaml"),
-                      (load_config(params_path, overrides={"train.use_tune_best": False}), best),
-                      (load_config(params_path), None)):
+    for cfg, path in (
+        (load_config(params_path), tmp_path / "absent.yaml"),
+        (load_config(params_path, overrides={"train.use_tune_best": False}), best),
+        (load_config(params_path), None),
+    ):
         new, sources = resolve_tuned(cfg, path)
-        assert (new.train.lr, new.train.weight_decay) == (TUNED_DEFAULTS["train.lr"],
-                                                          TUNED_DEFAULTS["train.weight_decay"])
+        assert (new.train.lr, new.train.weight_decay) == (
+            TUNED_DEFAULTS["train.lr"],
+            TUNED_DEFAULTS["train.weight_decay"],
+        )
         assert sources["train.lr"] == sources["train.weight_decay"] == "default"
 
 
@@ -488,8 +573,8 @@ def test_a_code_change_starts_a_new_run(params_path, shards, tmp_path):
     import shutil
 
     import dirl
-    from dirl.train.trainer import code_digest, run_name
-    from dirl.train.tuned import resolve_tuned
+    from dirl.train.best_yaml import resolve_tuned
+    from dirl.train.naming import code_digest, run_name
 
     code = tmp_path / "dirl"
     shutil.copytree(Path(dirl.__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__"))
@@ -510,5 +595,8 @@ def test_train_run_records_code_digest_and_tuned_sources(trained):
     tags = mlflow.MlflowClient(first["tracking_uri"]).get_run(first["run_id"]).data.tags
     assert len(tags["code_digest"]) == 64 and int(tags["code_digest"], 16) >= 0
     # tiny_train_cfg sets train.lr and train.use_tune_best false: weight decay and lam take their defaults
-    assert json.loads(tags["tuned_sources"]) == {"train.lr": "params.yaml", "train.weight_decay": "default",
-                                                 "train.lam": "params.yaml"}
+    assert json.loads(tags["tuned_sources"]) == {
+        "train.lr": "params.yaml",
+        "train.weight_decay": "default",
+        "train.lam": "params.yaml",
+    }

@@ -5,8 +5,7 @@ import numpy as np
 import torch
 
 from dirl.data.images import resize_mask
-from dirl.data.transforms import (MEAN, STD, crop_params, denormalize, eval_transform, normalize,
-                                  train_transform)
+from dirl.data.transforms import MEAN, STD, crop_params, denormalize, eval_transform, normalize, train_transform
 
 
 def scene(h=96, w=128, box=(10, 20, 30, 20)):
@@ -14,9 +13,9 @@ def scene(h=96, w=128, box=(10, 20, 30, 20)):
     img = np.zeros((h, w, 3), np.uint8)
     img[...] = (0, 0, 255)
     mask = np.zeros((h, w), np.uint8)
-    t, l, bh, bw = box
-    img[t:t + bh, l:l + bw] = (255, 0, 0)
-    mask[t:t + bh, l:l + bw] = 1
+    top, left, bh, bw = box
+    img[top : top + bh, left : left + bw] = (255, 0, 0)
+    mask[top : top + bh, left : left + bw] = 1
     return img, mask
 
 
@@ -84,7 +83,7 @@ def test_eval_transform_is_plain_resize():
     assert x.shape == (3, 64, 64) and np.abs(x - want).max() < 1e-5
     assert np.array_equal(m[0], resize_mask(mask, 64))
     x, _ = eval_transform(img[:70, :70], mask[:70, :70], 64)  # mild shrink: bilinear
-    want = ((cv2.resize(img[:70, :70], (64, 64), interpolation=cv2.INTER_LINEAR) / 255.0 - MEAN) / STD)
+    want = (cv2.resize(img[:70, :70], (64, 64), interpolation=cv2.INTER_LINEAR) / 255.0 - MEAN) / STD
     assert np.abs(x - want.transpose(2, 0, 1)).max() < 1e-5
 
 

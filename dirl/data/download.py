@@ -28,12 +28,15 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from dirl.io import sha256_file, staged_dir, write_json_atomic  # noqa: F401 - sha256_file: also imported from here
+from dirl.data.ihd import find_root, verify_layout
+from dirl.io import building_into, link_or_copy, link_tree, sha256_file, write_json_atomic  # noqa: F401 - sha256_file: also imported from here
+from dirl.workspace import DOWNLOADS, RAW
 
 CHUNK = 1 << 20  # bytes per read/write
 USER_AGENT = "dirl-pipeline/0.1 (+urllib)"
@@ -42,9 +45,21 @@ DEFAULT_MAX_TOTAL_BYTES = 256 * 2**30  # iHarmony4 unpacks to tens of GB; far be
 DEFAULT_MAX_FILES = 2_000_000  # iHarmony4 holds ~150k files
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _FSSPEC_PACKAGES = {  # URI scheme -> package that gives fsspec that filesystem
-    "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
-    "abfss": "adlfs", "adl": "adlfs", "hf": "huggingface_hub", "oss": "ossfs", "sftp": "paramiko",
-    "ssh": "paramiko", "webdav": "webdav4", "dropbox": "dropboxdrivefs", "gdrive": "gdrivefs",
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+    "adl": "adlfs",
+    "hf": "huggingface_hub",
+    "oss": "ossfs",
+    "sftp": "paramiko",
+    "ssh": "paramiko",
+    "webdav": "webdav4",
+    "dropbox": "dropboxdrivefs",
+    "gdrive": "gdrivefs",
 }
 
 
@@ -85,7 +100,7 @@ def _digest(path: Path) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------------------------------------- lock file
@@ -161,8 +176,12 @@ class LockFile:
                 return entry
             entry = {**entry, "source": source}  # same bytes from a new link: keep the checksum
         else:
-            entry = {"source": source, "size": path.stat().st_size, "sha256": sha256 or _digest(path),
-                     "recorded": _now()}
+            entry = {
+                "source": source,
+                "size": path.stat().st_size,
+                "sha256": sha256 or _digest(path),
+                "recorded": _now(),
+            }
         data["archives"][name] = entry
         write_json_atomic(self.path, data)
         return entry
@@ -241,8 +260,7 @@ def _local_path(source: str) -> Path:
 
 
 def _bar(name: str, progress: bool) -> tqdm:
-    return tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress,
-                leave=False)
+    return tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress, leave=False)
 
 
 def _copy_local(src: Path, part: Path, name: str, progress: bool) -> None:
@@ -270,8 +288,9 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
-def _download_http(url: str, part: Path, name: str, *, progress: bool, retries: int, timeout: float,
-                   backoff: float) -> None:
+def _download_http(
+    url: str, part: Path, name: str, *, progress: bool, retries: int, timeout: float, backoff: float
+) -> None:
     """Stream ``url`` into ``part``, resuming with Range requests; returns when ``part`` is complete."""
     failures = 0
     with _bar(name, progress) as bar:
@@ -315,8 +334,10 @@ def _download_http(url: str, part: Path, name: str, *, progress: bool, retries: 
                 elif e.code in (408, 425, 429) or e.code >= 500:
                     err = e
                 else:
-                    raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; check the URL (share links "
-                                        f"expire) or download the archive by hand and give its local path") from e
+                    raise DownloadError(
+                        f"{url}: HTTP {e.code} {e.reason}; check the URL (share links "
+                        f"expire) or download the archive by hand and give its local path"
+                    ) from e
             except OSError as e:  # URLError, timeouts, resets, IncompleteRead is below
                 if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
                     raise
@@ -326,8 +347,10 @@ def _download_http(url: str, part: Path, name: str, *, progress: bool, retries: 
             failures = 0 if got else failures + 1
             if failures > retries:
                 have = part.stat().st_size if part.exists() else 0
-                raise DownloadError(f"{url}: giving up after {retries} retries without progress ({err}); "
-                                    f"{have} bytes kept in {part}, rerun to resume") from err
+                raise DownloadError(
+                    f"{url}: giving up after {retries} retries without progress ({err}); "
+                    f"{have} bytes kept in {part}, rerun to resume"
+                ) from err
             time.sleep(backoff * 2 ** min(failures, 6))
 
 
@@ -337,17 +360,20 @@ def _fsspec_fs(uri: str):
     try:
         import fsspec
     except ImportError as e:
-        raise DownloadError(f"{uri}: object-storage sources need fsspec (pip install fsspec"
-                            f"{' ' + pkg if pkg else ''})") from e
+        raise DownloadError(
+            f"{uri}: object-storage sources need fsspec (pip install fsspec{' ' + pkg if pkg else ''})"
+        ) from e
     try:
         return fsspec.core.url_to_fs(uri)
     except ImportError as e:
         need = pkg or "the fsspec implementation for this scheme"
-        raise DownloadError(f"{uri}: reading {scheme}:// needs the package {need} (pip install {need}); "
-                            f"fsspec said: {e}") from e
+        raise DownloadError(
+            f"{uri}: reading {scheme}:// needs the package {need} (pip install {need}); fsspec said: {e}"
+        ) from e
     except ValueError as e:
-        raise DownloadError(f"{uri}: fsspec knows no file system for {scheme}:// ({e}); use an http(s) "
-                            f"URL or a local path") from e
+        raise DownloadError(
+            f"{uri}: fsspec knows no file system for {scheme}:// ({e}); use an http(s) URL or a local path"
+        ) from e
 
 
 def _download_fsspec(uri: str, part: Path, name: str, *, progress: bool, retries: int, backoff: float) -> None:
@@ -425,8 +451,10 @@ def _copy_limited(src, dest: Path, written: int, limit: int, member: str, archiv
         while block := src.read(CHUNK):
             written += len(block)
             if written > limit:
-                raise UnsafeArchive(f"{archive}: unpacking member {member!r} passes max_total_bytes={limit}; "
-                                    f"refusing (zip bomb?). Raise the limit if the archive is genuine.")
+                raise UnsafeArchive(
+                    f"{archive}: unpacking member {member!r} passes max_total_bytes={limit}; "
+                    f"refusing (zip bomb?). Raise the limit if the archive is genuine."
+                )
             out.write(block)
     return written
 
@@ -439,8 +467,10 @@ def _extract_zip(archive: Path, root: Path, max_total_bytes: int, max_files: int
         declared = sum(i.file_size for i in infos)
         if declared > max_total_bytes:
             big = max(infos, key=lambda i: i.file_size)
-            raise UnsafeArchive(f"{archive}: declares {declared} uncompressed bytes (largest member "
-                                f"{big.filename!r}: {big.file_size}), above max_total_bytes={max_total_bytes}")
+            raise UnsafeArchive(
+                f"{archive}: declares {declared} uncompressed bytes (largest member "
+                f"{big.filename!r}: {big.file_size}), above max_total_bytes={max_total_bytes}"
+            )
         for info in infos:  # check every member before writing anything
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
@@ -471,8 +501,10 @@ def _check_tar_end(tf: tarfile.TarFile, archive: Path) -> None:
     zeros = 0
     while block := f.read(CHUNK):
         if block.count(0) != len(block):
-            raise CorruptArchive(f"data after the end of the member list at byte {tf.offset} (a damaged member "
-                                 f"header: the members after it would be lost)")
+            raise CorruptArchive(
+                f"data after the end of the member list at byte {tf.offset} (a damaged member "
+                f"header: the members after it would be lost)"
+            )
         zeros += len(block)
     if zeros < tarfile.BLOCKSIZE:
         raise CorruptArchive(f"no end-of-archive marker after byte {tf.offset}: the archive is cut short")
@@ -499,8 +531,10 @@ class _TarPolicy:
         if self.members > self.max_files:
             raise UnsafeArchive(f"{archive}: more than max_files={self.max_files} members; refusing")
         if m.issym() or m.islnk():
-            raise UnsafeArchive(f"{archive}: member {m.name!r} is a {'symbolic' if m.issym() else 'hard'} "
-                                f"link (to {m.linkname!r}); refusing")
+            raise UnsafeArchive(
+                f"{archive}: member {m.name!r} is a {'symbolic' if m.issym() else 'hard'} "
+                f"link (to {m.linkname!r}); refusing"
+            )
         if m.ischr() or m.isblk() or m.isfifo():
             raise UnsafeArchive(f"{archive}: member {m.name!r} is a device or FIFO; refusing")
         if not (m.isfile() or m.isdir()):
@@ -516,8 +550,10 @@ class _TarPolicy:
             raise UnsafeArchive(f"{archive}: member {m.name!r}: {e}; refusing") from None
         if m.isfile():
             if self.written + m.size > self.max_total_bytes:
-                raise UnsafeArchive(f"{archive}: member {m.name!r} ({m.size} bytes) passes "
-                                    f"max_total_bytes={self.max_total_bytes}; refusing")
+                raise UnsafeArchive(
+                    f"{archive}: member {m.name!r} ({m.size} bytes) passes "
+                    f"max_total_bytes={self.max_total_bytes}; refusing"
+                )
             self.written += m.size
             self.files += 1
         return safe
@@ -583,9 +619,11 @@ def safe_extract(
     if marker is not None and marker.get("sha256") == digest:
         return target
     if target.exists() and marker is None and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} exists and was not made by safe_extract (no {MARKER}); "
-                              f"remove it or extract {archive.name} elsewhere")
-    with staged_dir(target) as tmp:  # built beside target, swapped in only when complete
+        raise FileExistsError(
+            f"{target} exists and was not made by safe_extract (no {MARKER}); "
+            f"remove it or extract {archive.name} elsewhere"
+        )
+    with building_into(target) as tmp:  # built beside target, swapped in only when complete
         os.chmod(tmp, 0o755)
         try:
             if zipfile.is_zipfile(archive):
@@ -593,19 +631,25 @@ def safe_extract(
             elif tarfile.is_tarfile(archive):
                 files, size = _extract_tar(archive, tmp, max_total_bytes, max_files)
             elif archive.name.lower().endswith(_ARCHIVE_EXTS):
-                raise CorruptArchive("not a zip or tar(.gz/.bz2/.xz) archive although its name says so (cut "
-                                     "short before its index, or an error page saved under its name?)")
+                raise CorruptArchive(
+                    "not a zip or tar(.gz/.bz2/.xz) archive although its name says so (cut "
+                    "short before its index, or an error page saved under its name?)"
+                )
             else:
-                raise ValueError(f"{archive}: not a zip or tar(.gz/.bz2/.xz) archive; unpack it by hand and "
-                                 f"point data.iharmony4.extracted_dir at the result")
+                raise ValueError(
+                    f"{archive}: not a zip or tar(.gz/.bz2/.xz) archive; unpack it by hand and "
+                    f"point data.iharmony4.extracted_dir at the result"
+                )
         except NotImplementedError as e:  # a zip compression method Python lacks
-            raise ValueError(f"{archive}: {e}; unpack it by hand and point data.iharmony4.extracted_dir at the "
-                             f"result") from None
+            raise ValueError(
+                f"{archive}: {e}; unpack it by hand and point data.iharmony4.extracted_dir at the result"
+            ) from None
         except RuntimeError as e:
             if "encrypted" not in str(e):
                 raise
-            raise ValueError(f"{archive}: {e}; unpack it by hand and point data.iharmony4.extracted_dir at the "
-                             f"result") from None
+            raise ValueError(
+                f"{archive}: {e}; unpack it by hand and point data.iharmony4.extracted_dir at the result"
+            ) from None
         except Exception as e:
             what = _corruption(e)
             if what is None:
@@ -613,8 +657,72 @@ def safe_extract(
             raise CorruptArchive(
                 f"{archive}: corrupt or incomplete archive ({what}); nothing was extracted. Delete {archive} and "
                 f"rerun to fetch it again (a half-finished or damaged download), or check the source",
-                archive, what,
+                archive,
+                what,
             ) from None
-        write_json_atomic(tmp / MARKER, {"archive": archive.name, "sha256": digest, "files": files,
-                                         "bytes": size, "extracted": _now()})
+        write_json_atomic(
+            tmp / MARKER,
+            {"archive": archive.name, "sha256": digest, "files": files, "bytes": size, "extracted": _now()},
+        )
     return target
+
+
+def ingest_archives(ih: Any, issues: Any, stage: Path) -> tuple[dict, int]:
+    """Fetch + extract the archives into the staging folder ``stage`` (or point at ``extracted_dir``), scan them (``ih``: the
+    ``data.iharmony4`` section).
+
+    An archive is fetched into ``data/.raw-downloads`` (so a partial download resumes after a failure) unless
+    ``data/raw/archives`` holds it already; an unchanged archive's extracted tree is hard-linked from the
+    previous ``data/raw`` instead of unpacked again. Its size and sha256 go into the lock file only once it has
+    extracted with every checksum verified. Returns ``(index, items seen)``; the index names the roots where they
+    will be once ``stage`` is swapped in as ``data/raw``.
+    """
+    scan_roots: list[Path] = []  # where to scan now
+    roots: list[Path] = []  # where the index says they are
+    if ih.extracted_dir:
+        root = find_root(Path(ih.extracted_dir)).resolve()
+        scan_roots.append(root)
+        roots.append(root)
+    elif ih.archives:
+        lock = LockFile(Path(ih.lock_file))
+        for src in map(str, ih.archives):
+            name = source_name(src)
+            kept, downloaded = RAW / "archives" / name, DOWNLOADS / name
+            if kept.is_file() and not downloaded.exists():
+                link_or_copy(kept, downloaded)  # already ingested: fetch() only checks it against the lock
+            archive = fetch(src, DOWNLOADS, lock)
+            stem = archive_stem(archive)
+            target = stage / "iharmony4" / stem
+            previous = RAW / "iharmony4" / stem
+            if (previous / MARKER).is_file():  # safe_extract keeps it if it came from this very archive
+                link_tree(previous, target)
+            try:
+                safe_extract(archive, target)
+            except CorruptArchive as e:  # never recorded in the lock: drop the damaged copy so a rerun refetches it
+                archive.unlink(missing_ok=True)
+                raise CorruptArchive(
+                    f"archive {name} (from {src}) is corrupt or incomplete: {e.problem}. Nothing was extracted, "
+                    f"the lock file and data/raw are unchanged, and the damaged copy was deleted: rerun to fetch "
+                    f"it again, or check the source if it fails the same way",
+                    archive,
+                    e.problem,
+                ) from None
+            lock.record(name, archive, src)  # only now: it has extracted, every checksum verified
+            link_or_copy(archive, stage / "archives" / name)
+            root = find_root(target)
+            scan_roots.append(root)
+            roots.append(RAW.resolve() / root.relative_to(stage))
+    else:
+        raise ValueError(
+            "data.source=iharmony4 needs data.iharmony4.archives (URLs, paths or s3:// URIs of the archives) "
+            "or data.iharmony4.extracted_dir (an extracted iHarmony4 root)"
+        )
+    counts: dict[str, int] = {}
+    total = 0
+    for root in scan_roots:
+        report = verify_layout(root, issues, subsets=ih.subsets)
+        for sub, c in report.get("subsets", {}).items():
+            counts[sub] = counts.get(sub, 0) + c.get("composites", 0)  # every composite file, the bad ones too
+            total += c.get("composites", 0)
+    index = {"kind": "iharmony4", "roots": [str(r) for r in roots], "counts": counts}
+    return index, total

@@ -48,10 +48,14 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context, parent_process
 from multiprocessing.connection import wait
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
+
+from dirl.cluster import ray_session
+from dirl.config import Config
 
 ENGINES = ("local", "ray")
 LOCAL_WINDOW = 4  # chunks in flight per local worker process
@@ -112,16 +116,27 @@ class MapStats:
 
     def line(self, desc: str) -> str:
         per = ", ".join(f"{n[:8]}: {c}" for n, c in sorted(self.nodes.items()))
-        return (f"[{desc}] data engine ray: {self.chunks} tasks on {len(self.nodes)} node(s) ({per}), "
-                f"{self.workers:g} cluster CPUs, {self.task_cpu_s:.1f} task CPU-s, {self.seconds:.1f} s")
+        return (
+            f"[{desc}] data engine ray: {self.chunks} tasks on {len(self.nodes)} node(s) ({per}), "
+            f"{self.workers:g} cluster CPUs, {self.task_cpu_s:.1f} task CPU-s, {self.seconds:.1f} s"
+        )
 
 
 LAST_STATS = MapStats()  # the stats of the latest ordered_map in this process
 
 
-def ordered_map(fn: Callable, chunks: Iterable, engine: Any = None, *, args: tuple = (), workers: int = 0,
-                initializer: Callable | None = None, initargs: tuple = (), desc: str = "data",
-                stats: MapStats | None = None) -> Iterator[tuple[Any, Any]]:
+def ordered_map(
+    fn: Callable,
+    chunks: Iterable,
+    engine: Any = None,
+    *,
+    args: tuple = (),
+    workers: int = 0,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
+    desc: str = "data",
+    stats: MapStats | None = None,
+) -> Generator[tuple[Any, Any], None, None]:
     """Yield ``(chunk, fn(chunk, *args))`` for every chunk, in input order, on the resolved engine.
 
     ``engine``: a Config (``cluster.*`` decides, :func:`resolve_engine`), ``"local"``, ``"ray"`` or None (local).
@@ -161,6 +176,7 @@ def _local_setup(initializer: Callable | None, initargs: tuple) -> None:
     cv2.setNumThreads(1)  # one process per core already
     parent = parent_process()
     if parent is not None:
+
         def exit_with_parent() -> None:
             wait([parent.sentinel])
             os._exit(1)
@@ -185,13 +201,15 @@ def _local_map(fn, chunks, args, workers, initializer, initargs, stats) -> Itera
             try:
                 cpu_s, result = _timed(fn, chunk, *args)
             except Exception as e:
-                raise _noted(e, i, "in this process")
+                _noted(e, i, "in this process")
+                raise
             stats.record(result, cpu_s)
             yield chunk, result
         stats.finish()
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_local_setup,
-                             initargs=(initializer, initargs)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_local_setup, initargs=(initializer, initargs)
+    ) as pool:
         pending: deque = deque()
 
         def take() -> tuple[Any, Any]:
@@ -199,7 +217,8 @@ def _local_map(fn, chunks, args, workers, initializer, initargs, stats) -> Itera
             try:
                 cpu_s, result = fut.result()
             except Exception as e:
-                raise _noted(e, i, "local process pool")
+                _noted(e, i, "local process pool")
+                raise
             stats.record(result, cpu_s)
             return chunk, result
 
@@ -245,8 +264,10 @@ def _ray_task(init: list, cwd: str, *parts: bytes) -> tuple[str, float, Any]:
     try:
         os.chdir(cwd)
     except OSError as e:
-        raise RuntimeError(f"Ray node {node[:12]} cannot enter the driver's working folder {cwd} ({e}): the data "
-                           f"stages on Ray need the workspace on storage every node mounts at the same path") from None
+        raise RuntimeError(
+            f"Ray node {node[:12]} cannot enter the driver's working folder {cwd} ({e}): the data "
+            f"stages on Ray need the workspace on storage every node mounts at the same path"
+        ) from None
     try:
         cpu_s, result = _timed(fn, chunk, *args)
     finally:
@@ -263,26 +284,26 @@ def _pieces(obj: Any) -> list[bytes]:
     A synthesis chunk carries its photos' bytes (~170 KB for 8 photos), so the chunk travels inline in pieces.
     """
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return [data[i:i + INLINE_PIECE] for i in range(0, len(data), INLINE_PIECE)] or [b""]
+    return [data[i : i + INLINE_PIECE] for i in range(0, len(data), INLINE_PIECE)] or [b""]
 
 
 def _ray_map(fn, chunks, cfg, args, initializer, initargs, stats) -> Iterator[tuple[Any, Any]]:
     import ray
 
-    from dirl.cluster import ray_session
-    from dirl.config import Config
-
     global _REMOTE
     with ray_session(cfg if cfg is not None else Config()) as resources:
         cpus = float(resources.get("CPU", 0.0))
         if cpus < 1:
-            raise RuntimeError(f"the Ray cluster has no CPU for the data tasks (resources {resources}): give the "
-                               f"worker nodes CPUs, or set cluster.data_engine: local")
+            raise RuntimeError(
+                f"the Ray cluster has no CPU for the data tasks (resources {resources}): give the "
+                f"worker nodes CPUs, or set cluster.data_engine: local"
+            )
         stats.workers = cpus
         if _REMOTE is None:
             _REMOTE = ray.remote(_ray_task)
-        task = _REMOTE.options(num_cpus=1, scheduling_strategy="SPREAD",
-                               name=f"dirl-data:{getattr(fn, '__qualname__', 'fn')}")
+        task = _REMOTE.options(
+            num_cpus=1, scheduling_strategy="SPREAD", name=f"dirl-data:{getattr(fn, '__qualname__', 'fn')}"
+        )
         init = [ray.put((initializer, initargs))] if initializer is not None else []
         cwd = os.getcwd()
         window = max(2, int(RAY_WINDOW * cpus))
@@ -293,7 +314,8 @@ def _ray_map(fn, chunks, cfg, args, initializer, initargs, stats) -> Iterator[tu
             try:
                 node, cpu_s, result = ray.get(ref)
             except Exception as e:
-                raise _noted(e, i, "Ray task")
+                _noted(e, i, "Ray task")
+                raise
             stats.record(result, cpu_s, node)
             return chunk, result
 

@@ -21,6 +21,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,16 +163,20 @@ def find_root(extracted_dir: Path | str, max_depth: int = 2) -> Path:
     if _is_subset_dir(base):
         if base.name in SUBSETS:
             return base.parent
-        raise ValueError(f"{base} holds composite_images/ directly; move it under <root>/<Subset>/ "
-                         f"(Subset one of {', '.join(SUBSETS)}) so the subset is known")
+        raise ValueError(
+            f"{base} holds composite_images/ directly; move it under <root>/<Subset>/ "
+            f"(Subset one of {', '.join(SUBSETS)}) so the subset is known"
+        )
     level = [base]
     for _ in range(max_depth + 1):
         roots = [d for d in level if find_subsets(d)]
         if len(roots) == 1:
             return roots[0]
         if len(roots) > 1:
-            raise ValueError(f"several iHarmony4 roots under {base}: {', '.join(map(str, roots))}; "
-                             f"extract each archive to its own folder or point at one of them")
+            raise ValueError(
+                f"several iHarmony4 roots under {base}: {', '.join(map(str, roots))}; "
+                f"extract each archive to its own folder or point at one of them"
+            )
         level = [c for d in level for c in _visible_dirs(d)]
     raise FileNotFoundError(
         f"no iHarmony4 layout under {base} (looked {max_depth} levels deep for <Subset>/composite_images/). "
@@ -232,8 +237,9 @@ def _scan_subset(sub: Path, issues: IssueLog, check_headers: bool) -> tuple[list
                 issues.add(key, "unreadable (empty or not a JPEG/PNG header): " + ", ".join(bad))
                 continue
         real = None
-        real_name = next((r for r in (f"{m['image']}.jpg", f"{m['image']}.png", f"{m['image']}.jpeg")
-                          if r in reals), None)
+        real_name = next(
+            (r for r in (f"{m['image']}.jpg", f"{m['image']}.png", f"{m['image']}.jpeg") if r in reals), None
+        )
         if real_name is not None:
             real = sub / REALS / real_name
             if check_headers and image_size(real) is None:
@@ -248,8 +254,9 @@ def _scan_subset(sub: Path, issues: IssueLog, check_headers: bool) -> tuple[list
     return items, stats
 
 
-def scan(root: Path | str, issues: IssueLog, subsets: Iterable[str] | None = None,
-         check_headers: bool = True) -> list[IHDItem]:
+def scan(
+    root: Path | str, issues: IssueLog, subsets: Iterable[str] | None = None, check_headers: bool = True
+) -> list[IHDItem]:
     """Every composite under ``root`` that has a readable mask; other composites go to ``issues``.
 
     A missing real image is only noted (real images are optional). ``check_headers`` reads each file's
@@ -258,16 +265,19 @@ def scan(root: Path | str, issues: IssueLog, subsets: Iterable[str] | None = Non
     root = Path(root)
     subs = find_subsets(root, subsets)
     if not subs:
-        raise FileNotFoundError(f"no subset folders (<Subset>/composite_images/) under {root}; "
-                                f"use find_root() on an extracted archive first")
+        raise FileNotFoundError(
+            f"no subset folders (<Subset>/composite_images/) under {root}; "
+            f"use find_root() on an extracted archive first"
+        )
     items: list[IHDItem] = []
     for sub in subs:
         items += _scan_subset(sub, issues, check_headers)[0]
     return items
 
 
-def verify_layout(root: Path | str, issues: IssueLog | None = None, subsets: Iterable[str] | None = None,
-                  check_headers: bool = True) -> dict:
+def verify_layout(
+    root: Path | str, issues: IssueLog | None = None, subsets: Iterable[str] | None = None, check_headers: bool = True
+) -> dict:
     """Report on an iHarmony4 tree: per-subset counts, missing masks/reals, unreadable files, lists found."""
     root = Path(root)
     log = issues if issues is not None else IssueLog("verify")
@@ -276,9 +286,20 @@ def verify_layout(root: Path | str, issues: IssueLog | None = None, subsets: Ite
         _, stats = _scan_subset(sub, log, check_headers)
         per_subset[sub.name] = {k: v for k, v in vars(stats).items() if k != "extra_files"}
         per_subset[sub.name]["extra_files"] = len(stats.extra_files)
-    totals = {k: sum(s[k] for s in per_subset.values())
-              for k in ("composites", "items", "masks", "real_images", "missing_mask", "missing_real",
-                        "unreadable", "bad_name", "orphan_masks")}
+    totals = {
+        k: sum(s[k] for s in per_subset.values())
+        for k in (
+            "composites",
+            "items",
+            "masks",
+            "real_images",
+            "missing_mask",
+            "missing_real",
+            "unreadable",
+            "bad_name",
+            "orphan_masks",
+        )
+    }
     lists = sorted(p.name for p in root.glob("*.txt") if re.search(r"_(train|test)\.txt$", p.name))
     return {
         "root": str(root),
@@ -304,11 +325,12 @@ def _list_subset(path: Path, subset: str | None) -> str | None:
     return None
 
 
-def read_list(path: Path | str, subset: str | None = None) -> list[str]:
+def read_list(path: Path | str, subset: str | None = None, issues: IssueLog | None = None) -> list[str]:
     """Lines of a split list as ``<Subset>/composite_images/<file>``, in order, without duplicates.
 
     Blank lines and ``#`` comments are skipped. A line without a subset takes ``subset``, else the one in the
-    list's file name (``HCOCO_train.txt``), else the one its id's first letter names.
+    list's file name (``HCOCO_train.txt``), else the one its id's first letter names. A line whose subset cannot
+    be told is noted in ``issues`` (``<list>:<line>``) and skipped; without ``issues`` it raises ValueError.
     """
     path = Path(path)
     if not path.is_file():
@@ -326,10 +348,16 @@ def read_list(path: Path | str, subset: str | None = None) -> list[str]:
         elif len(parts) == 2 and parts[0] != COMPOSITES:
             sub = parts[0]
         else:
-            sub = default or PREFIX_SUBSET.get(fname[:1])
-        if not sub:
-            raise ValueError(f"{path}:{lineno}: cannot tell the subset of {line!r}; write lines as "
-                             f"<Subset>/composite_images/<file> or name the list <Subset>_train.txt")
+            sub = default or PREFIX_SUBSET.get(fname[:1]) or ""
+        if not sub or not fname.lower().endswith(IMAGE_EXTS):
+            problem = (
+                f"cannot tell the subset and composite file of {line[:80]!r}; write lines as "
+                f"<Subset>/composite_images/<file>.jpg or name the list <Subset>_train.txt"
+            )
+            if issues is None:
+                raise ValueError(f"{path}:{lineno}: {problem}")
+            issues.note(f"{path.name}:{lineno}", f"{problem}: line skipped")
+            continue
         out[f"{sub}/{COMPOSITES}/{fname}"] = None
     return list(out)
 
@@ -342,14 +370,14 @@ def official_lists(root: Path | str) -> tuple[list[Path], list[Path]]:
     return train, test
 
 
-def _read_lists(spec: ListSpec) -> dict[str, str]:
-    """key -> list file it came from, for one list path or several."""
+def _read_lists(spec: ListSpec, issues: IssueLog | None = None) -> dict[str, str]:
+    """key -> list file it came from, for one list path or several (malformed lines noted in ``issues``)."""
     if spec is None:
         return {}
     paths = [spec] if isinstance(spec, (str, Path)) else list(spec)
     keys: dict[str, str] = {}
     for p in paths:
-        for key in read_list(p):
+        for key in read_list(p, issues=issues):
             keys.setdefault(key, Path(p).name)
     return keys
 
@@ -386,7 +414,7 @@ def assign_splits(
     and no photo is in both train and val.
     """
     log = issues if issues is not None else IssueLog("split")
-    train_keys, test_keys = _read_lists(train_list), _read_lists(test_list)
+    train_keys, test_keys = _read_lists(train_list, log), _read_lists(test_list, log)
     use_lists = train_list is not None or test_list is not None
     by_key = {it.key: it for it in items}
     if use_lists:
@@ -418,8 +446,11 @@ def assign_splits(
                 log.add(it.key, r)
                 continue
             if r > max_fg_ratio:
-                log.exclude(it.key, f"mask {it.subset}/{MASKS}/{it.mask.name} covers {r:.1%} of the image, above "
-                                    f"{max_fg_ratio:.0%}: left out by the <= {max_fg_ratio:.0%} foreground filter")
+                log.exclude(
+                    it.key,
+                    f"mask {it.subset}/{MASKS}/{it.mask.name} covers {r:.1%} of the image, above "
+                    f"{max_fg_ratio:.0%}: left out by the <= {max_fg_ratio:.0%} foreground filter",
+                )
                 continue
         if split == "train" and unit_hash(f"{it.subset}/{it.image_id}", seed, "val") < val_fraction:
             split = "val"
@@ -427,8 +458,9 @@ def assign_splits(
     return out
 
 
-def _report_absent(by_key: dict[str, IHDItem], listed: dict[str, str], present: set[str], log: IssueLog,
-                   missing_ok: bool) -> None:
+def _report_absent(
+    by_key: dict[str, IHDItem], listed: dict[str, str], present: set[str], log: IssueLog, missing_ok: bool
+) -> None:
     """Record listed keys with no scanned item (skipping keys already reported as bad by the scan)."""
     known_bad = log.bad_items()
     absent_subsets: dict[str, int] = {}
@@ -444,3 +476,45 @@ def _report_absent(by_key: dict[str, IHDItem], listed: dict[str, str], present: 
             log.add(key, f"listed in {src} but not found")
     for sub, n in sorted(absent_subsets.items()):
         log.note(sub, f"{n} listed composites not used: subset {sub} is not present")
+
+
+def ihd_items(index: dict, data: Any, issues: IssueLog) -> tuple[list[dict], set[str]]:
+    """Items to preprocess, and their keys (``HFlickr/composite_images/f1_1_1.jpg``, the names ``issues`` uses).
+
+    Composites the scan rejects go to ``issues`` as bad; those a split filter leaves out (the <= 50 % foreground
+    rule, or in no split list) as exclusions, each with its reason.
+    """
+    ih = data.iharmony4
+    items, keys = [], set()
+    for root in map(Path, index["roots"]):
+        found = scan(root, issues, subsets=ih.subsets)
+        if ih.split == "official":
+            train, test = official_lists(root)
+            found = assign_splits(found, train, test, val_fraction=data.val_fraction, seed=data.seed, issues=issues)
+        elif ih.split == "le50" and ih.train_list and ih.test_list:
+            found = assign_splits(
+                found, ih.train_list, ih.test_list, val_fraction=data.val_fraction, seed=data.seed, issues=issues
+            )
+        else:  # le50 without lists, or "computed": filter <= 50 % foreground ourselves
+            found = assign_splits(
+                found,
+                le50=True,
+                val_fraction=data.val_fraction,
+                seed=data.seed,
+                issues=issues,
+                test_fraction=data.test_fraction,
+            )
+        items += [
+            {
+                "id": it.id,
+                "subset": it.subset,
+                "split": it.split,
+                "composite": it.composite,
+                "mask": it.mask,
+                "real": it.real,
+                "source": "composite",
+            }
+            for it in found
+        ]
+        keys |= {it.key for it in found}
+    return items, keys

@@ -28,12 +28,11 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Union
 
 import cv2
 import numpy as np
 
-Source = Union[bytes, bytearray, memoryview, np.ndarray, str, Path]
+Source = bytes | bytearray | memoryview | np.ndarray | str | Path
 
 
 class BadImage(ValueError):
@@ -101,7 +100,7 @@ def declared_size(buf) -> tuple[int, int] | None:
     def u(off: int, size: int, order: str = "big") -> int:
         if off + size > n:
             raise IndexError(off)
-        return int.from_bytes(b[off:off + size], order)
+        return int.from_bytes(b[off : off + size], "little" if order == "little" else "big")
 
     try:
         if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR":
@@ -127,7 +126,7 @@ def declared_size(buf) -> tuple[int, int] | None:
             if u(14, 4, "little") == 12:  # BITMAPCOREHEADER: 16-bit sizes
                 return u(20, 2, "little"), u(18, 2, "little")
             u(22, 4)  # the header is long enough
-            w, h = (int.from_bytes(b[o:o + 4], "little", signed=True) for o in (18, 22))
+            w, h = (int.from_bytes(b[o : o + 4], "little", signed=True) for o in (18, 22))
             return abs(h), abs(w)  # a negative height = top-down rows
         if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
             chunk = bytes(b[12:16])
@@ -155,15 +154,20 @@ def declared_size(buf) -> tuple[int, int] | None:
 
 def _refuse_above_cap(label: str, h: int, w: int, cap: int, how: str) -> None:
     if cap > 0 and h * w > cap:
-        raise BadImage(label, f"{how} {w}x{h} pixels ({h * w / 1e6:.3g} MP), above the pixel cap of {cap / 1e6:g} MP: "
-                              f"refused (a decompression bomb or a huge scan; raise the cap with DIRL_MAX_PIXELS or "
-                              f"`dirl predict --max-pixels`)")
+        raise BadImage(
+            label,
+            f"{how} {w}x{h} pixels ({h * w / 1e6:.3g} MP), above the pixel cap of {cap / 1e6:g} MP: "
+            f"refused (a decompression bomb or a huge scan; raise the cap with DIRL_MAX_PIXELS or "
+            f"`dirl predict --max-pixels`)",
+        )
 
 
 # libjpeg warnings that mean the pixels are wrong (the decoder filled in grey or skipped data). Not every warning
 # does: "Corrupt JPEG data: bad ICC marker" concerns only the colour profile, and is let through.
-_CORRUPT_JPEG = re.compile(r"Corrupt JPEG data(?!: bad ICC marker)|Premature end of JPEG file|Invalid SOS parameters|"
-                           r"Inconsistent progression sequence|Bogus (Huffman|DQT|DHT)|Huffman table")
+_CORRUPT_JPEG = re.compile(
+    r"Corrupt JPEG data(?!: bad ICC marker)|Premature end of JPEG file|Invalid SOS parameters|"
+    r"Inconsistent progression sequence|Bogus (Huffman|DQT|DHT)|Huffman table"
+)
 _DECODER_TEXT = re.compile(r"JPEG|libjpeg|libpng|grfmt_|imdecode|PNG|IDAT|IHDR|CRC|zlib", re.IGNORECASE)
 _capture_lock = threading.Lock()
 _capture: tuple[int, object] | None = None  # (pid, temp file) that fd 2 points at while a decoder runs
@@ -224,8 +228,7 @@ def _decoder_said(lines: list[str]) -> str:
     return "; ".join(dict.fromkeys(short))
 
 
-def _decode(src: Source, name: str | Path | None, flags: int,
-            max_pixels: int | None = None) -> tuple[np.ndarray, str]:
+def _decode(src: Source, name: str | Path | None, flags: int, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     buf, label = read_source(src, name)
     if buf.size == 0:
         raise BadImage(label, "empty file")
@@ -259,8 +262,7 @@ def decode_image(src: Source, name: str | Path | None = None, max_pixels: int | 
     return img
 
 
-def decode_mask(src: Source, name: str | Path | None = None,
-                max_pixels: int | None = None) -> tuple[np.ndarray, bool]:
+def decode_mask(src: Source, name: str | Path | None = None, max_pixels: int | None = None) -> tuple[np.ndarray, bool]:
     """Decode a mask to ``(H, W)`` uint8 {0, 1}; returns ``(mask, was_binary)``.
 
     Colour masks are converted to gray. A mask whose maximum is <= 1 is read as 0/1 (1 = foreground); otherwise
@@ -314,27 +316,42 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
 AREA_BELOW = 0.8  # a resize that shrinks a side below this factor (and enlarges none) uses INTER_AREA
 
 
-def _interp(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
-    """Bilinear, or INTER_AREA (anti-aliased, like the PIL bilinear filter the reference uses) when shrinking
-    a side by more than 1.25x. Mild shrinks (a 256 -> 224 train crop) stay bilinear: nearly identical, 3x faster."""
+INTERPOLATIONS = ("auto", "bilinear")
+
+
+def _interp(src_hw: tuple[int, int], dst_hw: tuple[int, int], interpolation: str = "auto") -> int:
+    """``auto``: bilinear, or INTER_AREA (anti-aliased) when shrinking a side by more than 1.25x; mild shrinks (a
+    256 -> 224 train crop) stay bilinear: nearly identical, 3x faster. ``bilinear``: always plain bilinear, the
+    reference's test resize (``evaluate.interpolation``)."""
+    if interpolation == "bilinear":
+        return cv2.INTER_LINEAR
+    if interpolation != "auto":
+        raise ValueError(f"interpolation {interpolation!r}: expected one of {INTERPOLATIONS}")
     fy, fx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
     return cv2.INTER_AREA if max(fy, fx) <= 1.0 and min(fy, fx) < AREA_BELOW else cv2.INTER_LINEAR
 
 
-def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+def shortest_side_hw(h: int, w: int, side: int) -> tuple[int, int]:
+    """``(h, w)`` scaled so that the shortest side is ``side`` (never enlarged), aspect kept: 4000x3000, 256 ->
+    (341, 256)."""
+    scale = min(1.0, side / min(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def resize_image(img: np.ndarray, size: int | tuple[int, int], interpolation: str = "auto") -> np.ndarray:
     """Resize an RGB image to ``size`` (int = square, or ``(h, w)``); filter: see ``_interp``."""
     h, w = _hw(size)
     if img.shape[:2] == (h, w):
         return img
-    return cv2.resize(img, (w, h), interpolation=_interp(img.shape[:2], (h, w)))
+    return cv2.resize(img, (w, h), interpolation=_interp(img.shape[:2], (h, w), interpolation))
 
 
-def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int], interpolation: str = "auto") -> np.ndarray:
     """Resize a {0, 1} mask the reference way: interpolate the 0/255 mask, then binarise at 0.5 (> 127)."""
     h, w = _hw(size)
     if mask.shape[:2] == (h, w):
         return mask
-    m = cv2.resize(mask * np.uint8(255), (w, h), interpolation=_interp(mask.shape[:2], (h, w)))
+    m = cv2.resize(mask * np.uint8(255), (w, h), interpolation=_interp(mask.shape[:2], (h, w), interpolation))
     return (m > 127).astype(np.uint8)
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TextIO
 
 from dirl.io import write_json_atomic
+from dirl.workspace import RESULTS
 
 CONSOLE_LIMIT = 20  # bad items named on the console; beyond that the console points at the full report
 
 
 class TooManyBadItems(RuntimeError):
     """More items failed a data stage than ``data.max_bad_fraction`` allows."""
-
 
 
 class IssueLog:
@@ -119,8 +119,7 @@ class IssueLog:
         excluded = len(self.excluded_items())
         ex = f", {excluded} excluded by filters" if excluded else ""
         where = f"; report: {self.path}" if self.path else ""
-        print(f"[{self.stage}] {len(self)} bad item(s){of}{ex}, {len(self.notes) - excluded} note(s){where}",
-              file=out)
+        print(f"[{self.stage}] {len(self)} bad item(s){of}{ex}, {len(self.notes) - excluded} note(s){where}", file=out)
         items = list(self._by_item().items())
         for item, reasons in items[:limit]:
             print(f"  {item}: {'; '.join(reasons)}", file=out)
@@ -139,8 +138,10 @@ class IssueLog:
         frac = self.fraction(total)
         failed = frac > max_bad_fraction
         if failed:
-            self.error = (f"{len(self)} of {total} items are bad ({frac:.2%}), above "
-                          f"data.max_bad_fraction = {max_bad_fraction:.2%}")
+            self.error = (
+                f"{len(self)} of {total} items are bad ({frac:.2%}), above "
+                f"data.max_bad_fraction = {max_bad_fraction:.2%}"
+            )
         if self.path is not None:
             self.write()
         if not failed:
@@ -155,3 +156,51 @@ class IssueLog:
             f"data.max_bad_fraction = {max_bad_fraction:.2%}. {where} Bad: {shown}{more}. "
             f"Fix or remove the bad items, or raise data.max_bad_fraction in params.yaml."
         )
+
+
+class StageReport:
+    """``with StageReport(stage) as issues``: the stage's IssueLog, reporting to ``results/<stage>/issues.json``.
+
+    The report of an earlier run is removed on entry, so a stale one never stays behind. The full report is
+    written whatever happens: ``IssueLog.check`` writes it on success and when there are too many bad items
+    (then also naming them on the console); any other failure writes what was found so far, with the error.
+    """
+
+    def __init__(self, stage: str):
+        self.path = RESULTS / stage / "issues.json"
+        self.path.unlink(missing_ok=True)
+        self.issues = IssueLog(stage, self.path)
+
+    def __enter__(self) -> IssueLog:
+        return self.issues
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is not None:
+            self.issues.error = f"{kind.__name__}: {error}" if str(error) else kind.__name__
+            try:
+                self.issues.write()
+            except OSError:
+                pass  # the original error matters more
+
+
+def finish_stage(stage: str, summary: dict, issues: IssueLog | None = None, total: int = 0) -> dict:
+    """Write ``results/<stage>/``: issues.json, summary.json and the DVC metrics file (items in, rows out, bad items),
+    and print the stage's one-line summary."""
+    out = RESULTS / stage
+    out.mkdir(parents=True, exist_ok=True)
+    if issues is not None:
+        issues.write(out / "issues.json", total=total)
+        if len(issues) or issues.notes:
+            issues.print_summary(total)
+    write_json_atomic(out / "summary.json", summary)
+    # what `dvc metrics show` lists, in columns shared by the three data stages: items in, rows out, bad items
+    write_json_atomic(
+        out / "metrics.json",
+        {
+            "items": summary.get("items", summary.get("real_images", total)),
+            "rows": summary.get("rows", summary.get("composites", summary.get("items"))),
+            "bad": summary.get("bad", 0),
+        },
+    )
+    print(f"[{stage}] " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+    return summary

@@ -9,8 +9,9 @@ batches with the same augmentation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,8 +25,9 @@ from dirl.data.transforms import eval_transform, train_transform
 COLUMNS = ("id", "image", "mask")
 
 
-def decode_row(row: Mapping[str, Any], size: int, train: bool,
-               rng: np.random.Generator | None = None) -> dict[str, Any]:
+def decode_row(
+    row: Mapping[str, Any], size: int, train: bool, rng: np.random.Generator | None = None
+) -> dict[str, Any]:
     """Stored row ``{id, image: JPEG bytes, mask: PNG bytes, ...}`` -> ``{id, image (3,S,S), mask (1,S,S)}``.
 
     Pure: the output depends only on the row, ``size``, ``train`` and the state of ``rng`` (required when
@@ -46,8 +48,12 @@ def decode_row(row: Mapping[str, Any], size: int, train: bool,
 TRAIN_SOURCES = ("composite", "synthesized")  # rows a model trains, validates and is scored on
 
 
-def read_rows(dirs: Sequence[str | Path], split: str, sources: Sequence[str] | None = TRAIN_SOURCES,
-              columns: Sequence[str] = COLUMNS) -> tuple[pa.Table, dict[str, int]]:
+def read_rows(
+    dirs: Sequence[str | Path],
+    split: str,
+    sources: Sequence[str] | None = TRAIN_SOURCES,
+    columns: Sequence[str] = COLUMNS,
+) -> tuple[pa.Table, dict[str, int]]:
     """The ``split`` rows of every shard folder (in the given order) whose ``source`` is in ``sources`` (None: all),
     as one memory-mapped table of ``columns``; and ``{folder: rows left out by their source}``. The one shard
     reader of training, validation and evaluation."""
@@ -62,8 +68,16 @@ def read_rows(dirs: Sequence[str | Path], split: str, sources: Sequence[str] | N
     return table, left_out
 
 
-def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, shuffle: bool = True,
-                drop_last: bool = False, batch_size: int = 1) -> np.ndarray:
+def epoch_order(
+    n: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    batch_size: int = 1,
+) -> np.ndarray:
     """Row indices this rank reads in ``epoch``: a global permutation drawn from ``(seed, epoch)``, dealt round-robin.
 
     Every rank draws the same permutation of all ``n`` rows (a global shuffle, new every epoch) and takes every
@@ -87,8 +101,15 @@ class ShardDataset(torch.utils.data.Dataset):
     workers, Ray) sends only the paths and reopens them.
     """
 
-    def __init__(self, dirs: str | Path | Sequence[str | Path], split: str, size: int, train: bool, seed: int = 0,
-                 sources: Sequence[str] | None = TRAIN_SOURCES):
+    def __init__(
+        self,
+        dirs: str | Path | Sequence[str | Path],
+        split: str,
+        size: int,
+        train: bool,
+        seed: int = 0,
+        sources: Sequence[str] | None = TRAIN_SOURCES,
+    ):
         self.dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
         self.split, self.size, self.train, self.seed = split, size, train, seed
         self.sources = tuple(sources) if sources is not None else None
@@ -132,7 +153,7 @@ class ShardDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
         return decode_row(self.row(i), self.size, self.train, rng)
 
-    def collate(self, idx: Sequence[int]) -> dict[str, Any]:
+    def collate(self, idx: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Rows ``idx`` as ``{image: (B,3,S,S) float32, mask: (B,1,S,S) float32, id: list[str]}`` tensors."""
         items = [self[int(i)] for i in idx]
         return {
@@ -141,15 +162,22 @@ class ShardDataset(torch.utils.data.Dataset):
             "id": [it["id"] for it in items],
         }
 
-    def iter_batches(self, batch_size: int, shuffle: bool = False, drop_last: bool = False, rank: int = 0,
-                     world: int = 1, prefetch: int = 0) -> Iterator[dict[str, Any]]:
+    def iter_batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
+        prefetch: int = 0,
+    ) -> Iterator[dict[str, Any]]:
         """Yield this rank's batches of the epoch (see :func:`epoch_order`; ``shuffle`` draws from (seed, epoch)).
 
         ``prefetch`` > 0 decodes that many batches ahead in a background thread (OpenCV releases the GIL),
         overlapping decoding with the training step.
         """
         order = epoch_order(len(self), self.seed, self.epoch, rank, world, shuffle, drop_last, batch_size)
-        chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         if drop_last:
             chunks = [c for c in chunks if len(c) == batch_size]
         if prefetch <= 0:

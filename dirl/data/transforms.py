@@ -83,8 +83,9 @@ def _mask_tensor(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.float32)[None]  # (H, W) -> (1, H, W)
 
 
-def train_transform(img: np.ndarray, mask: np.ndarray, size: int,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def train_transform(
+    img: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference train augmentation; deterministic given ``rng``. Returns ``(x (3,S,S), m (1,S,S))`` float32.
 
     The crop is redrawn until the resized mask keeps > ``MIN_FG_PIXELS`` foreground pixels, or accepted anyway
@@ -93,9 +94,9 @@ def train_transform(img: np.ndarray, mask: np.ndarray, size: int,
     h, w = mask.shape
     for _ in range(MAX_REDRAWS):
         top, left, ch, cw = crop_params(h, w, rng)
-        m = resize_mask(mask[top:top + ch, left:left + cw], size)  # (ch, cw) -> (S, S)
+        m = resize_mask(mask[top : top + ch, left : left + cw], size)  # (ch, cw) -> (S, S)
         if int(m.sum()) > MIN_FG_PIXELS or rng.random() < ACCEPT_EMPTY_P:
-            x = resize_image(img[top:top + ch, left:left + cw], size)  # (ch, cw, 3) -> (S, S, 3)
+            x = resize_image(img[top : top + ch, left : left + cw], size)  # (ch, cw, 3) -> (S, S, 3)
             break
     else:
         x, m = resize_image(img, size), resize_mask(mask, size)
@@ -104,10 +105,13 @@ def train_transform(img: np.ndarray, mask: np.ndarray, size: int,
     return normalize(x), _mask_tensor(m)
 
 
-def eval_resize(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One resize straight to ``size`` x ``size``: image ``(S, S, 3)`` uint8, mask ``(S, S)`` {0, 1} (bilinear, cut
-    at 0.5, as the reference)."""
-    return resize_image(img, size), resize_mask(mask, size)
+def eval_resize(
+    img: np.ndarray, mask: np.ndarray, size: int, interpolation: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One resize straight to ``size`` x ``size``: image ``(S, S, 3)`` uint8, mask ``(S, S)`` {0, 1} (cut at 0.5, as
+    the reference). ``interpolation``: ``bilinear`` = the reference's plain bilinear resize; ``auto`` = area filter
+    when shrinking by more than 1.25x (``evaluate.interpolation``)."""
+    return resize_image(img, size, interpolation), resize_mask(mask, size, interpolation)
 
 
 def model_input(img: np.ndarray, size: int) -> np.ndarray:

@@ -18,38 +18,54 @@ Outputs of :func:`evaluate_stage` in ``out_dir``:
     pr_prior.csv     the same for the centred prior on the same images (the PR plot's baseline)
     pr_curves.csv    set, method, threshold, precision, recall for every set, model and centre prior
     per_image.csv    set, id, subset, ap, f1, iou, prior_ap, prior_f1, prior_iou (fractions in [0, 1])
-    grid.png         rows = test items; image | ground truth | model | centre prior
+    grid.png         rows = test items at quantiles of per-image model IoU (best .. worst); composite + ground
+                     truth | model | centre prior, the set's scores of both in the title
+    pr_curve.png     the two PR curves above as a picture (recall, precision; the prior in its own colour)
     mda.png          image | ground truth | A0..A4 | final (a note figure for models without attention maps)
     config.yaml      the resolved configuration
-    info.json        the model reference, its header, the sets' sizes, notes and the MLflow run logged to
-All of it is logged to the model's MLflow run: metrics ``<set>_AP``, ``<set>_F1``, ``<set>_IoU``,
-``<set>_prior_*`` and the files under the artifact folder ``evaluate/``. The run is the one in ``run.json``
-beside a weights file (``results/train/run.json``), the run itself for a run id, or the registered version's
-source run for a ``models:/`` URI; a weights file without ``run.json`` is evaluated without logging.
+    info.json        the model reference, its header, the sets' sizes, notes and the MLflow runs (train, evaluation)
+Every evaluation is an MLflow run of its own (:func:`log_evaluation`), in the experiment of the model's training
+run and tagged with it and with the logged model: metrics ``<set>/IoU``, ``<set>/AP``, ``<set>/F1``,
+``<set>/prior_*`` (each linked to its set's dataset; the sets' sizes are params) and the files under the artifact folder ``evaluate/``. The
+training run, once written by training, is never written again. The model's training run is the one in
+``run.json`` beside a weights file (``results/train/run.json``), the run itself for a run id, or the registered
+version's source run for a ``models:/`` URI; a weights file without ``run.json`` is evaluated without logging.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from dirl import workspace
 from dirl.config import Config, save_resolved
+from dirl.data.ihd import scan
 from dirl.data.images import decode_image, decode_mask
-from dirl.io import write_json_atomic, write_text_atomic
+from dirl.data.issues import IssueLog
+from dirl.data.loader import read_rows
+from dirl.data.show import photo_of
 from dirl.data.transforms import eval_resize, normalize
-from dirl.workspace import SHARD_DIRS
+from dirl.io import write_json_atomic, write_text_atomic
+from dirl.lifecycle import figures
+from dirl.lifecycle.resolve import load_model_ref
 from dirl.metrics import MetricAccumulator, centre_prior
+from dirl.progress import bar as progress_bar
+from dirl.speed import default_device
+from dirl.tracking import TrackingError, check_reachable, flatten, record_failure, source_tags, tracking_uri
+from dirl.workspace import SHARD_DIRS
 
 log = logging.getLogger(__name__)
 EVAL_SOURCES = ("composite", "synthesized")
@@ -72,6 +88,8 @@ class EvalSet:
     subsets: list[str]
     load: Callable[[int], tuple[np.ndarray, np.ndarray]]  # i -> (RGB uint8 (h, w, 3), mask {0,1} (h, w))
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # where the items were read from (shard folders and split, or an iHarmony4 folder)
+    interpolation: str = "auto"  # evaluate.interpolation: the resize to the input size (auto | bilinear)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -84,13 +102,13 @@ class EvalSet:
         at ``size`` is kept and scored as the reference scores it (``dirl.metrics``).
         """
         img, mask = self.load(i)
-        return eval_resize(img, mask, size)
+        return eval_resize(img, mask, size, self.interpolation)
 
     def batches(self, size: int, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[dict]:
         """``{image (B,3,S,S) normalised, mask (B,1,S,S), id [B], subset [B]}`` in order."""
         order = list(range(len(self))) if indices is None else list(indices)
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             pairs = [self.item(i, size) for i in idx]
             yield {
                 "image": torch.from_numpy(np.stack([normalize(img) for img, _ in pairs])),  # (B, 3, S, S)
@@ -103,14 +121,16 @@ class EvalSet:
 def shard_set(dirs: Iterable[str | os.PathLike], split: str, name: str = "test") -> EvalSet:
     """The ``split`` rows of the shard folders whose source is a composite (real or synthesized), read as training
     reads them (:func:`dirl.data.loader.read_rows`)."""
-    from dirl.data.loader import read_rows
 
-    dirs = [Path(d) for d in dirs]
-    notes = [f"{d}: no shards (manifest.json absent), skipped" for d in dirs if not (d / "manifest.json").is_file()]
-    found = [d for d in dirs if (d / "manifest.json").is_file()]
+    paths = [Path(d) for d in dirs]
+    notes = [f"{d}: no shards (manifest.json absent), skipped" for d in paths if not (d / "manifest.json").is_file()]
+    found = [d for d in paths if (d / "manifest.json").is_file()]
     table, left_out = read_rows(found, split, EVAL_SOURCES, ("id", "subset", "image", "mask"))
-    notes += [f"{d}: {n} {split} rows are not composites (source not in {EVAL_SOURCES}), left out"
-              for d, n in left_out.items() if n]
+    notes += [
+        f"{d}: {n} {split} rows are not composites (source not in {EVAL_SOURCES}), left out"
+        for d, n in left_out.items()
+        if n
+    ]
     if not table.num_rows:
         raise EvaluationError(
             f"no {split!r} composites in {', '.join(map(str, dirs))}; build them first "
@@ -126,14 +146,11 @@ def shard_set(dirs: Iterable[str | os.PathLike], split: str, name: str = "test")
         return img, mask
 
     notes.append(f"{name}: {len(ids)} rows from {', '.join(used)}")
-    return EvalSet(name, ids, table["subset"].to_pylist(), load, notes)
+    return EvalSet(name, ids, table["subset"].to_pylist(), load, notes, f"{','.join(used)}:{split}")
 
 
 def ihd_set(root: str | os.PathLike, name: str | None = None) -> EvalSet:
     """Every composite with a mask under an iHarmony4-layout folder (bad items are noted and left out)."""
-    from dirl.data.ihd import scan
-    from dirl.data.issues import IssueLog
-
     root = Path(root)
     issues = IssueLog("evaluate")
     try:
@@ -148,7 +165,9 @@ def ihd_set(root: str | os.PathLike, name: str | None = None) -> EvalSet:
         mask, _ = decode_mask(items[i].mask)
         return decode_image(items[i].composite), mask
 
-    return EvalSet(name or root.name, [it.id for it in items], [it.subset for it in items], load, notes)
+    return EvalSet(
+        name or root.name, [it.id for it in items], [it.subset for it in items], load, notes, str(root.resolve())
+    )
 
 
 def eval_sets(cfg: Config, shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS) -> tuple[list[EvalSet], list[str]]:
@@ -166,6 +185,8 @@ def eval_sets(cfg: Config, shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS)
             name += "_"
         names.add(name)
         sets.append(ihd_set(root, name))
+    for s in sets:
+        s.interpolation = cfg.evaluate.interpolation
     return sets, notes
 
 
@@ -177,8 +198,12 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.inference_mode()
-def evaluate_model(model: torch.nn.Module, batches: Iterable[dict], device: torch.device | str | None = None,
-                   baseline: MetricAccumulator | None = None) -> tuple[dict, list[dict], list[dict]]:
+def evaluate_model(
+    model: torch.nn.Module,
+    batches: Iterable[dict],
+    device: torch.device | str | None = None,
+    baseline: MetricAccumulator | None = None,
+) -> tuple[dict, list[dict], list[dict]]:
     """Metrics of ``model`` over ``batches`` of ``{image, mask, id}`` at the batches' size.
 
     Returns ``(metrics, per_image, pr_curve)`` as ``MetricAccumulator.compute / per_image / pr_curve``.
@@ -211,28 +236,52 @@ def _by_subset(rows: Sequence[dict], prefix: str = "") -> dict:
     return {name: _summary(g, prefix) for name, g in sorted(groups.items())}
 
 
-def evaluate_set(model: torch.nn.Module, evalset: EvalSet, size: int, batch_size: int,
-                 device: torch.device | str | None = None, progress: bool = True) -> dict:
+def evaluate_set(
+    model: torch.nn.Module,
+    evalset: EvalSet,
+    size: int,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict:
     """Model and centred prior on one set: ``{"model", "centre_prior", "per_image", "pr_model", "pr_prior"}``.
 
     Subsets are the set's own sub-dataset names (the shards' ``subset`` column, the iHarmony4 folder).
     """
-    from dirl.progress import bar as progress_bar
 
     prior = MetricAccumulator()
     subsets = dict(zip(evalset.ids, evalset.subsets))
-    batches = progress_bar(evalset.batches(size, batch_size), total=-(-len(evalset) // batch_size),
-                           desc=f"evaluate {evalset.name}", unit="batch", disable=not progress)
+    batches = progress_bar(
+        evalset.batches(size, batch_size),
+        total=-(-len(evalset) // batch_size),
+        desc=f"evaluate {evalset.name}",
+        unit="batch",
+        disable=not progress,
+    )
     _, per_image, pr_model = evaluate_model(model, batches, device, baseline=prior)
     rows = [
-        {"set": evalset.name, "id": m["id"], "subset": subsets[m["id"]], "ap": m["ap"], "f1": m["f1"], "iou": m["iou"],
-         "prior_ap": p["ap"], "prior_f1": p["f1"], "prior_iou": p["iou"]}
+        {
+            "set": evalset.name,
+            "id": m["id"],
+            "subset": subsets[m["id"]],
+            "ap": m["ap"],
+            "f1": m["f1"],
+            "iou": m["iou"],
+            "prior_ap": p["ap"],
+            "prior_f1": p["f1"],
+            "prior_iou": p["iou"],
+        }
         for m, p in zip(per_image, prior.per_image())
     ]
     model_m = {**_summary(rows), "subsets": _by_subset(rows)}
     prior_m = {**_summary(rows, "prior_"), "subsets": _by_subset(rows, "prior_")}
-    return {"model": model_m, METHOD_PRIOR: prior_m, "per_image": rows, "pr_model": pr_model,
-            "pr_prior": prior.pr_curve()}
+    return {
+        "model": model_m,
+        METHOD_PRIOR: prior_m,
+        "per_image": rows,
+        "pr_model": pr_model,
+        "pr_prior": prior.pr_curve(),
+    }
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -271,40 +320,94 @@ def _resize_map(m: np.ndarray, size: int) -> np.ndarray:
     return m if m.shape == (size, size) else cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def _figures(model: torch.nn.Module, info: dict, evalset: EvalSet, size: int, k: int, out: Path) -> list[str]:
-    """grid.png and mda.png of the test set; returns notes."""
-    from dirl.lifecycle import figures
+def _figures(
+    model: torch.nn.Module,
+    info: dict,
+    evalset: EvalSet,
+    size: int,
+    k: int,
+    out: Path,
+    per_image: Sequence[dict] | None = None,
+    scores: dict | None = None,
+) -> list[str]:
+    """grid.png and mda.png of the test set; returns notes.
 
-    idx = figures.pick_distinct(evalset.ids, evalset.subsets, k, seed=0)
+    With ``per_image`` (the set's rows of per_image.csv) the grid shows the items at ``k`` quantiles of the
+    per-image model IoU, best first (:func:`dirl.lifecycle.figures.quantile_pick`), else ``k`` distinct photos;
+    ``scores`` (``{"model", "centre_prior"}`` of the set) are written on it."""
+
+    label = info.get("label") or info.get("model", "model")
+    iou = {r["id"]: r["iou"] for r in per_image or ()}
+    if iou and all(i in iou for i in evalset.ids):
+        picks = figures.quantile_pick([iou[i] for i in evalset.ids], k, [photo_of(i) for i in evalset.ids])
+        idx, row_labels = [i for i, _ in picks], [name for _, name in picks]
+        how = f"rows: the images at {len(idx)} quantiles of per-image model IoU ({', '.join(row_labels)})"
+    else:
+        idx, row_labels = figures.pick_distinct(evalset.ids, evalset.subsets, k, seed=0), None
+        how = f"rows: {len(idx)} images of distinct photos"
     items = [evalset.item(i, size) for i in idx]
     images, masks = [im for im, _ in items], [m for _, m in items]
     ids = [evalset.ids[i] for i in idx]
     outs = _outputs(model, evalset, idx, size)
-    label = info.get("label") or info.get("model", "model")
     prior = centre_prior(size, size)
-    figures.grid_figure(images, masks, {label: [o[0] for o in outs], "centre prior": [prior] * len(idx)}, ids,
-                          out / "grid.png", title=f"{evalset.name}: {label} at {size}x{size}")
+    headline = ""
+    if scores:
+        headline = figures.headline_text(scores["model"], scores.get(METHOD_PRIOR), f"all of {evalset.name}, {label}")
+    figures.grid_figure(
+        images,
+        masks,
+        {label: [o[0] for o in outs], "centre prior": [prior] * len(idx)},
+        ids,
+        out / "grid.png",
+        title=f"{evalset.name}: {label} at {size}x{size}\n{how}",
+        row_labels=row_labels,
+        headline=headline,
+    )
     notes = []
     if outs and len(outs[0]) >= 6:
-        n = min(3, len(idx))
-        figures.mda_figure(images[:n], masks[:n], outs[:n], ids[:n], out / "mda.png")
+        pick = sorted({0, len(idx) // 2, len(idx) - 1})  # best, median, worst of the grid's rows
+        figures.mda_figure(
+            [images[i] for i in pick],
+            [masks[i] for i in pick],
+            [outs[i] for i in pick],
+            [ids[i] + (f" ({row_labels[i]})" if row_labels else "") for i in pick],
+            out / "mda.png",
+        )
     else:
-        note = (f"model {info.get('model')!r} has no attention maps (it returns {len(outs[0]) if outs else 0} map); "
-                "mda.png shows only this note")
+        note = (
+            f"model {info.get('model')!r} has no attention maps (it returns {len(outs[0]) if outs else 0} map); "
+            "mda.png shows only this note"
+        )
         figures.note_figure(note, out / "mda.png")
         notes.append(note)
     return notes
 
 
+def _pr_picture(out: Path, rows: Sequence[dict], scores: dict, info: dict, set_name: str) -> Path:
+    """pr_curve.png: the PR curves of pr_curve.csv and pr_prior.csv as a picture (MLflow, the logged model)."""
+    label = info.get("label") or info.get("model", "model")
+    return figures.pr_figure(
+        [r for r in rows if r["method"] == "model"],
+        [r for r in rows if r["method"] == METHOD_PRIOR],
+        out / "pr_curve.png",
+        title=f"{set_name}: pixel-level precision-recall ({scores['model']['n']} images)",
+        model_label=label,
+        model_ap=scores["model"]["AP"],
+        prior_ap=scores[METHOD_PRIOR]["AP"],
+    )
+
+
 # ----------------------------------------------------------------------------- MLflow
 
 
-def _run_for(model_ref: str, info: dict, cfg: Config) -> tuple[str | None, str | None]:
-    """(run id, tracking URI) of the run a model belongs to; (None, None) when unknown."""
-    from dirl.tracking import tracking_uri
+def _run_for(model_ref: str, info: dict, cfg: Config) -> tuple[str | None, str | None, str | None]:
+    """(train run id, tracking URI, logged model id) of the model; (None, None, None) when unknown.
+
+    The model id comes from ``run.json`` beside a weights file, the registered version (``models:/``), or the
+    newest model the run logged (a run id); it may be None when the run logged no model."""
 
     if info.get("run_id"):
-        return info["run_id"], tracking_uri(cfg)
+        return info["run_id"], tracking_uri(cfg), info.get("model_id")
     path = Path(model_ref)
     run_json = (path if path.is_dir() else path.parent) / "run.json"
     if path.exists() and run_json.is_file():
@@ -313,8 +416,8 @@ def _run_for(model_ref: str, info: dict, cfg: Config) -> tuple[str | None, str |
         except ValueError as e:
             raise EvaluationError(f"{run_json}: not valid JSON ({e}); re-run training") from None
         if run.get("run_id"):
-            return run["run_id"], run.get("tracking_uri") or tracking_uri(cfg)
-    return None, None
+            return run["run_id"], run.get("tracking_uri") or tracking_uri(cfg), run.get("model_id")
+    return None, None, None
 
 
 def metric_key(name: str) -> str:
@@ -328,62 +431,193 @@ def write_scores(out: Path, scores: dict) -> None:
     images), with the same keys so that they share columns and the prior's row stands under the model's."""
     write_json_atomic(out / "scores.json", scores)
     for method, name in (("model", "metrics.json"), (METHOD_PRIOR, "prior.json")):
-        write_json_atomic(out / name, {s: {k: res[method][k] for k in ("n", "AP", "F1", "IoU") if k in res[method]}
-                                       for s, res in scores.items() if method in res})
+        write_json_atomic(
+            out / name,
+            {
+                s: {k: res[method][k] for k in ("n", "AP", "F1", "IoU") if k in res[method]}
+                for s, res in scores.items()
+                if method in res
+            },
+        )
 
 
-def flat_metrics(metrics: dict) -> dict[str, float]:
-    """``{"test": {"model": {"AP": ..}, "centre_prior": {...}}}`` -> ``{"test_AP": .., "test_prior_AP": ..}``."""
+def flat_metrics(metrics: dict, counts: bool = False) -> dict[str, float]:
+    """``{"test": {"model": {"AP": ..}, "centre_prior": {...}}}`` -> ``{"test/AP": .., "test/prior_AP": ..}``: one
+    section per set in the MLflow UI. ``counts``: the sets' sizes too (``test/n``; a count is a param or a tag in
+    MLflow, not a metric)."""
     flat = {}
     for set_name, res in metrics.items():
         for method, prefix in (("model", ""), (METHOD_PRIOR, "prior_")):
-            for key in ("AP", "F1", "IoU", "n"):
+            for key in ("IoU", "AP", "F1") + (("n",) if counts and method == "model" else ()):
                 if key in res.get(method, {}):
-                    flat[metric_key(f"{set_name}_{prefix}{key}")] = float(res[method][key])
+                    flat[f"{metric_key(set_name).replace('/', '_')}/{prefix}{key}"] = float(res[method][key])
     return flat
 
 
-def log_to_run(run_id: str, uri: str, metrics: dict, out: Path, artifact_path: str = "evaluate",
-               shard_dirs: Sequence[str | os.PathLike] = (), split: str = "test") -> None:
-    """Log flat metrics and the files of ``out`` to an existing MLflow run; the ``split`` rows of ``shard_dirs`` as
-    its evaluation dataset; and the metrics against the run's logged model too (its page in the UI shows them)."""
+def set_dataset(evalset: EvalSet):
+    """The MLflow dataset entity of an evaluation set: its name, a digest of its items and sources, where it was
+    read from and its size (what the UI shows beside the metrics computed on it)."""
+    import hashlib
+
+    from mlflow.entities import Dataset
+
+    digest = hashlib.sha256(json.dumps({"ids": evalset.ids, "source": evalset.source}).encode()).hexdigest()[:16]
+    return Dataset(
+        name=evalset.name,
+        digest=digest,
+        source_type="local",
+        source=json.dumps({"uri": evalset.source or evalset.name}),
+        profile=json.dumps({"num_rows": len(evalset), "subsets": sorted(set(evalset.subsets))}),
+    )
+
+
+def _logged_model_id(client, exp_id: str, run_id: str, model_id: str | None) -> str | None:
+    """``model_id`` when the store knows it, else the newest model that ``run_id`` logged; None without one."""
+    import mlflow
+
+    if model_id:
+        try:
+            return client.get_logged_model(model_id).model_id
+        except mlflow.exceptions.MlflowException:
+            pass
+    try:
+        models = client.search_logged_models(
+            [exp_id],
+            filter_string=f"source_run_id = '{run_id}'",
+            max_results=1,
+            order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        )
+    except mlflow.exceptions.MlflowException:
+        return None
+    return models[0].model_id if models else None
+
+
+FIGURES = ("grid.png", "mda.png", "pr_curve.png")  # what the pipeline's evaluation adds to the logged model
+
+
+def log_evaluation(
+    run_id: str,
+    uri: str,
+    metrics: dict,
+    out: Path,
+    sets: Sequence[EvalSet],
+    cfg: Config,
+    model_id: str | None = None,
+    model_ref: str = "",
+    pipeline: bool = False,
+    before_files: Callable[[str], None] | None = None,
+) -> str:
+    """Record one evaluation as its own MLflow run (returned) beside the model's training run ``run_id``, which it
+    leaves untouched: the run is tagged with the train run and the logged model (``dirl.train_run_id``,
+    ``dirl.model_id``, and the model as the run's input), holds the metrics (each linked to the set's dataset),
+    the evaluation's parameters and the files of ``out`` under ``evaluate/``.
+
+    ``pipeline``: the pipeline's own evaluation of the model (the DVC ``evaluate`` stage, writing
+    ``results/evaluate``): its metrics are also logged against the logged model (the model's page shows them with
+    their dataset), and the first one adds its figures to the model (``evaluation/``). Any other evaluation
+    (another ``--out``, other sets) is a record of its own and changes neither the train run nor the model.
+    ``before_files(run id)`` runs before the files of ``out`` are logged (``info.json`` names the run)."""
     import time
 
     import mlflow
-    from mlflow.entities import Metric
-
-    from dirl.tracking import TrackingError, check_reachable
+    from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Param
 
     check_reachable(uri)
     client = mlflow.MlflowClient(uri)
     try:
-        exp_id = client.get_run(run_id).info.experiment_id
+        train_run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise TrackingError(f"run {run_id} not found in {uri}; was the model trained against another store?") from None
-    from dirl.tracking import log_datasets
-
-    now = int(time.time() * 1000)
+    exp_id = train_run.info.experiment_id
+    model_id = _logged_model_id(client, exp_id, run_id, model_id)
+    kind = "pipeline" if pipeline else "ad hoc"
+    train_name = train_run.info.run_name or run_id[:8]
+    test = next(iter(metrics))
+    m, p = metrics[test]["model"], metrics[test][METHOD_PRIOR]
+    note = (
+        f"Evaluation ({kind}) of {train_name} on {', '.join(f'{s.name} ({len(s)} images)' for s in sets)}: "
+        f"{test} IoU {m['IoU']:.2f} against {p['IoU']:.2f} for the centred prior "
+        f"({'beats' if m['IoU'] > p['IoU'] else 'does not beat'} it), AP {m['AP']:.2f} against {p['AP']:.2f}."
+    )
+    tags = {
+        **source_tags(),
+        "stage": "evaluate",
+        "dirl.evaluation": kind,
+        "dirl.train_run_id": run_id,
+        "dirl.model_ref": model_ref[:500],
+        "dirl.out_dir": str(out.resolve())[:500],
+        "mlflow.note.content": note,
+    }
+    if model_id:
+        tags["dirl.model_id"] = model_id
+    run = client.create_run(
+        exp_id, run_name=f"evaluate{' (ad hoc)' if not pipeline else ''} {train_name}"[:250], tags=tags
+    )
+    eval_id = run.info.run_id
     try:
-        models = client.search_logged_models([exp_id], filter_string=f"source_run_id = '{run_id}'", max_results=1,
-                                             order_by=[{"field_name": "creation_timestamp", "ascending": False}])
-    except mlflow.exceptions.MlflowException:
-        models = []
-    model_id = models[0].model_id if models else None
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=model_id)
-                                      for k, v in flat_metrics(metrics).items()])
-    log_datasets(client, run_id, [d for d in shard_dirs if Path(d).is_dir()], {split: "evaluation"})
-    client.log_artifacts(run_id, str(out), artifact_path)
+        params = {
+            "evaluate": dataclasses.asdict(cfg.evaluate),
+            "model_ref": model_ref,
+            "sets": {s.name: len(s) for s in sets},
+        }
+        client.log_batch(eval_id, params=[Param(k, v) for k, v in flatten(params).items()][:100])
+        datasets = {s.name: set_dataset(s) for s in sets}
+        client.log_inputs(
+            eval_id,
+            datasets=[DatasetInput(d, tags=[InputTag("mlflow.data.context", "evaluation")]) for d in datasets.values()],
+            models=[LoggedModelInput(model_id)] if model_id else None,
+        )
+        now = int(time.time() * 1000)
+        batch = []
+        for set_name in metrics:
+            ds = datasets.get(set_name)
+            for key, value in flat_metrics({set_name: metrics[set_name]}).items():
+                batch.append(
+                    Metric(
+                        key,
+                        value,
+                        now,
+                        0,
+                        model_id=model_id if pipeline else None,
+                        dataset_name=ds.name if ds else None,
+                        dataset_digest=ds.digest if ds else None,
+                    )
+                )
+        client.log_batch(eval_id, metrics=batch)
+        if before_files is not None:
+            before_files(eval_id)
+        client.log_artifacts(eval_id, str(out), "evaluate")
+        if pipeline and model_id and not client.list_logged_model_artifacts(model_id, "evaluation"):
+            import shutil
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="dirl-figures-") as tmp:
+                for f in FIGURES:
+                    if (out / f).is_file():
+                        shutil.copyfile(out / f, Path(tmp) / f)
+                client.log_model_artifacts(model_id, tmp, "evaluation")
+            client.set_logged_model_tags(model_id, {"dirl.evaluation_run_id": eval_id})
+    except BaseException as e:
+        record_failure(client, eval_id, e)
+        raise
+    client.set_terminated(eval_id, status="FINISHED")
+    return eval_id
 
 
 # ----------------------------------------------------------------------------- stages
 
 
-def evaluate_stage(cfg: Config, model_ref: str = "results/train/model.pt",
-                   out_dir: str | os.PathLike = "results/evaluate",
-                   shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS, log_mlflow: bool = True) -> dict:
-    """Evaluate one model on the test split and the extra sets; write and log everything (module docstring)."""
-    from dirl.speed import default_device
-    from dirl.lifecycle.resolve import load_model_ref
+def evaluate_stage(
+    cfg: Config,
+    model_ref: str = "results/train/model.pt",
+    out_dir: str | os.PathLike = "results/evaluate",
+    shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS,
+    log_mlflow: bool = True,
+    pipeline: bool | None = None,
+) -> dict:
+    """Evaluate one model on the test split and the extra sets; write everything and record it as an evaluation
+    run of its own (:func:`log_evaluation`; ``pipeline`` defaults to whether ``out_dir`` is the workspace's
+    ``results/evaluate``)."""
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -400,25 +634,78 @@ def evaluate_stage(cfg: Config, model_ref: str = "results/train/model.pt",
         pr_rows += [{"set": s.name, "method": "model", **r} for r in res["pr_model"]]
         pr_rows += [{"set": s.name, "method": METHOD_PRIOR, **r} for r in res["pr_prior"]]
         notes += s.notes
-        log.info("%s: model AP %.2f F1 %.4f IoU %.2f | centre prior AP %.2f F1 %.4f IoU %.2f", s.name,
-                 res["model"]["AP"], res["model"]["F1"], res["model"]["IoU"], res[METHOD_PRIOR]["AP"],
-                 res[METHOD_PRIOR]["F1"], res[METHOD_PRIOR]["IoU"])
+        log.info(
+            "%s: model AP %.2f F1 %.4f IoU %.2f | centre prior AP %.2f F1 %.4f IoU %.2f",
+            s.name,
+            res["model"]["AP"],
+            res["model"]["F1"],
+            res["model"]["IoU"],
+            res[METHOD_PRIOR]["AP"],
+            res[METHOD_PRIOR]["F1"],
+            res[METHOD_PRIOR]["IoU"],
+        )
     write_scores(out, metrics)
     test = sets[0].name
     for method, name in (("model", "pr_curve.csv"), (METHOD_PRIOR, "pr_prior.csv")):  # DVC's PR plot: two lines
-        _write_csv(out / name, [r for r in pr_rows if r["set"] == test and r["method"] == method],
-                   ["threshold", "precision", "recall"])
+        _write_csv(
+            out / name,
+            [r for r in pr_rows if r["set"] == test and r["method"] == method],
+            ["threshold", "precision", "recall"],
+        )
     _write_csv(out / "pr_curves.csv", pr_rows, ["set", "method", "threshold", "precision", "recall"])
-    _write_csv(out / "per_image.csv", per_image,
-               ["set", "id", "subset", "ap", "f1", "iou", "prior_ap", "prior_f1", "prior_iou"])
-    notes += _figures(model, info, sets[0], size, cfg.evaluate.grid_items, out)
+    _write_csv(
+        out / "per_image.csv",
+        per_image,
+        ["set", "id", "subset", "ap", "f1", "iou", "prior_ap", "prior_f1", "prior_iou"],
+    )
+    notes += _figures(
+        model,
+        info,
+        sets[0],
+        size,
+        cfg.evaluate.grid_items,
+        out,
+        per_image=[r for r in per_image if r["set"] == test],
+        scores=metrics[test],
+    )
+    _pr_picture(out, [r for r in pr_rows if r["set"] == test], metrics[test], info, test)
     save_resolved(cfg, out)
-    run_id, uri = _run_for(model_ref, info, cfg) if log_mlflow else (None, None)
+    run_id, uri, model_id = _run_for(model_ref, info, cfg) if log_mlflow else (None, None, None)
+    if pipeline is None:  # the DVC stage's output folder: the pipeline's own evaluation of this model
+        pipeline = out.resolve() == (workspace.root() / workspace.results("evaluate")).resolve()
     header = {k: v for k, v in info.items() if k not in ("metrics",)}
-    write_json_atomic(out / "info.json", {"model": header, "input_size": size, "sets": {s.name: len(s) for s in sets},
-                                          "notes": notes, "mlflow": {"run_id": run_id, "tracking_uri": uri}})
-    if run_id:
-        log_to_run(run_id, uri, metrics, out, shard_dirs=shard_dirs, split=cfg.evaluate.split)
+    record = {
+        "model": header,
+        "input_size": size,
+        "sets": {s.name: len(s) for s in sets},
+        "notes": notes,
+        "mlflow": {
+            "train_run_id": run_id,
+            "model_id": model_id,
+            "evaluation_run_id": None,
+            "tracking_uri": uri,
+            "pipeline": bool(pipeline),
+        },
+    }
+
+    def write_info(eval_id: str | None) -> None:
+        record["mlflow"]["evaluation_run_id"] = eval_id  # type: ignore[index]
+        write_json_atomic(out / "info.json", record)
+
+    write_info(None)
+    if run_id and uri:
+        log_evaluation(
+            run_id,
+            uri,
+            metrics,
+            out,
+            sets,
+            cfg,
+            model_id=model_id,
+            model_ref=str(model_ref),
+            pipeline=bool(pipeline),
+            before_files=write_info,
+        )
     else:
         log.warning("no MLflow run for %s (no run.json beside it): results written to %s only", model_ref, out)
     return metrics
@@ -426,6 +713,7 @@ def evaluate_stage(cfg: Config, model_ref: str = "results/train/model.pt",
 
 def _markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
     """A markdown table; AP and IoU with 2 decimals, F1 with 4 (the paper's style)."""
+
     def fmt(col: str, v) -> str:
         return f"{v:.4f}" if col == "F1" else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
@@ -434,17 +722,18 @@ def _markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(cfg: Config, model_refs: Sequence[str], out_dir: str | os.PathLike = "results/compare",
-            shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS) -> dict:
+def compare(
+    cfg: Config,
+    model_refs: Sequence[str],
+    out_dir: str | os.PathLike = "results/compare",
+    shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS,
+) -> dict:
     """Evaluate several models (weights paths, run ids, ``models:/`` URIs) on the same sets.
 
     Writes ``comparison.md`` and ``comparison.csv`` (set, method, input_size, n, AP, F1, IoU; the centred prior
     as a row of every set, at ``model.input_size``), ``grid.png`` (test items: image | ground truth | each
     model | centre prior) and ``config.yaml``. Returns ``{"rows": [...], "markdown": str}``.
     """
-    from dirl.lifecycle import figures
-    from dirl.speed import default_device
-    from dirl.lifecycle.resolve import load_model_ref
 
     if not model_refs:
         raise EvaluationError("compare needs at least one model reference")
@@ -465,8 +754,15 @@ def compare(cfg: Config, model_refs: Sequence[str], out_dir: str | os.PathLike =
             label += "'"
         for s in sets:
             res = evaluate_set(model, s, size, cfg.evaluate.batch_size)
-            rows.append({"set": s.name, "method": label, "ref": ref, "input_size": size,
-                         **{k: res["model"][k] for k in ("n", "AP", "F1", "IoU")}})
+            rows.append(
+                {
+                    "set": s.name,
+                    "method": label,
+                    "ref": ref,
+                    "input_size": size,
+                    **{k: res["model"][k] for k in ("n", "AP", "F1", "IoU")},
+                }
+            )
         grid_maps[label] = [_resize_map(o[0], show) for o in _outputs(model, test, idx, size)]
         del model
     size = cfg.model.input_size
@@ -476,17 +772,32 @@ def compare(cfg: Config, model_refs: Sequence[str], out_dir: str | os.PathLike =
             b, _, h, w = batch["mask"].shape
             prior.update(torch.from_numpy(centre_prior(h, w)).expand(b, 1, h, w), batch["mask"], batch["id"])
         m = prior.compute()
-        rows.append({"set": s.name, "method": "centre prior", "ref": "", "input_size": size,
-                     **{k: m[k] for k in ("n", "AP", "F1", "IoU")}})
+        rows.append(
+            {
+                "set": s.name,
+                "method": "centre prior",
+                "ref": "",
+                "input_size": size,
+                **{k: m[k] for k in ("n", "AP", "F1", "IoU")},
+            }
+        )
     rows.sort(key=lambda r: ([s.name for s in sets].index(r["set"]), r["method"] == "centre prior"))
     columns = ["set", "method", "input_size", "n", "AP", "F1", "IoU"]
-    md = ("AP and IoU x 100, F1 in [0, 1]; each model at its own input size, per image as the reference.\n\n"
-          + _markdown(rows, columns))
+    md = (
+        "AP and IoU x 100, F1 in [0, 1]; each model at its own input size, per image as the reference.\n\n"
+        + _markdown(rows, columns)
+    )
     write_text_atomic(out / "comparison.md", md)
     _write_csv(out / "comparison.csv", rows, columns + ["ref"])
     items = [test.item(i, show) for i in idx]
     grid_maps["centre prior"] = [centre_prior(show, show)] * len(idx)
-    figures.grid_figure([im for im, _ in items], [m for _, m in items], grid_maps, [test.ids[i] for i in idx],
-                          out / "grid.png", title=f"{test.name}: shown at {show}x{show}")
+    figures.grid_figure(
+        [im for im, _ in items],
+        [m for _, m in items],
+        grid_maps,
+        [test.ids[i] for i in idx],
+        out / "grid.png",
+        title=f"{test.name}: shown at {show}x{show}",
+    )
     save_resolved(cfg, out)
     return {"rows": rows, "markdown": md}

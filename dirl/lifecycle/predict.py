@@ -22,28 +22,35 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
 
 import cv2
 import numpy as np
 import torch
 
+from dirl.config import Config
 from dirl.data.images import BadImage, decode_image
 from dirl.data.transforms import map_to_image, model_input
+from dirl.io import write_json_atomic
+from dirl.lifecycle.resolve import load_model_ref
+from dirl.progress import bar as progress_bar
 from dirl.speed import default_device
-
-if TYPE_CHECKING:
-    from dirl.config import Config
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @torch.inference_mode()
-def predict_maps(model: torch.nn.Module, images: Sequence[np.ndarray], input_size: int, batch_size: int = 8,
-                 device: torch.device | str | None = None) -> list[np.ndarray]:
+def predict_maps(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    input_size: int,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> list[np.ndarray]:
     """RGB uint8 images ``(h_i, w_i, 3)`` of any sizes -> probability maps ``(h_i, w_i)`` float32 in [0, 1].
 
     Each image is resized to ``input_size`` x ``input_size``, normalised, and batched ``batch_size`` at a time;
@@ -52,7 +59,7 @@ def predict_maps(model: torch.nn.Module, images: Sequence[np.ndarray], input_siz
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         x = np.stack([model_input(img, input_size) for img in chunk])  # (B, 3, S, S)
         probs = model(torch.from_numpy(x).to(device))[0]  # (B, 1, S, S)
         probs = probs.float().clamp_(0, 1)[:, 0].cpu().numpy()  # (B, S, S)
@@ -75,6 +82,16 @@ def overlay(img: np.ndarray, prob: np.ndarray, alpha: float = 0.6) -> np.ndarray
     thickness = max(1, round(max(img.shape[:2]) / 300))
     cv2.drawContours(out, contours, -1, (255, 255, 0), thickness)
     return out
+
+
+def quiet_downloads(stream=None) -> bool:
+    """Off a terminal (a log file, a pipe), turn MLflow's artifact download bar off: it would write one
+    carriage-return update per chunk and file into the log. MLflow reads ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``
+    each time it opens a bar; a value the user set is kept. Returns whether the bar is off."""
+    stream = stream or sys.__stderr__ or sys.stderr
+    if not getattr(stream, "isatty", lambda: False)():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true").lower() in ("false", "0")
 
 
 def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
@@ -133,8 +150,15 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref: str, out_dir: str | os.PathLike,
-                  batch_size: int = 8, threshold: float | None = None, max_pixels: int | None = None) -> dict:
+def predict_paths(
+    cfg: Config,
+    inputs: Sequence[str | os.PathLike],
+    model_ref: str,
+    out_dir: str | os.PathLike,
+    batch_size: int = 8,
+    threshold: float | None = None,
+    max_pixels: int | None = None,
+) -> dict:
     """Predict a map for every image in ``inputs`` (files or folders) and write masks and overlays.
 
     ``max_pixels``: refuse images declaring more pixels (default ``dirl.data.images.pixel_cap()``: 40 MP or
@@ -142,10 +166,6 @@ def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref:
     "reason"}], "out_dir", "seconds", "images_per_s"}`` (``inputs``: image files found; ``tried``: those plus
     the inputs that were not found or held no image) and writes it to ``<out_dir>/summary.json``.
     """
-    from dirl.progress import bar as progress_bar
-
-    from dirl.io import write_json_atomic
-    from dirl.lifecycle.resolve import load_model_ref
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -153,6 +173,7 @@ def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if max_pixels is not None and max_pixels < 0:
         raise ValueError(f"max_pixels must be >= 0 (0 = no cap), got {max_pixels}")
+    quiet_downloads()
     paths, failed = find_images(inputs)
     tried = len(paths) + len(failed)
     for f in failed:
@@ -169,7 +190,7 @@ def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref:
     with progress_bar(total=len(paths), desc="predict", unit="img") as bar:
         for start in range(0, len(paths), batch_size):
             batch, names, sources = [], [], []
-            for path, stem in zip(paths[start:start + batch_size], stems[start:start + batch_size]):
+            for path, stem in zip(paths[start : start + batch_size], stems[start : start + batch_size]):
                 try:
                     batch.append(decode_image(path, max_pixels=max_pixels))  # (h, w, 3) RGB uint8, EXIF-rotated
                     names.append(stem)
@@ -182,20 +203,25 @@ def predict_paths(cfg: "Config", inputs: Sequence[str | os.PathLike], model_ref:
                 mask = (prob > threshold).astype(np.uint8) * 255 if threshold is not None else to_png8(prob)
                 mask_path, over_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
                 try:  # both files or neither
-                    _write_files({mask_path: _encode_png(mask_path, mask),
-                                  over_path: _encode_png(over_path, overlay(img, prob))})
+                    _write_files(
+                        {mask_path: _encode_png(mask_path, mask), over_path: _encode_png(over_path, overlay(img, prob))}
+                    )
                 except (OSError, MemoryError, cv2.error) as e:
                     failed.append({"file": str(source), "reason": f"cannot write its outputs ({e})"})
                     log.warning("skipping %s: cannot write its outputs (%s)", source, e)
                     continue
                 written += 1
-            bar.update(len(paths[start:start + batch_size]))
+            bar.update(len(paths[start : start + batch_size]))
     seconds = time.perf_counter() - t0
     summary = {
         "model": {"ref": model_ref, "name": info.get("model"), "input_size": size, "label": info.get("label")},
-        "inputs": len(paths), "tried": tried, "written": written, "failed": failed, "out_dir": str(out),
-        "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 2) if seconds > 0 else None,
+        "inputs": len(paths),
+        "tried": tried,
+        "written": written,
+        "failed": failed,
+        "out_dir": str(out),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(written / seconds, 2) if seconds > 0 else None,
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
-

@@ -37,8 +37,9 @@ import importlib.metadata
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import mlflow
@@ -50,7 +51,7 @@ OUTPUT_COLUMNS = ("mask_png", "height", "width")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the dirl package
 
 
-class DirlPyfunc(mlflow.pyfunc.PythonModel):
+class DirlPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """Loads the weights artifact once; ``predict`` maps encoded images to encoded probability maps."""
 
     def load_context(self, context) -> None:
@@ -106,8 +107,7 @@ def decode_maps(output: pd.DataFrame | dict | list) -> list[np.ndarray]:
 
 def rest_payload(images: Sequence[str | os.PathLike | bytes]) -> dict:
     """JSON body for ``POST /invocations``: ``{"dataframe_split": {"columns": ["image"], "data": [[b64], ...]}}``."""
-    data = [[base64.b64encode(Path(x).read_bytes() if not isinstance(x, bytes) else x).decode("ascii")]
-            for x in images]
+    data = [[base64.b64encode(Path(x).read_bytes() if not isinstance(x, bytes) else x).decode("ascii")] for x in images]
     return {"dataframe_split": {"columns": [INPUT_COLUMN], "data": data}}
 
 
@@ -126,7 +126,7 @@ def input_example(h: int = 48, w: int = 80) -> pd.DataFrame:
     """A small non-square PNG (a colour gradient with a shifted block) as a one-row input DataFrame."""
     y, x = np.mgrid[0:h, 0:w]
     img = np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), np.full_like(x, 128)], -1).astype(np.uint8)
-    img[h // 4: h // 2, w // 4: w // 2] //= 2
+    img[h // 4 : h // 2, w // 4 : w // 2] //= 2
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     return pd.DataFrame({INPUT_COLUMN: [buf.tobytes()]})
 
@@ -147,8 +147,13 @@ def _stage_code(dst: Path) -> Path:
     return target
 
 
-def log_pyfunc(weights_path: str | os.PathLike, name: str = "model", registered_model_name: str | None = None,
-               tags: dict[str, Any] | None = None, with_example: bool = True):
+def log_pyfunc(
+    weights_path: str | os.PathLike,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    with_example: bool = True,
+):
     """Log the weights file as a pyfunc model into the active run; returns MLflow's ``ModelInfo``.
 
     The weights file becomes the ``weights`` artifact (stored as ``artifacts/model.pt``).

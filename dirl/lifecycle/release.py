@@ -46,14 +46,18 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from dirl.config import Config
 from dirl.io import sha256_file, write_json_atomic
-from dirl.tracking import tracking_uri
+from dirl.lifecycle.evaluate import evaluate_set, flat_metrics, shard_set
+from dirl.lifecycle.pyfunc import log_pyfunc
+from dirl.lifecycle.resolve import ModelRefError, client_for, load_model_ref
+from dirl.speed import default_device
+from dirl.tracking import TrackingError, provenance_tags, setup, tracking_uri
+from dirl.weights import read_weights
 from dirl.workspace import SHARD_DIRS
-from dirl.lifecycle.resolve import ModelRefError, client_for
 
 log = logging.getLogger(__name__)
 CHAMPION, PREVIOUS = "champion", "previous"
@@ -72,7 +76,7 @@ class PromotionRefused(RegistryError):
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _who() -> str:
@@ -99,8 +103,7 @@ def _file_lock(path: Path, timeout: float) -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise RegistryError(
-            f"{path}: another promotion or rollback holds the lock for over {timeout:.0f} s") from None
+        raise RegistryError(f"{path}: another promotion or rollback holds the lock for over {timeout:.0f} s") from None
     try:
         yield
     finally:
@@ -136,8 +139,10 @@ def _tag_lock(client, name: str, timeout: float) -> Iterator[None]:
             break
         client.delete_registered_model_tag(name, mine)
         if time.monotonic() > deadline:
-            raise RegistryError(f"registered model {name!r}: lock tag(s) {sorted(others)} held for over "
-                                f"{timeout:.0f} s; delete them if their holder is gone")
+            raise RegistryError(
+                f"registered model {name!r}: lock tag(s) {sorted(others)} held for over "
+                f"{timeout:.0f} s; delete them if their holder is gone"
+            )
         time.sleep(0.1 + random.random() * 0.5)
     try:
         yield
@@ -148,7 +153,7 @@ def _tag_lock(client, name: str, timeout: float) -> Iterator[None]:
 def registry_lock(client, name: str, uri: str, timeout: float = LOCK_TIMEOUT_S):
     """The lock that serialises alias moves of model ``name`` (see the module docstring)."""
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
         return _file_lock(db.with_name(f"{db.name}.{safe}.lock"), timeout)
     return _tag_lock(client, name, timeout)
@@ -180,7 +185,8 @@ def _aliases(client, name: str) -> dict[str, str]:
         return {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
     except MlflowException:
         raise RegistryError(
-            f"no registered model {name!r} in {client.tracking_uri}; run `dirl register` first") from None
+            f"no registered model {name!r} in {client.tracking_uri}; run `dirl register` first"
+        ) from None
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -195,23 +201,21 @@ def _read_json(path: Path, what: str) -> dict:
 # ----------------------------------------------------------------------------- register
 
 
-def register_stage(cfg: Config, out_dir: str | os.PathLike = "results/register",
-                   weights: str | os.PathLike = "results/train/model.pt",
-                   run_json: str | os.PathLike = "results/train/run.json",
-                   metrics_path: str | os.PathLike = "results/evaluate/scores.json",
-                   shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS) -> dict:
+def register_stage(
+    cfg: Config,
+    out_dir: str | os.PathLike = "results/register",
+    weights: str | os.PathLike = "results/train/model.pt",
+    run_json: str | os.PathLike = "results/train/run.json",
+    metrics_path: str | os.PathLike = "results/evaluate/scores.json",
+    shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS,
+) -> dict:
     """Log the weights as a pyfunc model into the training run, register a version, set ``register.alias``.
 
-    The version is tagged with the evaluation metrics (``metric.test_IoU`` ...), the git commit, the DVC and
+    The version is tagged with the evaluation metrics (``metric.test/IoU`` ...), the git commit, the DVC and
     shard hashes and the weights' sha256. Writes ``<out_dir>/model.json`` {name, version, alias, run_id,
     model_uri, logged_model_uri, tracking_uri} and returns it.
     """
     import mlflow
-
-    from dirl.lifecycle.evaluate import flat_metrics
-    from dirl.lifecycle.pyfunc import log_pyfunc
-    from dirl.tracking import TrackingError, provenance_tags, setup
-    from dirl.weights import read_weights
 
     weights, run_json = Path(weights), Path(run_json)
     header = {k: v for k, v in read_weights(weights).items() if k != "state_dict"}  # WeightsError if corrupt
@@ -228,16 +232,28 @@ def register_stage(cfg: Config, out_dir: str | os.PathLike = "results/register",
     try:
         client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise TrackingError(f"training run {run_id} (from {run_json}, tracking URI {run.get('tracking_uri')!r}) is "
-                            f"not in the configured store {uri}; set mlflow.tracking_uri to the store it was "
-                            "trained against") from None
+        raise TrackingError(
+            f"training run {run_id} (from {run_json}, tracking URI {run.get('tracking_uri')!r}) is "
+            f"not in the configured store {uri}; set mlflow.tracking_uri to the store it was "
+            "trained against"
+        ) from None
     name = cfg.register.model_name
+    evaluation: dict = {}  # the pipeline's evaluation run of this model (results/evaluate/info.json)
+    if Path(metrics_path).with_name("info.json").is_file():
+        try:
+            evaluation = json.loads(Path(metrics_path).with_name("info.json").read_text()).get("mlflow") or {}
+        except ValueError:
+            evaluation = {}
     tags = {
-        **{f"metric.{k}": f"{v:.6g}" for k, v in flat_metrics(metrics).items()},
+        **({"evaluation_run_id": evaluation["evaluation_run_id"]} if evaluation.get("evaluation_run_id") else {}),
+        **{f"metric.{k}": f"{v:.6g}" for k, v in flat_metrics(metrics, counts=True).items()},
         **provenance_tags(data_dirs=shard_dirs),
-        "weights_sha256": sha256_file(weights), "model": str(header.get("model")),
-        "input_size": str(header.get("input_size")), "epoch": str(header.get("epoch")),
-        "registered_by": _who(), "registered_at": _now(),
+        "weights_sha256": sha256_file(weights),
+        "model": str(header.get("model")),
+        "input_size": str(header.get("input_size")),
+        "epoch": str(header.get("epoch")),
+        "registered_by": _who(),
+        "registered_at": _now(),
     }
     model_uri = _logged_model(client, run, weights)
     if model_uri is None:  # weights trained elsewhere: log them as this run's model now
@@ -248,12 +264,23 @@ def register_stage(cfg: Config, out_dir: str | os.PathLike = "results/register",
     first = next(iter(metrics), None) if metrics else None  # the evaluated split's set comes first
     test = metrics[first] if first else {}
     if test:
-        client.update_model_version(name, mv.version, description=(
-            f"{header.get('model')} at {header.get('input_size')} px: {first} IoU "
-            f"{test['model']['IoU']:.2f} (centre prior {test['centre_prior']['IoU']:.2f})"))
-    result = {"name": name, "version": str(mv.version), "alias": cfg.register.alias, "run_id": run_id,
-              "model_uri": f"models:/{name}/{mv.version}", "logged_model_uri": model_uri,
-              "tracking_uri": uri}
+        client.update_model_version(
+            name,
+            mv.version,
+            description=(
+                f"{header.get('model')} at {header.get('input_size')} px: {first} IoU "
+                f"{test['model']['IoU']:.2f} (centre prior {test['centre_prior']['IoU']:.2f})"
+            ),
+        )
+    result = {
+        "name": name,
+        "version": str(mv.version),
+        "alias": cfg.register.alias,
+        "run_id": run_id,
+        "model_uri": f"models:/{name}/{mv.version}",
+        "logged_model_uri": model_uri,
+        "tracking_uri": uri,
+    }
     write_json_atomic(Path(out_dir) / "model.json", result)
     return result
 
@@ -277,23 +304,27 @@ def _logged_model(client, run: dict, weights: Path) -> str | None:
 # ----------------------------------------------------------------------------- promote / rollback
 
 
-def score_version(cfg: Config, name: str, version: str,
-                  shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS, evalset=None) -> dict:
+def score_version(
+    cfg: Config, name: str, version: str, shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS, evalset=None
+) -> dict:
     """Metrics (AP, F1, IoU, n) of registered ``name`` version ``version`` on the ``evaluate.split`` set."""
-    from dirl.lifecycle.evaluate import evaluate_set, shard_set
-    from dirl.speed import default_device
-    from dirl.lifecycle.resolve import load_model_ref
-
     evalset = evalset or shard_set(shard_dirs, cfg.evaluate.split, cfg.evaluate.split)
     model, info = load_model_ref(f"models:/{name}/{version}", cfg)
     model.to(default_device()).eval()
-    res = evaluate_set(model, evalset, int(info.get("input_size") or cfg.model.input_size), cfg.evaluate.batch_size,
-                       progress=False)
+    res = evaluate_set(
+        model, evalset, int(info.get("input_size") or cfg.model.input_size), cfg.evaluate.batch_size, progress=False
+    )
     return {k: res["model"][k] for k in ("n", "AP", "F1", "IoU")}
 
 
-def promote(cfg: Config, force: bool = False, reason: str = "", version: str | None = None,
-            shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS, attempts: int = 3) -> dict:
+def promote(
+    cfg: Config,
+    force: bool = False,
+    reason: str = "",
+    version: str | None = None,
+    shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS,
+    attempts: int = 3,
+) -> dict:
     """Move ``@champion`` to the challenger (``register.alias``, or ``version``) if it wins (module docstring).
 
     Returns ``{"status": "promoted" | "unchanged", "name", "champion", "previous", "metric", "challenger_score",
@@ -306,8 +337,10 @@ def promote(cfg: Config, force: bool = False, reason: str = "", version: str | N
     if version is None:
         if cfg.register.alias not in aliases:
             listed = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
-            raise ModelRefError(f"model {name!r} has no alias @{cfg.register.alias} to promote (aliases: {listed}); "
-                                "run `dirl register` first")
+            raise ModelRefError(
+                f"model {name!r} has no alias @{cfg.register.alias} to promote (aliases: {listed}); "
+                "run `dirl register` first"
+            )
         version = aliases[cfg.register.alias]
     version = str(version)
     evalset = None
@@ -316,8 +349,6 @@ def promote(cfg: Config, force: bool = False, reason: str = "", version: str | N
     def score(v: str) -> dict:
         nonlocal evalset
         if v not in cache:
-            from dirl.lifecycle.evaluate import shard_set
-
             evalset = evalset or shard_set(shard_dirs, cfg.evaluate.split, cfg.evaluate.split)
             cache[v] = score_version(cfg, name, v, evalset=evalset)
         return cache[v]
@@ -325,9 +356,15 @@ def promote(cfg: Config, force: bool = False, reason: str = "", version: str | N
     for _ in range(attempts):
         champion = _alias_version(client, name, CHAMPION)
         if champion == version:
-            return {"status": "unchanged", "name": name, "champion": version, "previous": _alias_version(
-                client, name, PREVIOUS), "metric": metric, "forced": force,
-                "message": f"version {version} is already @{CHAMPION}"}
+            return {
+                "status": "unchanged",
+                "name": name,
+                "champion": version,
+                "previous": _alias_version(client, name, PREVIOUS),
+                "metric": metric,
+                "forced": force,
+                "message": f"version {version} is already @{CHAMPION}",
+            }
         scores = {"challenger": score(version), "champion": score(champion)} if champion is not None else {}
         with registry_lock(client, name, uri):
             if _alias_version(client, name, CHAMPION) != champion:
@@ -339,15 +376,27 @@ def promote(cfg: Config, force: bool = False, reason: str = "", version: str | N
     raise RegistryError(f"@{CHAMPION} of {name!r} kept moving during {attempts} attempts; try again")
 
 
-def _decide_and_move(client, name: str, version: str, champion: str | None, scores: dict, metric: str,
-                     margin: float, force: bool, reason: str) -> dict:
+def _decide_and_move(
+    client,
+    name: str,
+    version: str,
+    champion: str | None,
+    scores: dict,
+    metric: str,
+    margin: float,
+    force: bool,
+    reason: str,
+) -> dict:
     """Under the lock: check the margin, move the aliases, tag the versions."""
     chal = scores.get("challenger", {}).get(metric)
     champ = scores.get("champion", {}).get(metric)
     wins = champion is None or chal > champ + margin
-    summary = (f"challenger v{version} {metric} {chal:.4f} vs champion v{champion} {metric} {champ:.4f} "
-               f"(margin {margin}, needs > {champ + margin:.4f}, on {scores['challenger']['n']} images)"
-               if champion is not None else f"no @{CHAMPION} yet: v{version} becomes champion")
+    summary = (
+        f"challenger v{version} {metric} {chal:.4f} vs champion v{champion} {metric} {champ:.4f} "
+        f"(margin {margin}, needs > {champ + margin:.4f}, on {scores['challenger']['n']} images)"
+        if champion is not None
+        else f"no @{CHAMPION} yet: v{version} becomes champion"
+    )
     if not wins and not force:
         raise PromotionRefused(f"not promoted: {summary}. Use --force --reason '...' to promote anyway.")
     now, who = _now(), _who()
@@ -355,21 +404,48 @@ def _decide_and_move(client, name: str, version: str, champion: str | None, scor
         client.set_registered_model_alias(name, PREVIOUS, champion)
         client.set_model_version_tag(name, champion, "demoted_at", now)
     client.set_registered_model_alias(name, CHAMPION, version)
-    tags = {"promoted_at": now, "promoted_by": who, "promote.metric": metric, "promote.margin": str(margin),
-            "promote.summary": summary[:5000]}
+    tags = {
+        "promoted_at": now,
+        "promoted_by": who,
+        "promote.metric": metric,
+        "promote.margin": str(margin),
+        "promote.summary": summary[:5000],
+    }
     if champion is not None:
-        tags.update({"promote.previous_champion": champion, f"promote.challenger_{metric}": f"{chal:.6g}",
-                     f"promote.champion_{metric}": f"{champ:.6g}"})
+        tags.update(
+            {
+                "promote.previous_champion": champion,
+                f"promote.challenger_{metric}": f"{chal:.6g}",
+                f"promote.champion_{metric}": f"{champ:.6g}",
+            }
+        )
     if force:
-        tags.update({"promote.forced": "true", "promote.forced_by": who, "promote.forced_at": now,
-                     "promote.reason": reason or "(no reason given)", "promote.would_pass": str(wins).lower()})
+        tags.update(
+            {
+                "promote.forced": "true",
+                "promote.forced_by": who,
+                "promote.forced_at": now,
+                "promote.reason": reason or "(no reason given)",
+                "promote.would_pass": str(wins).lower(),
+            }
+        )
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     log.info("promoted %s v%s to @%s: %s", name, version, CHAMPION, summary)
-    return {"status": "promoted", "name": name, "champion": version, "previous": champion, "metric": metric,
-            "challenger_score": chal, "champion_score": champ, "margin": margin,
-            "forced": bool(force), "would_pass": bool(wins), "summary": summary,
-            "scores": scores}
+    return {
+        "status": "promoted",
+        "name": name,
+        "champion": version,
+        "previous": champion,
+        "metric": metric,
+        "challenger_score": chal,
+        "champion_score": champ,
+        "margin": margin,
+        "forced": bool(force),
+        "would_pass": bool(wins),
+        "summary": summary,
+        "scores": scores,
+    }
 
 
 def rollback(cfg: Config) -> dict:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import yaml
 
 from dirl.config import Config
-from dirl.tracking import tracking_uri
-from dirl.tracking import TrackingError, check_reachable
+from dirl.tracking import TrackingError, check_reachable, tracking_uri
+from dirl.weights import WeightsError, load_weights
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -51,7 +51,7 @@ def client_for(cfg: Config):
 
 def parse_models_uri(ref: str) -> tuple[str, str | None, str | None]:
     """``models:/name@alias`` -> (name, alias, None); ``models:/name/3`` -> (name, None, "3")."""
-    body = ref[len("models:/"):].strip("/")
+    body = ref[len("models:/") :].strip("/")
     if "@" in body:
         name, alias = body.rsplit("@", 1)
         if name and alias:
@@ -76,8 +76,9 @@ def resolve_version(client, ref: str):
         model = client.get_registered_model(name)
     except MlflowException:
         names = _registered_names(client)
-        known = (f"registered models: {', '.join(names)}" if names
-                 else "no model is registered yet (run `dirl register`)")
+        known = (
+            f"registered models: {', '.join(names)}" if names else "no model is registered yet (run `dirl register`)"
+        )
         raise ModelRefError(f"{ref}: no registered model named {name!r} in {client.tracking_uri}; {known}") from None
     if alias is not None:
         aliases = dict(model.aliases or {})
@@ -110,13 +111,13 @@ def _pyfunc_weights(model_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _load_from_dir(model_dir: Path, ref: str) -> tuple["nn.Module", dict]:
-    from dirl.weights import load_weights
+def _load_from_dir(model_dir: Path, ref: str) -> tuple[nn.Module, dict]:
 
     weights = _pyfunc_weights(model_dir)
     if weights is None:
         raise ModelRefError(
-            f"{ref}: the model folder holds no weights file (*.pt); it was not logged by `dirl register`")
+            f"{ref}: the model folder holds no weights file (*.pt); it was not logged by `dirl register`"
+        )
     return load_weights(weights)
 
 
@@ -128,17 +129,15 @@ def _download(uri: str, dst: str) -> Path:
 
 def _run_artifacts(client, run_id: str, path: str | None = None) -> list[str]:
     """Every artifact file path of a run (recursive)."""
-    out = []
+    out: list[str] = []
     for f in client.list_artifacts(run_id, path):
         out.extend(_run_artifacts(client, run_id, f.path) if f.is_dir else [f.path])
     return out
 
 
-def _load_run(client, run_id: str, ref: str, tmp: str) -> tuple["nn.Module", dict]:
+def _load_run(client, run_id: str, ref: str, tmp: str) -> tuple[nn.Module, dict]:
     """Weights logged by a run: a ``*.pt`` artifact, else a pyfunc model logged from that run."""
     from mlflow.exceptions import MlflowException
-
-    from dirl.weights import load_weights
 
     try:
         run = client.get_run(run_id)
@@ -152,7 +151,8 @@ def _load_run(client, run_id: str, ref: str, tmp: str) -> tuple["nn.Module", dic
         return load_weights(local)
     try:
         logged = client.search_logged_models(
-            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}'",
             order_by=[{"field_name": "creation_timestamp", "ascending": False}],
         )
     except MlflowException:
@@ -168,10 +168,8 @@ def _load_run(client, run_id: str, ref: str, tmp: str) -> tuple["nn.Module", dic
     )
 
 
-def load_model_ref(ref: str, cfg: Config) -> tuple["nn.Module", dict]:
+def load_model_ref(ref: str, cfg: Config) -> tuple[nn.Module, dict]:
     """Load the model that ``ref`` names (see the module docstring); returns (model in eval mode, info)."""
-    from dirl.weights import WeightsError, load_weights
-
     ref = str(ref).strip()
     if not ref:
         raise ModelRefError("empty model reference: pass a weights path, a run id or models:/<name>@<alias>")
@@ -194,12 +192,16 @@ def load_model_ref(ref: str, cfg: Config) -> tuple["nn.Module", dict]:
                 mv = resolve_version(client, ref)
                 model_dir = _download(f"models:/{mv.name}/{mv.version}", tmp)
                 model, info = _load_from_dir(model_dir, ref)
-                extra = {"registered_name": mv.name, "version": str(mv.version), "run_id": mv.run_id,
-                         "label": f"{mv.name} v{mv.version} ({info['model']})"}
+                extra = {
+                    "registered_name": mv.name,
+                    "version": str(mv.version),
+                    "run_id": mv.run_id,
+                    "label": f"{mv.name} v{mv.version} ({info['model']})",
+                }
             elif ref.startswith("runs:/"):
                 model_dir = _download(ref, tmp)
-                model, info = (_load_from_dir(model_dir, ref) if model_dir.is_dir() else load_weights(model_dir))
-                run_id = ref[len("runs:/"):].split("/", 1)[0]
+                model, info = _load_from_dir(model_dir, ref) if model_dir.is_dir() else load_weights(model_dir)
+                run_id = ref[len("runs:/") :].split("/", 1)[0]
                 extra = {"run_id": run_id, "label": f"run {run_id[:8]} ({info['model']})"}
             else:
                 model, info = _load_run(client, ref, ref, tmp)
@@ -210,7 +212,8 @@ def load_model_ref(ref: str, cfg: Config) -> tuple["nn.Module", dict]:
             if _is_connection_error(e):
                 uri = tracking_uri(cfg)
                 raise TrackingError(
-                    f"MLflow tracking server {uri} stopped answering while resolving {ref} ({e})") from None
+                    f"MLflow tracking server {uri} stopped answering while resolving {ref} ({e})"
+                ) from None
             raise ModelRefError(f"{ref}: cannot load it from {tracking_uri(cfg)}: {type(e).__name__}: {e}") from None
     return model, {**info, **extra, "ref": ref}
 

@@ -7,6 +7,7 @@ image-pooling branch, 256 channels each, concatenated and projected to 256 (1x1 
 The image-pooling branch is conv1x1(bias)+ReLU without BN, so that training with batch size 1 works.
 Head: conv3x3-BN-ReLU, conv1x1 -> 1 logit, bilinear up-sampling to H x W, float32 sigmoid. Output: [final].
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ from .resnet import ResNet34Features, ResNet34Segmenter
 
 def conv_bn_relu(cin: int, cout: int, k: int, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (k // 2)
-    return nn.Sequential(nn.Conv2d(cin, cout, k, 1, pad, dilation=dilation, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, 1, pad, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class ASPP(nn.Module):
@@ -61,7 +63,8 @@ class DeepLabV3(ResNet34Segmenter):
 
 
 @register_model("deeplabv3")
-def deeplabv3(output_stride: int = 16, pretrained: str | None = None,
-              pretrained_sha256: str | None = None) -> DeepLabV3:
+def deeplabv3(
+    output_stride: int = 16, pretrained: str | None = None, pretrained_sha256: str | None = None
+) -> DeepLabV3:
     """DeepLabv3 baseline on ResNet-34 (ASPP rates 6, 12, 18 at output stride 16)."""
     return DeepLabV3(output_stride, pretrained, pretrained_sha256)

@@ -22,6 +22,7 @@ up-samples the final logits bilinearly to H x W. Same modules and output contrac
 (DIRL: 68.2 and 208.8). Its fifth stage sits at H/64: at 64 px that is 1x1, so a train-mode step needs a batch
 of at least 2 there (BatchNorm needs more than one value per channel); 80 px and larger have no such limit.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,6 +57,7 @@ def to_prob(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- encoder
 
+
 class DIRLEncoder(nn.Module):
     """ResNet-34 encoder with a new stem and a fifth stage; returns [h1, h2, h3, h4, h5].
 
@@ -72,8 +74,9 @@ class DIRLEncoder(nn.Module):
         if stem == "full":
             self.stem = nn.Sequential(nn.Conv2d(3, c1, 3, 1, 1, bias=True), nn.BatchNorm2d(c1), nn.ReLU(inplace=True))
         elif stem == "resnet":
-            self.stem = nn.Sequential(nn.Conv2d(3, c1, 7, 2, 3, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
-                                      nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, c1, 7, 2, 3, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            )
         elif stem == "half":
             self.stem = nn.Sequential(nn.Conv2d(3, c1, 3, 2, 1, bias=True), nn.BatchNorm2d(c1), nn.ReLU(inplace=True))
         else:
@@ -88,8 +91,9 @@ class DIRLEncoder(nn.Module):
             self.layer4 = make_layer(widths[2], widths[3], blocks[3], stride=2)
             init_resnet_(nn.ModuleList([self.layer1, self.layer2, self.layer3, self.layer4]))
         self.pool5 = nn.MaxPool2d(3, 2, 1)
-        self.layer5 = nn.Sequential(BasicBlock(widths[3], widths[4]),
-                                    *(BasicBlock(widths[4], widths[4]) for _ in range(blocks[4] - 1)))
+        self.layer5 = nn.Sequential(
+            BasicBlock(widths[3], widths[4]), *(BasicBlock(widths[4], widths[4]) for _ in range(blocks[4] - 1))
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # shapes for stem="full" and the default widths
         x = self.stem(x)  # (B, 3, H, W) -> (B, 64, H, W)
@@ -102,6 +106,7 @@ class DIRLEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- BFI
+
 
 class PreActConv(nn.Module):
     """BFI's conv unit: ReLU -> Conv3x3(bias) -> BN ('pre-activation')."""
@@ -190,6 +195,7 @@ class BFI(nn.Module):
 
 # ----------------------------------------------------------------------------- MDA
 
+
 class ECA(nn.Module):
     """Efficient channel attention: global average pool -> Conv1d(k=3) across channels -> sigmoid -> x * w."""
 
@@ -209,8 +215,11 @@ class MDA(nn.Module):
         super().__init__()
         self.eca = ECA()
         self.gate = nn.Sequential(
-            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c, momentum=0.01), nn.ReLU(inplace=True),
-            nn.Conv2d(c, 1, 7, 1, 3, bias=False), nn.BatchNorm2d(1, momentum=0.01),
+            nn.Conv2d(c, c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c, momentum=0.01),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, 1, 7, 1, 3, bias=False),
+            nn.BatchNorm2d(1, momentum=0.01),
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,6 +229,7 @@ class MDA(nn.Module):
 
 
 # ----------------------------------------------------------------------------- GGD
+
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:
     """3x3 conv (no bias) + BN, no nonlinearity (GGD)."""
@@ -260,6 +270,7 @@ class GGD(nn.Module):
 
 # ----------------------------------------------------------------------------- model
 
+
 class DIRL(ResNet34Segmenter):
     """DIRL: returns [final, A4, A3, A2, A1, A0], each (B, 1, H, W) float32 in [0, 1].
 
@@ -270,8 +281,15 @@ class DIRL(ResNet34Segmenter):
 
     output_names = ("final", "A4", "A3", "A2", "A1", "A0")
 
-    def __init__(self, stem: str = "full", pretrained: str | None = None, pretrained_sha256: str | None = None,
-                 widths: tuple[int, ...] = WIDTHS, blocks: tuple[int, ...] = BLOCKS, channels: int = BFI_CHANNELS):
+    def __init__(
+        self,
+        stem: str = "full",
+        pretrained: str | None = None,
+        pretrained_sha256: str | None = None,
+        widths: tuple[int, ...] = WIDTHS,
+        blocks: tuple[int, ...] = BLOCKS,
+        channels: int = BFI_CHANNELS,
+    ):
         super().__init__()
         self.encoder = DIRLEncoder(stem, tuple(widths), tuple(blocks))
         self.size_divisor = 32 if stem == "half" else 16  # h5 sits at H/32 with the stride-2 stem
@@ -279,8 +297,10 @@ class DIRL(ResNet34Segmenter):
         self.mda = nn.ModuleList(MDA(channels) for _ in range(5))  # mda[k] for F_k
         self.ggd = GGD(channels)
         if pretrained and (tuple(widths) != WIDTHS or tuple(blocks) != BLOCKS):
-            raise ValueError("ImageNet weights (model.pretrained) fit only the ResNet-34 widths and blocks; "
-                             "this DIRL variant is narrower: leave model.pretrained empty")
+            raise ValueError(
+                "ImageNet weights (model.pretrained) fit only the ResNet-34 widths and blocks; "
+                "this DIRL variant is narrower: leave model.pretrained empty"
+            )
         if pretrained:
             self.backbone_pretrained(pretrained, pretrained_sha256)
 
@@ -296,8 +316,10 @@ class DIRL(ResNet34Segmenter):
             attn.append(ak)
         logits = self.ggd(feats[1:], fs[0].shape[-2:])  # F1..F4 -> (B, 1, H, W) (H/4 for dirl_lite)
         final = to_prob(logits, size)  # (B, 1, H, W)
-        maps = [a if tuple(a.shape[-2:]) == size else F.interpolate(a, size=size, mode="bilinear", align_corners=False)
-                for a in reversed(attn)]  # A4, A3, A2, A1, A0 -> (B, 1, H, W)
+        maps = [
+            a if tuple(a.shape[-2:]) == size else F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+            for a in reversed(attn)
+        ]  # A4, A3, A2, A1, A0 -> (B, 1, H, W)
         return [final, *maps]
 
 
@@ -317,5 +339,6 @@ def dirl_lite(pretrained: str | None = None, pretrained_sha256: str | None = Non
 def dirl_tiny(pretrained: str | None = None, pretrained_sha256: str | None = None) -> DIRL:
     """A really small DIRL for CPU training (NOT the paper's model): same BFI / MDA / GGD, 3x3 stride-2 stem,
     one BasicBlock per stage with widths (16, 32, 64, 128, 128) and 16-channel BFI; random init only."""
-    return DIRL("half", pretrained, pretrained_sha256, widths=(16, 32, 64, 128, 128), blocks=(1, 1, 1, 1, 1),
-                channels=16)
+    return DIRL(
+        "half", pretrained, pretrained_sha256, widths=(16, 32, 64, 128, 128), blocks=(1, 1, 1, 1, 1), channels=16
+    )

@@ -8,10 +8,11 @@ A registered factory is a function whose keyword arguments are the model's optio
 `create_model` checks the overrides against the factory's signature before calling it, so a misspelt option
 fails with a TypeError naming it and listing the valid ones.
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 
@@ -57,6 +58,8 @@ def create_model(name: str, **overrides: object) -> nn.Module:
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [k for k in overrides if k not in params]
     if unknown and not accepts_any:
-        raise TypeError(f"model {name!r} has no option(s) {', '.join(map(repr, unknown))}; "
-                        f"valid options: {', '.join(params) or '(none)'}")
+        raise TypeError(
+            f"model {name!r} has no option(s) {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(params) or '(none)'}"
+        )
     return factory(**overrides)

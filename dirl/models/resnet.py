@@ -8,13 +8,15 @@ Also here: reading a torchvision-format state dict from a path or URL (sha256-ch
 loading its `layer1`..`layer4` into any model, the `ResNet34Segmenter` base class every registered model
 derives from, and `torchvision_resnet34_state_dict()` which builds a full random state dict in that format.
 """
+
 from __future__ import annotations
 
 import os
 import re
+import urllib.error
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.hub
@@ -24,6 +26,9 @@ import torch.nn.functional as F
 from dirl.io import sha256_file  # noqa: F401 - also imported from here
 
 TORCHVISION_RESNET34_URL = "https://download.pytorch.org/models/resnet34-b627a593.pth"
+# torchvision's ImageNet ResNet-34 (IMAGENET1K_V1, `resnet34(pretrained=True)`): the file's full sha256 and size
+TORCHVISION_RESNET34_SHA256 = "b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f"
+TORCHVISION_RESNET34_BYTES = 87_319_819
 LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
 IGNORED_PREFIXES = ("conv1.", "bn1.", "fc.")  # torchvision stem and classifier: never loaded
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,8 +66,9 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def make_layer(cin: int, cout: int, blocks: int, stride: int = 1, dilation: int = 1,
-               previous_dilation: int = 1) -> nn.Sequential:
+def make_layer(
+    cin: int, cout: int, blocks: int, stride: int = 1, dilation: int = 1, previous_dilation: int = 1
+) -> nn.Sequential:
     """A ResNet stage of `blocks` BasicBlocks; the first one carries the stride (torchvision's `_make_layer`)."""
     layers = [BasicBlock(cin, cout, stride, dilation, first_dilation=previous_dilation)]
     layers += [BasicBlock(cout, cout, 1, dilation) for _ in range(blocks - 1)]
@@ -76,9 +82,12 @@ def resnet34_layers(dilate_layer3: bool = False, dilate_layer4: bool = False) ->
     The layers hold 21,275,136 parameters; the keys do not depend on the dilation.
     """
     out, dilation, cin = {}, 1, 64
-    for name, cout, blocks, stride, dilate in (("layer1", 64, 3, 1, False), ("layer2", 128, 4, 2, False),
-                                                ("layer3", 256, 6, 2, dilate_layer3),
-                                                ("layer4", 512, 3, 2, dilate_layer4)):
+    for name, cout, blocks, stride, dilate in (
+        ("layer1", 64, 3, 1, False),
+        ("layer2", 128, 4, 2, False),
+        ("layer3", 256, 6, 2, dilate_layer3),
+        ("layer4", 512, 3, 2, dilate_layer4),
+    ):
         previous = dilation
         if dilate:
             dilation, stride = dilation * stride, 1
@@ -100,6 +109,11 @@ def init_resnet_(module: nn.Module) -> None:
 
 class ResNet34(nn.Module):
     """The full torchvision ResNet-34 classifier layout (conv1, bn1, layer1-4, fc), 21,797,672 parameters."""
+
+    layer1: nn.Sequential  # added by name (torchvision's state-dict keys)
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
@@ -123,6 +137,11 @@ class ResNet34Features(nn.Module):
     Used by the UNet and DeepLabv3 baselines. With `output_stride=8` or `16`, layer3/layer4 trade stride for
     dilation (DeepLab); 32 is the plain network.
     """
+
+    layer1: nn.Sequential  # added by name (torchvision's state-dict keys)
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(self, output_stride: int = 32):
         super().__init__()
@@ -168,6 +187,7 @@ def torchvision_resnet34_state_dict(seed: int = 0, num_batches_tracked: bool = T
 
 # ----------------------------------------------------------------------------- weight files
 
+
 def default_cache_dir() -> Path:
     """Where downloaded weights are kept: $DIRL_CACHE_DIR, else ~/.cache/dirl/weights."""
     return Path(os.environ.get("DIRL_CACHE_DIR", Path.home() / ".cache" / "dirl" / "weights"))
@@ -183,9 +203,11 @@ def _expected_sha256(sha256: str | None, name: str) -> str | None:
 
 
 def _mismatch(source: str, expected: str, actual: str) -> ValueError:
-    return ValueError(f"sha256 mismatch for weights {source}: expected {expected}, got {actual}. "
-                      "The file is corrupt or not the one intended: delete it and fetch it again, "
-                      "or pass the right sha256.")
+    return ValueError(
+        f"sha256 mismatch for weights {source}: expected {expected}, got {actual}. "
+        "The file is corrupt or not the one intended: delete it and fetch it again, "
+        "or pass the right sha256."
+    )
 
 
 def _check_sha256(path: Path, sha256: str | None, source: str) -> None:
@@ -198,7 +220,9 @@ def _check_sha256(path: Path, sha256: str | None, source: str) -> None:
         raise _mismatch(source, expected, actual)
 
 
-def fetch_weights(path_or_url: str | Path, sha256: str | None = None, cache_dir: str | Path | None = None) -> Path:
+def fetch_weights(
+    path_or_url: str | Path, sha256: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """A local path to the weights: a local file as is, a URL downloaded once into `cache_dir` (atomically).
 
     The sha256 (full hex digest or a prefix of it) is checked when given; for files named like torchvision's
@@ -225,14 +249,50 @@ def fetch_weights(path_or_url: str | Path, sha256: str | None = None, cache_dir:
         return dest
     path = Path(src).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights not found: {path}. Pass a torchvision-format resnet34 "
-                                f"state dict file or a URL (e.g. {TORCHVISION_RESNET34_URL}).")
+        raise FileNotFoundError(
+            f"backbone weights not found: {path}. Pass a torchvision-format resnet34 "
+            f"state dict file or a URL (e.g. {TORCHVISION_RESNET34_URL})."
+        )
     _check_sha256(path, sha256, str(path))
     return path
 
 
-def read_state_dict(path_or_url: str | Path, sha256: str | None = None,
-                    cache_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+def resolve_backbone(value: str, root: str | os.PathLike) -> str:
+    """``model.pretrained`` as every Ray worker must see it: a URL as is, a path made absolute against the workspace
+    ``root`` (where params.yaml is) and checked to exist, so a missing file fails here, in one line, before any
+    worker starts. Empty stays empty (random init)."""
+    if not value or re.match(r"^(https?|ftp|file)://", value):
+        return value
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else (Path(root) / path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.pretrained = {value}: no such file ({path.resolve()}). Fetch torchvision's ResNet-34 on a "
+            f"connected machine with `dirl weights fetch --dest {Path(value).parent}` ({TORCHVISION_RESNET34_URL}, "
+            f'sha256 {TORCHVISION_RESNET34_SHA256}) and copy it there, or set model.pretrained: "" for random init'
+        )
+    return str(path.resolve())
+
+
+def fetch_resnet34(dest: str | os.PathLike) -> Path:
+    """Download torchvision's ImageNet ResNet-34 into the folder ``dest`` (``torch.hub``'s downloader, checked
+    against its full sha256 while it streams; a file already there is checked, not fetched again)."""
+    try:
+        return fetch_weights(TORCHVISION_RESNET34_URL, TORCHVISION_RESNET34_SHA256, cache_dir=dest)
+    except (urllib.error.URLError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        reason = getattr(e, "reason", e)
+        raise ConnectionError(
+            f"cannot download {TORCHVISION_RESNET34_URL} ({reason}): this machine is offline or "
+            f"the URL is blocked. Run `dirl weights fetch` on a connected machine and copy "
+            f"resnet34-b627a593.pth (sha256 {TORCHVISION_RESNET34_SHA256}) into {dest}"
+        ) from None
+
+
+def read_state_dict(
+    path_or_url: str | Path, sha256: str | None = None, cache_dir: str | Path | None = None
+) -> dict[str, torch.Tensor]:
     """Read a torchvision-format state dict with `torch.load(weights_only=True)` (sha256-checked)."""
     path = fetch_weights(path_or_url, sha256, cache_dir)
     try:
@@ -252,21 +312,28 @@ def load_resnet_layers(target: nn.Module, state_dict: Mapping[str, torch.Tensor]
     """
     others = [k for k in state_dict if not k.startswith(IGNORED_PREFIXES) and k.split(".")[0] not in LAYER_NAMES]
     if others:
-        raise ValueError(f"{source}: keys that are not torchvision resnet34 keys: {others[:5]}"
-                         f"{' ...' if len(others) > 5 else ''} (a wrapped checkpoint? strip 'module.' or "
-                         "take its 'state_dict' entry first)")
+        raise ValueError(
+            f"{source}: keys that are not torchvision resnet34 keys: {others[:5]}"
+            f"{' ...' if len(others) > 5 else ''} (a wrapped checkpoint? strip 'module.' or "
+            "take its 'state_dict' entry first)"
+        )
     copied = 0
     for name in LAYER_NAMES:
         layer = getattr(target, name)
         own = layer.state_dict()
-        given = {k[len(name) + 1:]: v for k, v in state_dict.items() if k.startswith(name + ".")}
+        given = {k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(name + ".")}
         missing = [f"{name}.{k}" for k in own if k not in given and not k.endswith("num_batches_tracked")]
         unexpected = [f"{name}.{k}" for k in given if k not in own]
         if missing or unexpected:
-            raise ValueError(f"{source}: does not match ResNet-34 {name}: missing keys {missing[:5]}, "
-                             f"unexpected keys {unexpected[:5]} (is this a torchvision resnet34 state dict?)")
-        bad = [f"{name}.{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in given.items()
-               if tuple(v.shape) != tuple(own[k].shape)]
+            raise ValueError(
+                f"{source}: does not match ResNet-34 {name}: missing keys {missing[:5]}, "
+                f"unexpected keys {unexpected[:5]} (is this a torchvision resnet34 state dict?)"
+            )
+        bad = [
+            f"{name}.{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+            for k, v in given.items()
+            if tuple(v.shape) != tuple(own[k].shape)
+        ]
         if bad:
             raise ValueError(f"{source}: shape mismatch (file vs model): {bad[:5]}")
         with torch.no_grad():
@@ -278,14 +345,16 @@ def load_resnet_layers(target: nn.Module, state_dict: Mapping[str, torch.Tensor]
 
 # ----------------------------------------------------------------------------- model base class
 
+
 def check_input(x: torch.Tensor, divisor: int = 16) -> None:
     """Raise ValueError unless x is (B, 3, H, W) with H and W multiples of `divisor`."""
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(x.shape)}")
     h, w = x.shape[-2:]
     if h % divisor or w % divisor or h == 0 or w == 0:
-        raise ValueError(f"input size {h}x{w} is not a multiple of {divisor}: resize or crop the images "
-                         f"(e.g. to 224 or 256)")
+        raise ValueError(
+            f"input size {h}x{w} is not a multiple of {divisor}: resize or crop the images (e.g. to 224 or 256)"
+        )
 
 
 class ResNet34Segmenter(nn.Module):
@@ -299,8 +368,9 @@ class ResNet34Segmenter(nn.Module):
     output_names: tuple[str, ...] = ("final",)
     encoder: nn.Module
 
-    def backbone_pretrained(self, path_or_url: str | Path, sha256: str | None = None,
-                            cache_dir: str | Path | None = None) -> "ResNet34Segmenter":
+    def backbone_pretrained(
+        self, path_or_url: str | Path, sha256: str | None = None, cache_dir: str | Path | None = None
+    ) -> ResNet34Segmenter:
         """Load ImageNet (torchvision-format resnet34) weights into encoder.layer1..layer4; returns self."""
         sd = read_state_dict(path_or_url, sha256, cache_dir)
         load_resnet_layers(self.encoder, sd, source=str(path_or_url))

@@ -5,6 +5,7 @@ skips at H/2 (stem), H/4, H/8, H/16; bottleneck layer4 at H/32. Decoder (as in s
 Unet): five blocks, each nearest x2 up-sampling (to the skip's size) + concat skip + 2 x (conv3x3-BN-ReLU),
 with 256, 128, 64, 32, 16 channels; then conv3x3 -> 1 logit and a float32 sigmoid. Output: [final].
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,8 +39,12 @@ class DecoderBlock(nn.Module):
 class UNet(ResNet34Segmenter):
     """ResNet-34 UNet; returns [final] with final (B, 1, H, W) float32 in [0, 1]."""
 
-    def __init__(self, decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
-                 pretrained: str | None = None, pretrained_sha256: str | None = None):
+    def __init__(
+        self,
+        decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+        pretrained: str | None = None,
+        pretrained_sha256: str | None = None,
+    ):
         super().__init__()
         if len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 entries, got {decoder_channels}")
@@ -66,7 +71,10 @@ class UNet(ResNet34Segmenter):
 
 
 @register_model("unet")
-def unet(decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16), pretrained: str | None = None,
-         pretrained_sha256: str | None = None) -> UNet:
+def unet(
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+    pretrained: str | None = None,
+    pretrained_sha256: str | None = None,
+) -> UNet:
     """UNet baseline on ResNet-34 (24.4 M parameters)."""
     return UNet(tuple(decoder_channels), pretrained, pretrained_sha256)

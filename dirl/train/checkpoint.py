@@ -28,6 +28,8 @@ import torch.nn as nn
 import yaml
 
 from dirl.io import staging_dir, swap_in
+from dirl.models import create_model
+from dirl.weights import save_weights
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
@@ -40,7 +42,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The module that owns the parameters: strips DistributedDataParallel and torch.compile wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
+            model = model._orig_mod  # type: ignore[assignment]
         elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         else:
@@ -53,9 +55,13 @@ def rng_state() -> dict:
     np_state = np.random.get_state(legacy=False)
     state = {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": {"bit_generator": np_state["bit_generator"], "key": np_state["state"]["key"].tolist(),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": np_state["state"]["key"].tolist(),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -68,19 +74,35 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": np.array(n["key"], dtype=np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": n["bit_generator"],
+            "state": {"key": np.array(n["key"], dtype=np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, scheduler=None, scaler=None, *,
-                    epoch: int, best: float | None = None, best_epoch: int | None = None,
-                    history: list[dict] | None = None, config: dict | None = None,
-                    model_name: str = "", model_kwargs: dict | None = None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer=None,
+    scheduler=None,
+    scaler=None,
+    *,
+    epoch: int,
+    best: float | None = None,
+    best_epoch: int | None = None,
+    history: list[dict] | None = None,
+    config: dict | None = None,
+    model_name: str = "",
+    model_kwargs: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write a checkpoint folder at ``path`` (replacing an existing one atomically); return ``path``.
 
     ``epoch`` is the number of finished epochs; ``best``/``best_epoch`` the best validation metric so far.
@@ -101,9 +123,14 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, s
             "extra": dict(extra or {}),
         }
         torch.save(state, tmp / STATE_FILE)
-        meta = {"epoch": int(epoch), "best": state["best"], "best_epoch": best_epoch, "model_name": model_name,
-                "model_kwargs": _rebuild_kwargs(model_kwargs),
-                "last": history[-1] if history else None}
+        meta = {
+            "epoch": int(epoch),
+            "best": state["best"],
+            "best_epoch": best_epoch,
+            "model_name": model_name,
+            "model_kwargs": _rebuild_kwargs(model_kwargs),
+            "last": history[-1] if history else None,
+        }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
         if config is not None:
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
@@ -117,16 +144,25 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, s
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, optimizer=None, scheduler=None,
-                    scaler=None, restore_rng: bool = True, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    optimizer=None,
+    scheduler=None,
+    scaler=None,
+    restore_rng: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> dict:
     """Load a checkpoint folder into the given objects; return its state (epoch, best, history, meta, config).
 
     Raises FileNotFoundError naming the folder when it is not a checkpoint.
     """
     path = Path(path)
     if not (path / STATE_FILE).is_file() or not (path / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a training checkpoint (needs {MODEL_FILE} and {STATE_FILE}); "
-                                f"delete the run folder or pick another RunConfig name to start afresh")
+        raise FileNotFoundError(
+            f"{path} is not a training checkpoint (needs {MODEL_FILE} and {STATE_FILE}); "
+            f"delete the run folder or pick another RunConfig name to start afresh"
+        )
     state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
     if model is not None:
         unwrap(model).load_state_dict(torch.load(path / MODEL_FILE, map_location=map_location, weights_only=True))
@@ -148,21 +184,19 @@ def _rebuild_kwargs(kwargs: dict | None) -> dict:
     return {k: v for k, v in (kwargs or {}).items() if k not in NO_REBUILD_KWARGS}
 
 
-def export_model(checkpoint_dir: str | os.PathLike, out_file: str | os.PathLike,
-                 metrics: dict | None = None) -> Path:
+def export_model(checkpoint_dir: str | os.PathLike, out_file: str | os.PathLike, metrics: dict | None = None) -> Path:
     """Write the weights of a checkpoint folder as the trained-weights file (:mod:`dirl.weights` format)."""
-    from dirl.models import create_model
-    from dirl.weights import save_weights
-
     checkpoint_dir = Path(checkpoint_dir)
     meta = json.loads((checkpoint_dir / META_FILE).read_text())
     if not meta.get("model_name"):
         raise ValueError(f"{checkpoint_dir / META_FILE} names no model; it was not written by save_checkpoint")
-    config = yaml.safe_load((checkpoint_dir / CONFIG_FILE).read_text()) if (checkpoint_dir / CONFIG_FILE).is_file() \
-        else {}
+    config = (
+        yaml.safe_load((checkpoint_dir / CONFIG_FILE).read_text()) if (checkpoint_dir / CONFIG_FILE).is_file() else {}
+    )
     options = meta.get("model_kwargs") or {}
     model = create_model(meta["model_name"], **options)
     model.load_state_dict(torch.load(checkpoint_dir / MODEL_FILE, map_location="cpu", weights_only=True))
     input_size = int((config.get("model") or {}).get("input_size", 0))
-    return save_weights(out_file, model, meta["model_name"], input_size, options=options, metrics=metrics,
-                        epoch=meta.get("epoch"))
+    return save_weights(
+        out_file, model, meta["model_name"], input_size, options=options, metrics=metrics, epoch=meta.get("epoch")
+    )

@@ -15,14 +15,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
 from dirl import tracking
 from dirl.cluster import plan_workers
 from dirl.config import TUNED_DEFAULTS, Config, ConfigError, config_from_dict, parse_search_space
-from dirl.train.tuned import current_values, resolve_tuned
+from dirl.train.best_yaml import current_values, resolve_tuned
+from dirl.train.worker import build_trainer
 
 log = logging.getLogger("dirl.tune")
 
@@ -44,14 +46,18 @@ def plan_search(cfg: Config) -> tuple[dict[str, tuple[str, list]], list[str]]:
     notes: list[str] = []
     for key, spec in parsed.items():
         if key not in TUNED_DEFAULTS:
-            raise ConfigError(f"tune.search_space: {key} cannot be searched: the searchable keys are "
-                              f"{', '.join(TUNED_DEFAULTS)} (see TUNED_DEFAULTS in dirl/config.py)")
+            raise ConfigError(
+                f"tune.search_space: {key} cannot be searched: the searchable keys are "
+                f"{', '.join(TUNED_DEFAULTS)} (see TUNED_DEFAULTS in dirl/config.py)"
+            )
         value = current_values(cfg, [key])[key]
         if value is None:
             search[key] = spec
         else:
-            notes.append(f"{key} = {value!r} is set in params.yaml: not searched, the train stage uses it "
-                         f"(set it to null to tune it)")
+            notes.append(
+                f"{key} = {value!r} is set in params.yaml: not searched, the train stage uses it "
+                f"(set it to null to tune it)"
+            )
     return search, notes
 
 
@@ -59,8 +65,13 @@ def param_space(parsed: dict[str, tuple[str, list]]) -> dict:
     """Ray Tune samplers for a parsed search space, keyed by the canonical dotted key."""
     from ray import tune
 
-    make = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
-            "randint": lambda a: tune.randint(*a), "choice": tune.choice, "grid": tune.grid_search}
+    make = {
+        "loguniform": lambda a: tune.loguniform(*a),
+        "uniform": lambda a: tune.uniform(*a),
+        "randint": lambda a: tune.randint(*a),
+        "choice": lambda a: tune.choice(a),
+        "grid": tune.grid_search,
+    }
     return {key: make[kind](args) for key, (kind, args) in parsed.items()}
 
 
@@ -69,9 +80,26 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") and callable(v.item) else v
 
 
-def trial_config(cfg: Config | dict, values: dict[str, Any], epochs: int, src: str = "tune trial") -> Config:
+TRIAL_WARMUP_FRACTION = 0.25  # a trial warms up over at most this share of its steps
+
+
+def trial_warmup(warmup_steps: int, epochs: int, steps_per_epoch: int | None) -> int:
+    """The warm-up of a trial of ``epochs`` x ``steps_per_epoch`` optimizer steps: ``train.warmup_steps``, cut to
+    a quarter of the trial (``TRIAL_WARMUP_FRACTION``) so that at least three quarters of every trial run at the
+    lr it is testing (a trial that ends inside its warm-up compares ramps, not learning rates); unchanged when the
+    trial's length is unknown."""
+    if not steps_per_epoch or steps_per_epoch <= 0:
+        return warmup_steps
+    return min(warmup_steps, int(TRIAL_WARMUP_FRACTION * epochs * steps_per_epoch))
+
+
+def trial_config(
+    cfg: Config | dict, values: dict[str, Any], epochs: int, src: str = "tune trial", steps_per_epoch: int | None = None
+) -> Config:
     """``cfg`` with the dotted ``values`` set, ``epochs`` epochs, validation every epoch, no best.yaml; a tuned
-    key still null (not in the search space) takes its default (``TUNED_DEFAULTS``), as in the train stage."""
+    key still null (not in the search space) takes its default (``TUNED_DEFAULTS``), as in the train stage. The
+    warm-up is scaled to the trial's length (:func:`trial_warmup`): ``tune.max_steps_per_epoch`` steps per
+    epoch, else ``steps_per_epoch`` (the training composites over the batch), when known."""
     data = cfg.to_dict() if isinstance(cfg, Config) else json.loads(json.dumps(cfg))
     for key, value in values.items():
         section, name = key.split(".", 1)
@@ -79,7 +107,40 @@ def trial_config(cfg: Config | dict, values: dict[str, Any], epochs: int, src: s
     data["train"].update(epochs=epochs, val_every=1, use_tune_best=False)
     if data.get("tune", {}).get("max_steps_per_epoch"):
         data["train"]["max_steps_per_epoch"] = data["tune"]["max_steps_per_epoch"]
+        steps_per_epoch = min(steps_per_epoch or math.inf, data["train"]["max_steps_per_epoch"])
+    data["train"]["warmup_steps"] = trial_warmup(
+        int(data["train"].get("warmup_steps") or 0),
+        epochs,
+        None if steps_per_epoch in (None, math.inf) else int(steps_per_epoch),
+    )
     return resolve_tuned(config_from_dict(data, src), None)[0]
+
+
+def margin_verdict(trials: list[dict], metric: str, n_val: int | None) -> dict:
+    """How far the best trial is ahead of the next, and whether that exceeds the noise of the score.
+
+    The noise is the standard error of a mean over ``n_val`` validation images at its largest: a per-image score
+    in [0, 100] (IoU, AP; [0, 1] for F1) has a standard deviation of at most half its range, so a mean over
+    ``n`` images is uncertain by up to ``range / (2 sqrt(n))``. A margin at or below it is "within noise": the
+    search could not tell the two settings apart on this validation set. Unknown for a loss (no range) or
+    without ``n_val``. Returns ``{margin, noise, beyond_noise, runner_up}`` (None where unknown)."""
+    mode = metric_mode(metric)
+    scored = sorted(
+        (t for t in trials if t["status"] != "failed" and t["best"] is not None),
+        key=lambda t: t["best"],
+        reverse=(mode == "max"),
+    )
+    if len(scored) < 2:
+        return {"margin": None, "noise": None, "beyond_noise": None, "runner_up": None}
+    margin = abs(scored[0]["best"] - scored[1]["best"])
+    span = {"val_iou": 100.0, "val_ap": 100.0, "val_f1": 1.0}.get(metric)
+    noise = span / (2 * math.sqrt(n_val)) if span and n_val else None
+    return {
+        "margin": margin,
+        "noise": noise,
+        "beyond_noise": None if noise is None else margin > noise,
+        "runner_up": scored[1]["trial_id"],
+    }
 
 
 def run_trial(config: dict, setup: dict) -> None:
@@ -92,20 +153,30 @@ def run_trial(config: dict, setup: dict) -> None:
     """
     import mlflow
     import ray.tune
-
-    from dirl.train.worker import build_trainer
     from mlflow.entities import Param
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
     values = {k: _plain(v) for k, v in config.items()}
     client = mlflow.MlflowClient(setup["tracking_uri"])
-    tags = {"mlflow.parentRunId": setup["parent_run_id"], "stage": "tune", "trial_id": trial_id}
+    tags = {
+        **setup.get("source_tags", {}),
+        "mlflow.parentRunId": setup["parent_run_id"],
+        "stage": "tune",
+        "trial_id": trial_id,
+    }
     title = tracking.trial_title(trial_id, values)
     run_id = client.create_run(setup["experiment_id"], run_name=title, tags=tags).info.run_id
     try:
+        tracking.log_datasets(client, run_id, setup["data_dirs"], {"train": "training", "val": "validation"})
         try:
-            cfg = trial_config(setup["cfg"], values, setup["epochs"], src=f"tune trial {trial_id}")
+            cfg = trial_config(
+                setup["cfg"],
+                values,
+                setup["epochs"],
+                src=f"tune trial {trial_id}",
+                steps_per_epoch=setup.get("steps_per_epoch"),
+            )
         except ConfigError:
             client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
             raise
@@ -115,10 +186,22 @@ def run_trial(config: dict, setup: dict) -> None:
         placement = plan_workers(cfg, setup["share"])
         for note in placement.notes:
             log.warning("trial %s: %s", trial_id, note)
-        loop_config = {"cfg": cfg.to_dict(), "run_id": run_id, "tracking_uri": setup["tracking_uri"],
-                       "status_dir": None}
-        trainer = build_trainer(cfg, setup["data_dirs"], placement, f"train-{trial_id}", setup["storage"],
-                                loop_config, callbacks=[TuneReportCallback()], trial=True)
+        loop_config = {
+            "cfg": cfg.to_dict(),
+            "run_id": run_id,
+            "tracking_uri": setup["tracking_uri"],
+            "status_dir": None,
+        }
+        trainer = build_trainer(
+            cfg,
+            setup["data_dirs"],
+            placement,
+            f"train-{trial_id}",
+            setup["storage"],
+            loop_config,
+            callbacks=[TuneReportCallback()],
+            trial=True,
+        )
         trainer.fit()
     except Exception as e:
         client.set_tag(run_id, "tune.status", "failed")
@@ -145,13 +228,30 @@ def _asha_class():
 def make_scheduler(cfg: Config):
     """ASHA on the reported ``epoch``: rungs from ``tune.grace_period`` by ``tune.reduction_factor`` up to
     ``tune.epochs``; a trial below a rung's cutoff is stopped there, none at its last epoch."""
-    return _asha_class()(time_attr="epoch", max_t=cfg.tune.epochs,
-                         grace_period=min(cfg.tune.grace_period, cfg.tune.epochs),
-                         reduction_factor=cfg.tune.reduction_factor, stop_last_trials=False)
+    return _asha_class()(
+        time_attr="epoch",
+        max_t=cfg.tune.epochs,
+        grace_period=min(cfg.tune.grace_period, cfg.tune.epochs),
+        reduction_factor=cfg.tune.reduction_factor,
+        stop_last_trials=False,
+    )
 
 
-TUNE_FIELDS = {"timestamp", "checkpoint_path", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
-               "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore"}
+TUNE_FIELDS = {
+    "timestamp",
+    "checkpoint_path",
+    "done",
+    "training_iteration",
+    "trial_id",
+    "date",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "hostname",
+    "node_ip",
+    "time_since_restore",
+    "iterations_since_restore",
+}
 
 
 def _finite(v: Any) -> float | None:
@@ -169,8 +269,13 @@ def _history(result) -> list[dict]:
     for rec in df[cols].to_dict("records"):
         if _finite(rec.get("epoch")) is None:
             continue
-        rows.append({k: (int(_plain(v)) if k == "epoch" else _plain(v)) for k, v in rec.items()
-                     if k == "epoch" or _finite(v) is not None})
+        rows.append(
+            {
+                k: (int(_plain(v)) if k == "epoch" else _plain(v))
+                for k, v in rec.items()
+                if k == "epoch" or _finite(v) is not None
+            }
+        )
     return sorted(rows, key=lambda r: r["epoch"])
 
 
@@ -194,16 +299,21 @@ def collect_trials(grid, cfg: Config, keys: Sequence[str], child_runs: dict[str,
         error = ""
         if result.error is not None:
             error = (run.data.tags.get("error") if run is not None else "") or tracking.error_text(result.error)[0]
-        trials.append({
-            "trial_id": trial_id, "status": status,
-            "values": {k: _plain(config.get(k)) for k in keys},
-            "final": scores[-1] if scores else None,
-            "best": (min(scores) if mode == "min" else max(scores)) if scores else None,
-            "epochs": epochs,
-            "seconds": _finite((result.metrics or {}).get("time_total_s")),
-            "run_id": run.info.run_id if run is not None else "",
-            "error": error, "history": history, "result": result,
-        })
+        trials.append(
+            {
+                "trial_id": trial_id,
+                "status": status,
+                "values": {k: _plain(config.get(k)) for k in keys},
+                "final": scores[-1] if scores else None,
+                "best": (min(scores) if mode == "min" else max(scores)) if scores else None,
+                "epochs": epochs,
+                "seconds": _finite((result.metrics or {}).get("time_total_s")),
+                "run_id": run.info.run_id if run is not None else "",
+                "error": error,
+                "history": history,
+                "result": result,
+            }
+        )
     return sorted(trials, key=lambda t: t["trial_id"])
 
 
@@ -213,7 +323,6 @@ def pick_best(trials: list[dict], mode: str) -> dict | None:
     if not scored:
         return None
     return (min if mode == "min" else max)(scored, key=lambda t: t["best"])
-
 
 
 def trial_lines(cfg: Config, keys: Sequence[str]):
@@ -241,14 +350,21 @@ def trial_lines(cfg: Config, keys: Sequence[str]):
 
         def _line(self, trial, status: str) -> None:
             self.done += 1
-            values = ", ".join(f"{k.split('.', 1)[1]}={_plain(trial.config.get(k)):.3g}"
-                               if isinstance(_plain(trial.config.get(k)), float) else f"{k}={trial.config.get(k)}"
-                               for k in keys)
+            values = ", ".join(
+                f"{k.split('.', 1)[1]}={_plain(trial.config.get(k)):.3g}"
+                if isinstance(_plain(trial.config.get(k)), float)
+                else f"{k}={trial.config.get(k)}"
+                for k in keys
+            )
             best = self.best.get(trial.trial_id)
             score = f"{metric} {best:.2f}" if best is not None else f"no {metric}"
             epochs = (trial.last_result or {}).get("epoch", 0)
-            print(f"tune: trial {self.done}/{total} {trial.trial_id} {status:<7} {values}  {score}  "
-                  f"{epochs} epoch(s)  {time.monotonic() - self.t0:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"tune: trial {self.done}/{total} {trial.trial_id} {status:<7} {values}  {score}  "
+                f"{epochs} epoch(s)  {time.monotonic() - self.t0:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             stopped = (trial.last_result or {}).get("epoch", 0) < cfg.tune.epochs

@@ -24,8 +24,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 
@@ -34,12 +35,18 @@ from dirl.config import Config, config_from_dict
 from dirl.io import write_json_atomic
 from dirl.losses import DIRLLoss
 from dirl.models import create_model
+from dirl.progress import EpochProgress, emit, verbose
 from dirl.speed import SpeedConfig, make_grad_scaler
 from dirl.speed import prepare_model as prepare_speed
 from dirl.train.checkpoint import load_checkpoint, save_checkpoint
-from dirl.progress import EpochProgress, emit, verbose
-from dirl.train.loop import VAL_KEYS, build_optimizer, build_scheduler, evaluate_batches, seed_everything, \
-    train_one_epoch
+from dirl.train.epoch import (
+    VAL_KEYS,
+    build_optimizer,
+    build_scheduler,
+    evaluate_batches,
+    seed_everything,
+    train_one_epoch,
+)
 
 log = logging.getLogger("dirl.train")
 
@@ -56,9 +63,35 @@ def local_batch_size(global_batch: int, world: int) -> int:
     """
     local = max(1, global_batch // world)
     if local * world != global_batch:
-        emit(f"train.batch_size {global_batch} does not split evenly over {world} workers: "
-             f"{local} per worker, a global batch of {local * world}")
+        emit(
+            f"train.batch_size {global_batch} does not split evenly over {world} workers: "
+            f"{local} per worker, a global batch of {local * world}"
+        )
     return local
+
+
+SYNC_BN_BELOW = 8  # train.sync_bn auto: sync when a worker holds fewer images than the reference's BatchNorm batch
+
+
+def use_sync_bn(mode: str, world: int, local_batch: int, device_type: str) -> tuple[bool, str | None]:
+    """Whether BatchNorm syncs over the workers (``train.sync_bn``), and a note to print when the choice matters.
+
+    ``on``: under DDP on GPUs. ``auto``: the same, only when a worker holds fewer than ``SYNC_BN_BELOW`` images
+    (the reference normalises over 8 on one GPU). ``off``: never. One worker never syncs (nothing to sync with);
+    CPU workers never do (PyTorch's SyncBatchNorm needs GPUs), which the note says when it was asked for.
+    """
+    wanted = mode == "on" or (mode == "auto" and local_batch < SYNC_BN_BELOW)
+    if mode == "off" or world <= 1 or not wanted:
+        return False, None
+    if device_type == "cpu":
+        return False, (
+            f"train.sync_bn={mode}: SyncBatchNorm needs GPU workers; these {world} CPU workers normalise "
+            f"over their own {local_batch} image(s) each"
+        )
+    return True, (
+        f"SyncBatchNorm: BatchNorm statistics over the global batch of {local_batch * world} "
+        f"({world} workers x {local_batch})"
+    )
 
 
 def model_kwargs(cfg) -> dict:
@@ -83,10 +116,15 @@ def _write_status(path: str | None, **fields) -> None:
 
 def epoch_line(row: dict, epochs: int) -> str:
     """One concise console line per epoch: loss, validation IoU/AP (when validated), img/s, time."""
-    val = (f"  val IoU {row['val_iou']:.1f} AP {row['val_ap']:.1f} (best {row['best_val_iou']:.1f})"
-           if math.isfinite(row.get("val_iou", math.nan)) else "")
-    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}{val}  "
-            f"{row['images_per_s']:.1f} img/s  {row['epoch_s']:.0f}s")
+    val = (
+        f"  val IoU {row['val_iou']:.1f} AP {row['val_ap']:.1f} (best {row['best_val_iou']:.1f})"
+        if math.isfinite(row.get("val_iou", math.nan))
+        else ""
+    )
+    return (
+        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}{val}  "
+        f"{row['images_per_s']:.1f} img/s  {row['epoch_s']:.0f}s"
+    )
 
 
 def _quiet_reports() -> None:
@@ -130,16 +168,23 @@ def train_loop_per_worker(config: dict) -> dict:
     size = cfg.model.input_size
     train_ds = ShardDataset(config["data_dirs"], "train", size, train=True, seed=tc.seed)
     batch = local_batch_size(tc.batch_size, world)
+    sync, note = use_sync_bn(tc.sync_bn, world, batch, device.type)
+    if sync:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm2d
+    if note and rank == 0:
+        emit(note)
     steps_per_epoch = (len(train_ds) // world) // batch
     if tc.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_ds)} training composites give worker {rank} no full batch of {batch} rows; "
-                         f"lower train.batch_size or cluster.num_workers, or add data")
+        raise ValueError(
+            f"{len(train_ds)} training composites give worker {rank} no full batch of {batch} rows; "
+            f"lower train.batch_size or cluster.num_workers, or add data"
+        )
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
     scaler = make_grad_scaler(device, speed)
-    loss_fn = DIRLLoss(lam=tc.lam)
+    loss_fn = DIRLLoss(lam=tc.lam if tc.lam is not None else 1.0)  # resolved by the stage (best.yaml or default)
 
     start_epoch, best, best_epoch, history = 0, -math.inf, None, []
     ckpt = ray.train.get_checkpoint()
@@ -152,7 +197,7 @@ def train_loop_per_worker(config: dict) -> dict:
 
     net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     if speed.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # type: ignore[assignment]
 
     logger = None
     if rank == 0 and config.get("run_id"):
@@ -162,7 +207,7 @@ def train_loop_per_worker(config: dict) -> dict:
         logger.log_params(cfg.to_dict())
         logger.sync(history)  # back-fill epochs checkpointed but not yet logged
 
-    val_batches = None
+    val_batches: Iterator[dict[str, Any]] | list[dict[str, Any]] | None = None
     if rank == 0:
         val_ds = ShardDataset(config["data_dirs"], "val", size, train=False)
         if len(val_ds) == 0:
@@ -175,18 +220,34 @@ def train_loop_per_worker(config: dict) -> dict:
         _write_status(status, rank=rank, epoch=epoch, phase="train")
         lr = optimizer.param_groups[0]["lr"]
         train_ds.set_epoch(epoch)
-        batches = train_ds.iter_batches(batch, shuffle=True, drop_last=True, rank=rank, world=world,
-                                        prefetch=PREFETCH)
+        batches = train_ds.iter_batches(batch, shuffle=True, drop_last=True, rank=rank, world=world, prefetch=PREFETCH)
         if rank == 0:
             progress = EpochProgress(epoch, tc.epochs, steps_per_epoch, world)
-        stats = train_one_epoch(net, batches, loss_fn, optimizer, device, speed, scaler, steps_per_epoch,
-                                scheduler=scheduler, progress=progress)
+        stats = train_one_epoch(
+            net,
+            batches,
+            loss_fn,
+            optimizer,
+            device,
+            speed,
+            scaler,
+            steps_per_epoch,
+            scheduler=scheduler,
+            progress=progress,
+        )
         if progress is not None:
             progress.close()
 
-        row = {"epoch": epoch, "train_loss": stats["train_loss"], "lr": lr, "epoch_s": stats["seconds"],
-               "images_per_s": stats["images_per_s"] * world, "step_s": stats["step_s"],
-               "epoch_cpu_s": stats["cpu_s"], "steps": stats["steps"]}
+        row = {
+            "epoch": epoch,
+            "train_loss": stats["train_loss"],
+            "lr": lr,
+            "epoch_s": stats["seconds"],
+            "images_per_s": stats["images_per_s"] * world,
+            "step_s": stats["step_s"],
+            "epoch_cpu_s": stats["cpu_s"],
+            "steps": stats["steps"],
+        }
         row.update({k: stats[k] for k in stats if k.startswith("loss_")})
         row.update({k: float("nan") for k in VAL_KEYS})
         if rank == 0 and (epoch % tc.val_every == 0 or epoch == tc.epochs):
@@ -205,10 +266,20 @@ def train_loop_per_worker(config: dict) -> dict:
         with tempfile.TemporaryDirectory(prefix="dirl-ckpt-") as tmp:
             checkpoint = None
             if rank == 0:
-                save_checkpoint(Path(tmp) / "ckpt", model, optimizer, scheduler, scaler, epoch=epoch,
-                                best=best if math.isfinite(best) else None, best_epoch=best_epoch,
-                                history=history, config=cfg.to_dict(), model_name=cfg.model.name,
-                                model_kwargs=kwargs)
+                save_checkpoint(
+                    Path(tmp) / "ckpt",
+                    model,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    epoch=epoch,
+                    best=best if math.isfinite(best) else None,
+                    best_epoch=best_epoch,
+                    history=history,
+                    config=cfg.to_dict(),
+                    model_name=cfg.model.name,
+                    model_kwargs=kwargs,
+                )
                 checkpoint = ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt"))
             ray.train.report(dict(row), checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch:04d}")
         if logger is not None:
@@ -231,17 +302,29 @@ def checkpoint_config(cfg: Config, trial: bool = False):
     return ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SCORE, checkpoint_score_order="max")
 
 
-def build_trainer(cfg: Config, data_dirs: Sequence[str | os.PathLike], placement: Placement, name: str,
-                  storage: str, loop_config: dict, callbacks: Sequence = (), trial: bool = False):
+def build_trainer(
+    cfg: Config,
+    data_dirs: Sequence[str | os.PathLike],
+    placement: Placement,
+    name: str,
+    storage: str,
+    loop_config: dict,
+    callbacks: Sequence = (),
+    trial: bool = False,
+):
     """The TorchTrainer of one training run (also used by the tune stage with its own callbacks, ``trial=True``)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     resources = {"CPU": placement.cpus_per_worker}
-    scaling = ray.train.ScalingConfig(num_workers=placement.num_workers, use_gpu=placement.use_gpu,
-                                      resources_per_worker=resources,
-                                      placement_strategy=cfg.cluster.placement_strategy)
-    run_config = ray.train.RunConfig(
+    scaling = ray.train.ScalingConfig(
+        num_workers=placement.num_workers,  # type: ignore[arg-type]  # (min, max): Train V2's elastic range
+        use_gpu=placement.use_gpu,
+        resources_per_worker=resources,
+        placement_strategy=cfg.cluster.placement_strategy,
+    )
+    # ray.train is Train V2 at run time (RAY_TRAIN_V2_ENABLED); the type stubs describe V1's RunConfig and trainer
+    run_config = ray.train.RunConfig(  # type: ignore[call-arg]
         name=name,
         storage_path=storage,
         failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
@@ -249,16 +332,22 @@ def build_trainer(cfg: Config, data_dirs: Sequence[str | os.PathLike], placement
         # Ray Train's INFO lines (worker group start, each report's result dict) only with `dirl -v`
         logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         callbacks=list(callbacks),
-        worker_runtime_env={"env_vars": {k: os.environ[k] for k in ("MLFLOW_DISABLE_TELEMETRY", "DIRL_VERBOSE",
-                                                                   "RAY_DATA_DISABLE_PROGRESS_BARS")
-                                         if k in os.environ}},
+        worker_runtime_env={
+            "env_vars": {
+                k: os.environ[k]
+                for k in ("MLFLOW_DISABLE_TELEMETRY", "DIRL_VERBOSE", "RAY_DATA_DISABLE_PROGRESS_BARS")
+                if k in os.environ
+            }
+        },
     )
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={**loop_config, "threads_per_worker": placement.threads_per_worker,
-                           "data_dirs": [str(Path(d).resolve()) for d in data_dirs]},
+        train_loop_per_worker,  # type: ignore[arg-type]
+        train_loop_config={
+            **loop_config,
+            "threads_per_worker": placement.threads_per_worker,
+            "data_dirs": [str(Path(d).resolve()) for d in data_dirs],
+        },
         torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
         scaling_config=scaling,
         run_config=run_config,
     )
-

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -56,7 +57,7 @@ def train_fn(config: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            state = model.module.state_dict() if hasattr(model, "module") else model.state_dict()
+            state = model.module.state_dict() if hasattr(model, "module") else model.state_dict()  # type: ignore[union-attr]
             torch.save(state, Path(tmp) / "model.pt")
             (Path(tmp) / "nodes.json").write_text(json.dumps(node_ids))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -71,11 +72,11 @@ def run(address: str, storage: str, workers: int, cpus_per_worker: float, strate
     from ray.train.torch import TorchTrainer
 
     t0 = time.perf_counter()
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     try:
         alive = [n for n in ray.nodes() if n["Alive"]]
-        trainer = TorchTrainer(
-            train_fn,
+        trainer = TorchTrainer(  # Train V2 at run time; the stubs describe V1
+            train_fn,  # type: ignore[arg-type]
             scaling_config=ScalingConfig(
                 num_workers=workers,
                 resources_per_worker={"CPU": cpus_per_worker},
@@ -88,7 +89,7 @@ def run(address: str, storage: str, workers: int, cpus_per_worker: float, strate
         fit_s = time.perf_counter() - t_fit
     finally:
         ray.shutdown()
-    info = result.return_value or {}
+    info = result.return_value or {}  # type: ignore[attr-defined]
     return {
         "nodes_alive": len(alive),
         "alive_node_ids": sorted(n["NodeID"] for n in alive),
@@ -103,20 +104,30 @@ def run(address: str, storage: str, workers: int, cpus_per_worker: float, strate
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""),
-                    help="Ray GCS address host:port (default: $RAY_ADDRESS)")
-    ap.add_argument("--storage", default=os.environ.get("DIRL_STORAGE_PATH", ""),
-                    help="shared storage every node reaches: absolute path or URI (default: $DIRL_STORAGE_PATH)")
+    ap.add_argument(
+        "--address", default=os.environ.get("RAY_ADDRESS", ""), help="Ray GCS address host:port (default: $RAY_ADDRESS)"
+    )
+    ap.add_argument(
+        "--storage",
+        default=os.environ.get("DIRL_STORAGE_PATH", ""),
+        help="shared storage every node reaches: absolute path or URI (default: $DIRL_STORAGE_PATH)",
+    )
     ap.add_argument("--workers", type=int, default=2, help="Ray Train workers (default: %(default)s)")
     ap.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPU per worker (default: %(default)s)")
-    ap.add_argument("--strategy", default="STRICT_SPREAD", choices=["STRICT_SPREAD", "SPREAD", "PACK"],
-                    help="placement strategy of the worker group (default: %(default)s)")
+    ap.add_argument(
+        "--strategy",
+        default="STRICT_SPREAD",
+        choices=["STRICT_SPREAD", "SPREAD", "PACK"],
+        help="placement strategy of the worker group (default: %(default)s)",
+    )
     args = ap.parse_args(argv)
     if not args.address:
         ap.error("no cluster address: pass --address host:port or source the cluster's cluster.env")
     if not args.storage or not ("://" in args.storage or os.path.isabs(args.storage)):
-        ap.error(f"--storage must be an absolute path or a URI, got {args.storage!r} "
-                 "(pass --storage or set DIRL_STORAGE_PATH)")
+        ap.error(
+            f"--storage must be an absolute path or a URI, got {args.storage!r} "
+            "(pass --storage or set DIRL_STORAGE_PATH)"
+        )
     try:
         summary = run(args.address, args.storage, args.workers, args.cpus_per_worker, args.strategy)
     except Exception as e:  # the run failed: say why on one JSON line, keep the traceback on stderr

@@ -3,7 +3,6 @@ data, a decompression-bomb PNG), an iHarmony4-like file tree, zip/tar archives a
 
 from __future__ import annotations
 
-
 # ---------------------------------------------------------------------------------------------- archives and trees
 
 
@@ -130,8 +129,7 @@ def _unsafe_archives() -> dict:
         "zip-symlink": ("zip", lambda: zip_with(symlink_zipinfo("link"), b"/etc/passwd"), "symbolic link"),
         "tar-dotdot": ("tar.gz", lambda: tar_with(tarfile.TarInfo("../evil.txt")), "../evil.txt"),
         "tar-absolute": ("tar.gz", lambda: tar_with(tarfile.TarInfo("/tmp/abs_evil.txt")), "absolute"),
-        "tar-symlink": ("tar.gz", lambda: tar_with(tar_link("link", tarfile.SYMTYPE, "/etc/passwd")),
-                        "symbolic link"),
+        "tar-symlink": ("tar.gz", lambda: tar_with(tar_link("link", tarfile.SYMTYPE, "/etc/passwd")), "symbolic link"),
         "tar-hardlink": ("tar.gz", lambda: tar_with(tar_link("hl", tarfile.LNKTYPE, "ok/fine.txt")), "hard link"),
         "tar-device": ("tar.gz", lambda: tar_with(tar_link("dev", tarfile.CHRTYPE, "")), "device"),
         "tar-fifo": ("tar.gz", lambda: tar_with(tar_link("pipe", tarfile.FIFOTYPE, "")), "FIFO"),
@@ -176,8 +174,8 @@ def corrupt_jpeg_data(jpeg: bytes) -> bytes:
         if jpeg[off] == 0xFF or jpeg[off - 1] == 0xFF:
             continue
         for bit in (0x10, 0x01, 0x80):
-            data = jpeg[:off] + bytes([jpeg[off] ^ bit]) + jpeg[off + 1:]
-            if b"\xff" in data[off - 1:off + 2]:
+            data = jpeg[:off] + bytes([jpeg[off] ^ bit]) + jpeg[off + 1 :]
+            if b"\xff" in data[off - 1 : off + 2]:
                 continue
             try:
                 decode_image(data)
@@ -207,3 +205,50 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def ihd_archive_tree(photos_per_subset: int = 8, seed: int = 0) -> tuple[dict[str, bytes], dict[str, list[str]]]:
+    """A small iHarmony4 archive's files (relative path -> bytes) in the official layout, and its le50-style lists.
+
+    Four subsets (HCOCO, HAdobe5k, HFlickr, Hday2night), each photo with ``real_images/``, one mask and two
+    composites (the background kept, the foreground shifted), photos of 4:3 or 3:4 aspect. The first HAdobe5k photo
+    is 4000 x 3000 px, as HAdobe5k's are, and listed for test. Lists: about a quarter of the photos for test, most
+    of the rest for train, one photo per subset in no list (its composites must be left out, named), and one
+    malformed line in the train list. Returns ``(files, {"train": lines, "test": lines})``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    files: dict[str, bytes] = {}
+    lists: dict[str, list[str]] = {"train": ["# le50-style list", "not a composite line"], "test": []}
+    for sub, letter in (("HCOCO", "c"), ("HAdobe5k", "a"), ("HFlickr", "f"), ("Hday2night", "d")):
+        for i in range(photos_per_subset):
+            big = sub == "HAdobe5k" and i == 0
+            h, w = (3000, 4000) if big else ((72, 96) if i % 2 else (96, 72))
+            yy, xx = np.mgrid[0:h, 0:w]
+            base = np.stack([(xx * 255 // w), (yy * 255 // h), np.full((h, w), 40 + 20 * (i % 5))], -1)
+            real = np.clip(base + rng.integers(-12, 13, (1, 1, 3)), 0, 255).astype(np.uint8)
+            mask = np.zeros((h, w), np.uint8)
+            top, left = h // 4 + int(rng.integers(0, h // 8)), w // 4 + int(rng.integers(0, w // 8))
+            mask[top : top + h // 3, left : left + w // 3] = 255
+            name = f"{letter}{i:03d}"
+            files[f"{sub}/real_images/{name}.jpg"] = _encode(real, ".jpg")
+            files[f"{sub}/masks/{name}_1.png"] = _encode(mask, ".png")
+            split = "test" if big or i % 4 == 1 else None if i == photos_per_subset - 1 else "train"
+            for k in (1, 2):
+                shift = rng.integers(-60, 61, 3)
+                comp = real.astype(np.int16)
+                comp[mask > 0] += shift.astype(np.int16)
+                fname = f"{name}_1_{k}.jpg"
+                files[f"{sub}/composite_images/{fname}"] = _encode(np.clip(comp, 0, 255).astype(np.uint8), ".jpg")
+                if split:
+                    lists[split].append(f"{sub}/composite_images/{fname}")
+    return files, lists
+
+
+def _encode(img, ext: str) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(ext, img[..., ::-1] if img.ndim == 3 else img)
+    assert ok
+    return buf.tobytes()

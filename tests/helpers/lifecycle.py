@@ -25,22 +25,36 @@ def composite(seed: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (7, 7), 3)
     mask = np.zeros((h, w), np.uint8)
     y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
-    mask[y:y + h // 3, x:x + w // 3] = 1
+    mask[y : y + h // 3, x : x + w // 3] = 1
     shifted = np.clip(img.astype(np.int16) + np.array([60, -40, 20]), 0, 255).astype(np.uint8)
     return np.where(mask[..., None] == 1, shifted, img), mask
 
 
-def make_shard_folder(out: Path, source: str, ids: list[str], split: str = "test", size: int = 48, seed: int = 0) -> Path:
+def make_shard_folder(
+    out: Path, source: str, ids: list[str], split: str = "test", size: int = 48, seed: int = 0
+) -> Path:
     """A shard folder of ``split`` composites (plus one train row) through the project's writer."""
     rows = []
     for i, item in enumerate(ids + [f"{ids[0]}_train"]):
         img, mask = composite(seed + i, size, size)
-        rows.append({
-            "id": item, "subset": "unit", "split": split if i < len(ids) else "train", "image": encode_jpeg(img),
-            "mask": encode_png(mask), "real": None, "orig_h": size, "orig_w": size, "height": size, "width": size,
-            "fg_ratio": float(mask.mean()), "source": source,
-            "synth_method": "reinhard" if source == "synthesized" else None, "ref_id": None,
-        })
+        rows.append(
+            {
+                "id": item,
+                "subset": "unit",
+                "split": split if i < len(ids) else "train",
+                "image": encode_jpeg(img),
+                "mask": encode_png(mask),
+                "real": None,
+                "orig_h": size,
+                "orig_w": size,
+                "height": size,
+                "width": size,
+                "fg_ratio": float(mask.mean()),
+                "source": source,
+                "synth_method": "reinhard" if source == "synthesized" else None,
+                "ref_id": None,
+            }
+        )
     with ShardWriter(out, "all") as w:
         for r in rows:
             w.write(r)
@@ -70,8 +84,14 @@ def make_weights(path: Path, name: str = "unet", size: int = 32, seed: int = 0, 
 
 
 def make_cfg(tmp: Path, size: int = 32, name: str = "unet", **over):
-    overrides = {"model.name": name, "model.input_size": size, "evaluate.batch_size": 4, "evaluate.grid_items": 3,
-                 "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "register.model_name": "dirl-test"}
+    overrides = {
+        "model.name": name,
+        "model.input_size": size,
+        "evaluate.batch_size": 4,
+        "evaluate.grid_items": 3,
+        "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "register.model_name": "dirl-test",
+    }
     overrides.update(over)
     return load_config(PARAMS, overrides=overrides)
 
@@ -80,11 +100,59 @@ def make_training_run(cfg, train_dir: Path) -> str:
     """An MLflow run standing for a training run, and its run.json beside the weights."""
     import mlflow
 
-    from dirl.tracking import tracking_uri
-    from dirl.tracking import setup
+    from dirl.tracking import setup, tracking_uri
 
     exp_id = setup(cfg)
     run = mlflow.MlflowClient(tracking_uri(cfg)).create_run(exp_id, run_name="train")
-    (train_dir / "run.json").write_text(json.dumps(
-        {"run_id": run.info.run_id, "experiment_id": exp_id, "tracking_uri": tracking_uri(cfg)}))
+    (train_dir / "run.json").write_text(
+        json.dumps({"run_id": run.info.run_id, "experiment_id": exp_id, "tracking_uri": tracking_uri(cfg)})
+    )
     return run.info.run_id
+
+
+def make_logged_training(cfg, train_dir: Path, epochs: int = 3, name: str = "unet", size: int = 32) -> dict:
+    """What the train stage leaves, without Ray: weights, an MLflow run holding one point per metric and epoch,
+    history.csv as an artifact, the weights logged as the run's model (as training logs them), run.json naming
+    both; the run closed FINISHED. Returns run.json's content."""
+    import mlflow
+
+    from dirl.stages.train import log_model
+    from dirl.tracking import MlflowEpochLogger
+    from dirl.train.outputs import write_history_csv
+
+    train_dir.mkdir(parents=True, exist_ok=True)
+    weights = make_weights(train_dir / "model.pt", name, size)
+    run_id = make_training_run(cfg, train_dir)
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "val_loss": 2.5 / e,
+            "val_ap": 30.0 + e,
+            "val_f1": 0.3,
+            "val_iou": 20.0 + 3 * e - e * e,
+            "lr": 1e-3,
+        }
+        for e in range(1, epochs + 1)
+    ]
+    run = json.loads((train_dir / "run.json").read_text())
+    logger = MlflowEpochLogger(run["tracking_uri"], run_id)
+    logger.sync(history)
+    write_history_csv(history, train_dir / "history.csv")
+    client = mlflow.MlflowClient(run["tracking_uri"])
+    client.log_artifact(run_id, str(train_dir / "history.csv"))
+    run.update(log_model(weights, run_id))
+    client.set_terminated(run_id, status="FINISHED")
+    (train_dir / "run.json").write_text(json.dumps(run))
+    return run
+
+
+def make_ihd(root: Path, n: int = 3) -> Path:
+    """An iHarmony4-layout folder (HFlickr) of ``n`` non-square composites with masks."""
+    for sub in ("composite_images", "masks"):
+        (root / "HFlickr" / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img, mask = composite(500 + i, 40, 56)
+        cv2.imwrite(str(root / "HFlickr" / "composite_images" / f"f{i}_1_1.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "HFlickr" / "masks" / f"f{i}_1.png"), mask * 255)
+    return root

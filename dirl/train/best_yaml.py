@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
 from dirl.config import TUNED_DEFAULTS, Config, ConfigError, ModelConfig, TrainConfig, config_from_dict
 from dirl.io import write_text_atomic
+from dirl.models.resnet import resolve_backbone
 
 
 def _read_tune_file(path: Path) -> tuple[dict[str, Any], list[str] | None]:
@@ -29,18 +31,23 @@ def _read_tune_file(path: Path) -> tuple[dict[str, Any], list[str] | None]:
     try:
         best = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e}); rerun the tune stage or set train.use_tune_best false")
+        raise ConfigError(
+            f"{path}: not valid YAML ({e}); rerun the tune stage or set train.use_tune_best false"
+        ) from None
     if not isinstance(best, dict):
         raise ConfigError(f"{path}: expected a mapping of hyperparameters, got {type(best).__name__}")
-    info = best.get("tune") if isinstance(best.get("tune"), dict) else {}
+    tune_block = best.get("tune")
+    info: dict = tune_block if isinstance(tune_block, dict) else {}
     searched = info.get("searched")
     searched = [str(k) for k in searched] if isinstance(searched, list) else ([] if info.get("skipped") else None)
     for wrapper in ("config", "params", "best_config", "hyperparameters"):
         if isinstance(best.get(wrapper), dict):
             best = best[wrapper]
             break
-    fields = {"train": {f.name for f in dataclasses.fields(TrainConfig)},
-              "model": {f.name for f in dataclasses.fields(ModelConfig)}}
+    fields = {
+        "train": {f.name for f in dataclasses.fields(TrainConfig)},
+        "model": {f.name for f in dataclasses.fields(ModelConfig)},
+    }
     values: dict[str, Any] = {}
     for key, value in best.items():
         if isinstance(value, dict) and key in fields:
@@ -68,7 +75,7 @@ def resolve_tuned(cfg: Config, best_yaml_path: str | os.PathLike | None) -> tupl
     """
     path = Path(best_yaml_path) if best_yaml_path else None
     use_file = cfg.train.use_tune_best and path is not None and path.is_file()
-    best, searched = _read_tune_file(path) if use_file else ({}, [])
+    best, searched = _read_tune_file(path) if use_file and path is not None else ({}, [])
     data = cfg.to_dict()
     sources: dict[str, str] = {}
     from_file = False
@@ -105,9 +112,18 @@ def train_values(cfg: Config, best: dict[str, Any]) -> dict[str, Any]:
 def write_best_yaml(path: Path, values: dict[str, Any], info: dict) -> Path:
     """``{train: {..}, tune: info}`` with a header; the train stage reads the values of the searched keys."""
     body = {**nest(values), "tune": info}
-    head = ("# Written by the tune stage (dirl tune): every tuned key with the value the train stage uses. A key\n"
-            "# that params.yaml leaves null takes the value here when tune searched it (tune.searched), else its\n"
-            "# default; a number in params.yaml wins. dvc.yaml declares these keys as params of train.\n")
+    head = (
+        "# Written by the tune stage (dirl tune): every tuned key with the value the train stage uses. A key\n"
+        "# that params.yaml leaves null takes the value here when tune searched it (tune.searched), else its\n"
+        "# default; a number in params.yaml wins. dvc.yaml declares these keys as params of train.\n"
+    )
     write_text_atomic(path, head + yaml.safe_dump(body, sort_keys=False))
     return path
 
+
+def with_backbone_resolved(cfg: Config, root: str | os.PathLike) -> Config:
+    """``cfg`` with ``model.pretrained`` made absolute against the workspace (see ``resolve_backbone``)."""
+    pretrained = resolve_backbone(cfg.model.pretrained, root)
+    if pretrained == cfg.model.pretrained:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=pretrained))

@@ -1,8 +1,8 @@
 """The tune stage: Ray Tune (ASHA) over short Ray Train runs, one MLflow child run per trial.
 
-    from dirl.config import load_config
-    from dirl.train.tune import tune
-    out = tune(load_config("params.yaml"), out_dir="results/tune")
+    python -m dirl.stages.tune             # what dvc.yaml runs; `dirl tune` calls the same run()
+    from dirl.stages import tune
+    out = tune.run(load_config("params.yaml"), out_dir="results/tune")
     out["best_value"], out["best"]          # e.g. 41.2, {"train.lr": 0.00012, "train.weight_decay": 0.0}
 
 Search space (``tune.search_space`` in params.yaml): ``key -> {kind: args}``::
@@ -44,7 +44,7 @@ with the value the train stage will use: the best trial's for a searched key, el
 default; the ``tune`` block holds the score and the ``searched`` keys), ``summary.json`` (DVC metrics),
 ``trials.csv`` (one row per trial) and the resolved ``config.yaml``. ``dvc.yaml`` declares best.yaml's keys as
 params of the train stage, so ``dvc params diff`` and ``dvc exp show`` show the values used; the train stage
-reads them with :func:`dirl.train.tuned.resolve_tuned`. With ``tune.enabled: false`` (or nothing left to
+reads them with :func:`dirl.train.best_yaml.resolve_tuned`. With ``tune.enabled: false`` (or nothing left to
 search) no trial runs and ``best.yaml`` holds the explicit values and defaults (``searched: []``).
 """
 
@@ -56,23 +56,53 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from dirl.progress import verbose
+from ray import tune as rtune
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
 from dirl import tracking, workspace
 from dirl.cluster import DRIVER_CPU, drop_trial_checkpoints, plan_trials, ray_session, storage_path
 from dirl.config import Config
+from dirl.data.loader import ShardDataset
 from dirl.data.shards import check_shards
+from dirl.progress import verbose
+from dirl.stages.contract import main
+from dirl.train.best_yaml import with_backbone_resolved
 from dirl.train.outputs import write_tune_outputs, write_tune_skipped
-from dirl.train.search import collect_trials, make_scheduler, metric_mode, param_space, plan_search, run_trial, \
-    trial_lines
+from dirl.train.search import (
+    collect_trials,
+    make_scheduler,
+    metric_mode,
+    param_space,
+    plan_search,
+    run_trial,
+    trial_lines,
+)
 
 log = logging.getLogger("dirl.tune")
 
 
-def tune(cfg: Config, out_dir: str | os.PathLike = workspace.results("tune"),
-         data_dirs: Sequence[str | os.PathLike] | None = None, root: str | os.PathLike | None = None) -> dict:
+def split_sizes(dirs: Sequence[str | os.PathLike], cfg: Config) -> dict[str, int]:
+    """The training and validation composites the trials read (``train``, ``val``): their steps and the
+    validation set behind the noise of a trial's score."""
+
+    return {
+        split: len(ShardDataset([str(d) for d in dirs], split, cfg.model.input_size, train=False))
+        for split in ("train", "val")
+    }
+
+
+PARAMS = ("model", "train", "tune")
+
+
+def run(
+    cfg: Config,
+    out_dir: str | os.PathLike = workspace.RESULTS / "tune",
+    data_dirs: Sequence[str | os.PathLike] | None = None,
+    root: str | os.PathLike | None = None,
+) -> dict:
     """Search ``tune.search_space`` with Ray Tune + ASHA; write best.yaml, summary.json, trials.csv, config.yaml.
 
     ``data_dirs``: shard folders (default ``data/shards`` and ``data/synth`` of the workspace); ``root``: the
@@ -92,11 +122,9 @@ def tune(cfg: Config, out_dir: str | os.PathLike = workspace.results("tune"),
     if not parsed:
         return write_tune_skipped(cfg, out, keys, t0, "every key of tune.search_space is set in params.yaml")
 
-    from ray import tune as rtune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
     dirs = [Path(d).resolve() for d in data_dirs] if data_dirs else workspace.shard_dirs(root)
     check_shards(dirs)  # a bad shard fails here, in a line, not in every trial's workers
+    cfg = with_backbone_resolved(cfg, root)  # every trial's workers read the same absolute file
     metric, mode = cfg.tune.metric, metric_mode(cfg.tune.metric)
     storage = storage_path(cfg, root)
     name = f"tune-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
@@ -104,50 +132,88 @@ def tune(cfg: Config, out_dir: str | os.PathLike = workspace.results("tune"),
         plan = plan_trials(cfg, resources)
         for note in plan.notes:
             log.warning(note)
-        tags = {"stage": "tune", "ray_run_name": name, "model": cfg.model.name,
-                **tracking.provenance_tags(root, dirs)}
+        tags = {"stage": "tune", "ray_run_name": name, "model": cfg.model.name, **tracking.provenance_tags(root, dirs)}
         title = f"tune {cfg.model.name} {cfg.model.input_size}px · {cfg.tune.num_samples} trials · {name[-4:]}"
         parent = tracking.open_run(cfg, title, tags, root=root)
         client = parent.client
-        with tracking.closing(parent):
+        with tracking.finishing(parent):
             tracking.log_datasets(client, parent.run_id, dirs, {"train": "training", "val": "validation"})
-            tracking.log_params_flat({"tune": dataclasses.asdict(cfg.tune), "model": dataclasses.asdict(cfg.model),
-                                      "train": dataclasses.asdict(cfg.train)}, run_id=parent.run_id, client=client)
-            setup = {"cfg": cfg.to_dict(), "data_dirs": [str(d) for d in dirs], "epochs": cfg.tune.epochs,
-                     "storage": f"{storage.rstrip('/')}/{name}", "share": plan.share, "tracking_uri": parent.uri,
-                     "experiment_id": parent.experiment_id, "parent_run_id": parent.run_id}
+            tracking.log_params_flat(
+                {
+                    "tune": dataclasses.asdict(cfg.tune),
+                    "model": dataclasses.asdict(cfg.model),
+                    "train": dataclasses.asdict(cfg.train),
+                },
+                run_id=parent.run_id,
+                client=client,
+            )
+            sizes = split_sizes(dirs, cfg)
+            setup = {
+                "cfg": cfg.to_dict(),
+                "data_dirs": [str(d) for d in dirs],
+                "epochs": cfg.tune.epochs,
+                "steps_per_epoch": sizes["train"] // max(1, cfg.train.batch_size) or None,
+                "source_tags": tracking.source_tags(root),  # the trial runs' "Source", user and git commit
+                "storage": f"{storage.rstrip('/')}/{name}",
+                "share": plan.share,
+                "tracking_uri": parent.uri,
+                "experiment_id": parent.experiment_id,
+                "parent_run_id": parent.run_id,
+            }
             trainable = rtune.with_resources(rtune.with_parameters(run_trial, setup=setup), {"cpu": DRIVER_CPU})
             tuner = rtune.Tuner(
                 trainable,
                 param_space=param_space(parsed),
                 tune_config=rtune.TuneConfig(
-                    metric=metric, mode=mode, num_samples=cfg.tune.num_samples,
+                    metric=metric,
+                    mode=mode,
+                    num_samples=cfg.tune.num_samples,
                     scheduler=make_scheduler(cfg),
                     # the concurrency limit goes here: with a search_alg, Tune ignores max_concurrent_trials
                     # (2 trials at once deadlock on 2 CPUs); the seed makes the sampled values reproducible
-                    search_alg=BasicVariantGenerator(max_concurrent=plan.max_concurrent,
-                                                     random_state=cfg.train.seed),
+                    search_alg=BasicVariantGenerator(max_concurrent=plan.max_concurrent, random_state=cfg.train.seed),
                     trial_name_creator=lambda trial: trial.trial_id,
-                    trial_dirname_creator=lambda trial: trial.trial_id),
+                    trial_dirname_creator=lambda trial: trial.trial_id,
+                ),
                 # one line per finished trial; Tune's own tables only with -v (DIRL_VERBOSE)
-                run_config=rtune.RunConfig(name=name, storage_path=storage,
-                                           verbose=2 if verbose() else 0,
-                                           callbacks=[trial_lines(cfg, keys)],
-                                           failure_config=rtune.FailureConfig(max_failures=0)),
+                run_config=rtune.RunConfig(
+                    name=name,
+                    storage_path=storage,
+                    verbose=2 if verbose() else 0,
+                    callbacks=[trial_lines(cfg, keys)],
+                    failure_config=rtune.FailureConfig(max_failures=0),
+                ),
             )
             t_fit = time.perf_counter()
             grid = tuner.fit()
             fit_s = time.perf_counter() - t_fit
-            trials = collect_trials(grid, cfg, keys,
-                                    tracking.child_runs(client, parent.experiment_id, parent.run_id))
+            trials = collect_trials(grid, cfg, keys, tracking.child_runs(client, parent.experiment_id, parent.run_id))
             tracking.reconcile_child_runs(client, parent.uri, parent.experiment_id, parent.run_id, trials)
-            summary = write_tune_outputs(cfg, out, trials, keys, client, parent.run_id, name, storage,
-                                         plan.max_concurrent, t0, fit_s)
+            summary = write_tune_outputs(
+                cfg,
+                out,
+                trials,
+                keys,
+                client,
+                parent.run_id,
+                name,
+                storage,
+                plan.max_concurrent,
+                t0,
+                fit_s,
+                n_val=sizes["val"] or None,
+            )
             freed = drop_trial_checkpoints(storage, name)  # the trials' checkpoints served only the search
             if freed:
                 print(f"tune: removed the trials' checkpoints ({freed / 2**20:.0f} MiB)", file=sys.stderr, flush=True)
             if summary["best_trial"] is None:
                 errors = "; ".join(f"{t['trial_id']}: {t['error']}" for t in trials if t["error"])[:2000]
-                raise RuntimeError(f"no tune trial produced a {metric} ({len(trials)} trials; see "
-                                   f"{out / 'trials.csv'} and {Path(storage) / name}): {errors}")
+                raise RuntimeError(
+                    f"no tune trial produced a {metric} ({len(trials)} trials; see "
+                    f"{out / 'trials.csv'} and {Path(storage) / name}): {errors}"
+                )
         return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main(run, PARAMS, "tune"))

@@ -17,7 +17,7 @@ import math
 import random
 import statistics
 import time
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -75,7 +75,9 @@ def lr_factor(step: int, steps_per_epoch: int, cfg) -> float:
     return warm * tc.gamma ** sum(1 for m in tc.milestones if epoch >= int(m))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step lr schedule (:func:`lr_factor`); call ``step()`` after every optimizer step.
 
     ``steps_per_epoch`` converts the epoch milestones to steps (1 = one ``step()`` per epoch, as before).
@@ -92,8 +94,9 @@ def _to_device(batch: Mapping, device: torch.device, speed: SpeedConfig) -> tupl
     x = torch.as_tensor(batch["image"]).to(device, torch.float32, non_blocking=True)  # (B, 3, H, W)
     m = torch.as_tensor(batch["mask"]).to(device, torch.float32, non_blocking=True)  # (B, 1, H, W)
     if x.dim() != 4 or x.shape[1] != 3 or m.dim() != 4 or m.shape[1] != 1:
-        raise ValueError(f"a batch must hold image (B, 3, H, W) and mask (B, 1, H, W), "
-                         f"got {tuple(x.shape)} and {tuple(m.shape)}")
+        raise ValueError(
+            f"a batch must hold image (B, 3, H, W) and mask (B, 1, H, W), got {tuple(x.shape)} and {tuple(m.shape)}"
+        )
     return prepare_input(x, speed), m
 
 
@@ -101,10 +104,18 @@ def _limit(batches: Iterable, max_steps: int) -> Iterable:
     return itertools.islice(batches, max_steps) if max_steps and max_steps > 0 else batches
 
 
-def train_one_epoch(model: nn.Module, batches: Iterable[Mapping], loss_fn: nn.Module,
-                    optimizer: torch.optim.Optimizer, device: torch.device | str, speed: SpeedConfig,
-                    scaler: torch.amp.GradScaler | None = None, max_steps: int = 0, scheduler=None,
-                    progress=None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Mapping],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | str,
+    speed: SpeedConfig,
+    scaler: torch.amp.GradScaler | None = None,
+    max_steps: int = 0,
+    scheduler=None,
+    progress=None,
+) -> dict:
     """One pass over ``batches`` (at most ``max_steps`` when > 0); returns the epoch's statistics.
 
     Keys: ``train_loss`` (mean per image), ``loss_<part>`` (mean per image of each DIRLLoss part), ``steps``,
@@ -115,7 +126,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Mapping], loss_fn: nn.Mo
     """
     device = torch.device(device)
     model.train()
-    total, parts_sum, images, steps = 0.0, {}, 0, 0
+    parts_sum: dict[str, float] = {}
+    total, images, steps = 0.0, 0, 0
     step_times, data_s = [], 0.0
     cpu0 = time.process_time()
     start = tick = time.perf_counter()
@@ -130,11 +142,15 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Mapping], loss_fn: nn.Mo
         except RuntimeError as e:  # BCE refuses NaN probabilities: the weights diverged at the previous step
             if "between 0 and 1" not in str(e):
                 raise
-            raise FloatingPointError(f"non-finite training loss at step {steps}: the model output NaN (the weights "
-                                     f"diverged); lower train.lr or use precision fp32") from None
+            raise FloatingPointError(
+                f"non-finite training loss at step {steps}: the model output NaN (the weights "
+                f"diverged); lower train.lr or use precision fp32"
+            ) from None
         if not math.isfinite(parts["total"]):
-            raise FloatingPointError(f"non-finite training loss {parts['total']} at step {steps} "
-                                     f"(parts {parts}); lower train.lr or use precision fp32")
+            raise FloatingPointError(
+                f"non-finite training loss {parts['total']} at step {steps} "
+                f"(parts {parts}); lower train.lr or use precision fp32"
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
@@ -174,8 +190,14 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Mapping], loss_fn: nn.Mo
 
 
 @torch.no_grad()
-def evaluate_batches(model: nn.Module, batches: Iterable[Mapping], device: torch.device | str,
-                     speed: SpeedConfig, loss_fn: nn.Module | None = None, max_steps: int = 0) -> dict:
+def evaluate_batches(
+    model: nn.Module,
+    batches: Iterable[Mapping],
+    device: torch.device | str,
+    speed: SpeedConfig,
+    loss_fn: nn.Module | None = None,
+    max_steps: int = 0,
+) -> dict:
     """Validation metrics of ``model`` over ``batches``: val_loss, val_ap, val_f1, val_iou, val_n.
 
     val_ap and val_iou are x100 and val_f1 a fraction (the reference's reporting, see dirl.metrics);
@@ -202,8 +224,15 @@ def evaluate_batches(model: nn.Module, batches: Iterable[Mapping], device: torch
     finally:
         model.train(was_training)
     if n == 0:
-        raise ValueError("evaluate_batches got no batches: the validation split is empty "
-                         "(raise data.val_fraction or check the shard folders)")
+        raise ValueError(
+            "evaluate_batches got no batches: the validation split is empty "
+            "(raise data.val_fraction or check the shard folders)"
+        )
     res = acc.compute()
-    return {"val_loss": loss_sum / n if loss_fn is not None else float("nan"), "val_ap": res["AP"],
-            "val_f1": res["F1"], "val_iou": res["IoU"], "val_n": n}
+    return {
+        "val_loss": loss_sum / n if loss_fn is not None else float("nan"),
+        "val_ap": res["AP"],
+        "val_f1": res["F1"],
+        "val_iou": res["IoU"],
+        "val_n": n,
+    }
