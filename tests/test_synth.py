@@ -403,3 +403,30 @@ def test_default_recipe_rows_unchanged():
                 h.update(row[k] if isinstance(row[k], bytes) else repr(row[k]).encode())
     assert len(res) == 9
     assert h.hexdigest() == "d6bdbd54e6e7d0d10e602bac1fcb20ce3a2949bad75cd9b3effc9a12a6bdf3f1"
+
+
+def test_apply_lut_on_a_large_region_matches_per_pixel_interpolation():
+    """A region of more pixels than OpenCV's remap takes along one side (32,767) still maps every pixel through the
+    LUT (the maps are 2-d), and the result is the trilinear interpolation of the LUT."""
+    from dirl.data.synth import apply_lut, random_lut
+
+    rng = np.random.default_rng(0)
+    lut, _ = random_lut(rng)
+    pixels = rng.integers(0, 256, (100_000, 3), dtype=np.uint8)
+    out = apply_lut(pixels, lut)
+    assert out.shape == pixels.shape and out.dtype == np.uint8
+    s = lut.shape[0]
+    x = pixels[:5].astype(np.float64) / 255.0 * (s - 1)  # trilinear interpolation of the first 5 pixels, by hand
+    lo = np.floor(x).astype(int).clip(0, s - 2)
+    f = x - lo
+    want = np.zeros((5, 3))
+    for dr in (0, 1):
+        for dg in (0, 1):
+            for db in (0, 1):
+                w = (
+                    (f[:, 0] if dr else 1 - f[:, 0])
+                    * (f[:, 1] if dg else 1 - f[:, 1])
+                    * (f[:, 2] if db else 1 - f[:, 2])
+                )
+                want += w[:, None] * lut[lo[:, 0] + dr, lo[:, 1] + dg, lo[:, 2] + db]
+    assert np.abs(out[:5].astype(float) - 255.0 * want).max() <= 2.0

@@ -338,10 +338,9 @@ def apply_lut(pixels: np.ndarray, lut: np.ndarray) -> np.ndarray:
     map_y = np.zeros(rows * cols, np.float32)
     map_x[:n] = pos[g]
     map_y[:n] = i0[b] * s + pos[r]  # rows of slice b0
-    lo = cv2.remap(
-        tex, map_x.reshape(rows, cols), map_y.reshape(rows, cols), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    ).reshape(-1, 3)[:n]
-    hi = cv2.remap(tex, map_x, map_y + s, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:n]
+    mx, my = map_x.reshape(rows, cols), map_y.reshape(rows, cols)  # remap takes 2-d maps of < 32,767 per side
+    lo = cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:n]
+    hi = cv2.remap(tex, mx, my + s, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:n]
     fb = (pos[b] - i0[b]).reshape(-1, 1)  # (N, 1)
     return _to_uint8(255.0 * (lo + fb * (hi - lo)))
 

@@ -133,7 +133,7 @@ def shard_set(dirs: Iterable[str | os.PathLike], split: str, name: str = "test")
     ]
     if not table.num_rows:
         raise EvaluationError(
-            f"no {split!r} composites in {', '.join(map(str, dirs))}; build them first "
+            f"no {split!r} composites in {', '.join(map(str, paths))}; build them first "
             "(`dvc repro synthesize`, or `dirl data preprocess` and `dirl data synthesize`)"
         )
     used = [str(d) for d in found]
