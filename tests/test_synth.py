@@ -241,7 +241,7 @@ def test_make_composites_count_provenance_determinism(photos):
 
 def test_make_composites_reports_shortfall(photos, caplog):
     image, mask = photos["coffee"]
-    with caplog.at_level(logging.WARNING, logger="dirl.data.synth"):
+    with caplog.at_level(logging.INFO, logger="dirl.data.synth"):
         comps = make_composites(
             image, mask, 3, np.random.default_rng(0), methods=["lut"], max_tries=2, min_change=300.0, image_id="coffee"
         )
@@ -430,3 +430,33 @@ def test_apply_lut_on_a_large_region_matches_per_pixel_interpolation():
                 )
                 want += w[:, None] * lut[lo[:, 0] + dr, lo[:, 1] + dg, lo[:, 2] + db]
     assert np.abs(out[:5].astype(float) - 255.0 * want).max() <= 2.0
+
+
+def test_a_photo_short_of_composites_is_noted_not_bad():
+    """A photo that gives some but fewer than synth.per_image composites is used and noted; one that gives none is a
+    bad item. Only bad items count against data.max_bad_fraction."""
+    from dirl.data import build
+    from dirl.data.images import encode_jpeg, encode_png
+
+    im = np.ascontiguousarray(cv2.resize(data.coffee(), (64, 64), interpolation=cv2.INTER_AREA))
+    m = np.zeros((64, 64), np.uint8)
+    cv2.ellipse(m, (32, 30), (18, 14), 0, 0, 360, 1, -1)
+    row = {
+        "id": "coffee",
+        "subset": "sample",
+        "split": "train",
+        "image": encode_jpeg(im),
+        "mask": encode_png(m),
+        "real": None,
+        "orig_h": 64,
+        "orig_w": 64,
+        "height": 64,
+        "width": 64,
+        "fg_ratio": float(m.mean()),
+    }
+    build._init_synth(build._references([row], seed=0))
+    res = build._synth_chunk(([row], 200, tuple(METHODS), 1, 0, 0, 0.0))  # 200 asked, one try each: a shortfall
+    made = [r for r, p in res if r is not None]
+    problems = [p for r, p in res if p]
+    assert 0 < len(made) < 200 and len(problems) == 1
+    assert problems[0].startswith(build.SHORT) and "only" in problems[0]

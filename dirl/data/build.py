@@ -57,6 +57,7 @@ def _decode_row(row: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 _REFS: list = []
+SHORT = "short: "  # a photo that gave fewer composites than synth.per_image, but some: noted, not a bad item
 SYNTH_CHUNK = 8  # photos per task
 
 
@@ -148,8 +149,10 @@ def _synth_chunk(args: tuple) -> list[tuple[dict | None, str | None]]:
             got = len(made)
         else:
             got = compose(mask, per_image, "s", row["mask"], row["fg_ratio"])
-        if got < per_image:
-            out.append((None, f"{row['id']}: only {got} of {per_image} composites passed the quality check"))
+        if got == 0:  # nothing from this photo: a bad item
+            out.append((None, f"{row['id']}: none of {per_image} composites passed the quality check"))
+        elif got < per_image:  # some: the photo is used, the shortfall noted (SHORT), not counted as bad
+            out.append((None, f"{SHORT}{row['id']}: only {got} of {per_image} composites passed the quality check"))
         for k in range(free_form):  # extra composites whose region is a random free-form blob
             ff = free_form_mask(mask.shape[0], mask.shape[1], rng)
             compose(ff, 1, f"f{k}_", encode_png(ff), float(ff.mean()))
@@ -289,6 +292,10 @@ def synthesize(cfg: Config) -> dict:
                 for chunk, results in chunks:
                     bar.update(len(chunk[0]))
                     for row, problem in results:
+                        if problem and problem.startswith(SHORT):
+                            problem = problem[len(SHORT) :]
+                            issues.note(problem.split(":")[0], problem)
+                            continue
                         if problem:
                             issues.add(problem.split(":")[0], problem)
                             continue

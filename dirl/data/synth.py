@@ -565,7 +565,7 @@ def make_composites(
         params["seed"] = seed
         out.append(Composite(comp, method, None if ref is None else ref.id, params))
     if len(out) < n:
-        log.warning(
+        log.info(  # the stage's issues.json names each short photo; the console gets its count only
             "make_composites(%s): %d of %d composites after %d tries; rejections: %s",
             image_id or "image",
             len(out),
@@ -811,7 +811,7 @@ def imitate_iharmony4(
                 out.append(made)
                 break
     if len(out) < n:
-        log.warning(
+        log.info(  # the stage's issues.json names each short photo; the console gets its count only
             "imitate_iharmony4(%s): %d of %d composites after %d tries; rejections: %s",
             image_id or "image",
             len(out),
