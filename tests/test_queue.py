@@ -56,6 +56,6 @@ def test_two_queued_experiments_are_tracked_apart(tmp_path):
     runs = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'train'")
     assert sorted(float(r.data.params["train.lr"]) for r in runs) == sorted(float(lr) for lr in LRS)
     for r in runs:
-        assert r.info.status == "FINISHED" and "val_iou" in r.data.metrics
+        assert r.info.status == "FINISHED" and "val/IoU" in r.data.metrics
         assert (work / "ray_results" / r.data.tags["ray_run_name"]).is_dir()
     assert not list((work / ".dvc" / "tmp" / "exps").glob("*/mlflow.db"))

@@ -200,7 +200,7 @@ def test_training_logs_into_a_real_mlflow_server(tmp_path, request):
     client = mlflow.MlflowClient(uri)
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["model.name"] == "unet"
-    steps = [m.step for m in client.get_metric_history(out["run_id"], "val_iou")]
+    steps = [m.step for m in client.get_metric_history(out["run_id"], "val/IoU")]
     assert steps == [1, 2]
     # the weights are stored once, as the run's logged model, which `dirl register` registers as it is
     logged = client.get_logged_model(out["model_id"])

@@ -27,6 +27,7 @@ from dirl.config import ConfigError, load_config
 from dirl.losses import DIRLLoss
 from dirl.models import create_model
 from dirl.speed import SpeedConfig
+from dirl.tracking import metric_name
 from dirl.train.checkpoint import export_model, load_checkpoint, save_checkpoint
 from dirl.train.epoch import build_optimizer, build_scheduler, evaluate_batches, seed_everything, train_one_epoch
 from dirl.weights import load_weights
@@ -526,8 +527,8 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, shards, tmp_path,
     final = json.loads((status / "rank-0.json").read_text())
     assert final["pid"] != killed["pid"] and final["phase"] == "done"  # a new worker finished the run
     assert [r["epoch"] for r in out["history"]] == [1, 2, 3, 4]
-    for key in ("train_loss", "val_iou"):
-        assert _mlflow_history(out["tracking_uri"], out["run_id"], key) == [1, 2, 3, 4]
+    for key in ("train_loss", "val_iou"):  # the MLflow names: train/loss, val/IoU
+        assert _mlflow_history(out["tracking_uri"], out["run_id"], metric_name(key)) == [1, 2, 3, 4]
 
 
 # ----------------------------------------------------------------------------- tuned values, code digest
