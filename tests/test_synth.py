@@ -371,28 +371,11 @@ def test_default_recipe_rows_unchanged():
     import hashlib
 
     from dirl.data import build
-    from dirl.data.images import encode_jpeg, encode_png
 
-    rows = []
-    for name, im in (("coffee", data.coffee()), ("chelsea", data.chelsea()), ("astronaut", data.astronaut())):
-        im = np.ascontiguousarray(cv2.resize(im, (64, 64), interpolation=cv2.INTER_AREA))
-        m = np.zeros((64, 64), np.uint8)
-        cv2.ellipse(m, (32, 30), (18, 14), 0, 0, 360, 1, -1)
-        rows.append(
-            {
-                "id": name,
-                "subset": "sample",
-                "split": "train",
-                "image": encode_jpeg(im),
-                "mask": encode_png(m),
-                "real": None,
-                "orig_h": 64,
-                "orig_w": 64,
-                "height": 64,
-                "width": 64,
-                "fg_ratio": float(m.mean()),
-            }
-        )
+    rows = [
+        _stored_row(name, im)
+        for name, im in (("coffee", data.coffee()), ("chelsea", data.chelsea()), ("astronaut", data.astronaut()))
+    ]
     build._init_synth(build._references(rows, seed=0))
     res = build._synth_chunk((rows, 2, tuple(METHODS), 20, 0, 1, 0.8))
     h = hashlib.sha256()
@@ -436,13 +419,25 @@ def test_a_photo_short_of_composites_is_noted_not_bad():
     """A photo that gives some but fewer than synth.per_image composites is used and noted; one that gives none is a
     bad item. Only bad items count against data.max_bad_fraction."""
     from dirl.data import build
+
+    row = _stored_row("coffee", data.coffee())
+    build._init_synth(build._references([row], seed=0))
+    res = build._synth_chunk(([row], 200, tuple(METHODS), 1, 0, 0, 0.0))  # 200 asked, one try each: a shortfall
+    made = [r for r, p in res if r is not None]
+    problems = [p for r, p in res if p]
+    assert 0 < len(made) < 200 and len(problems) == 1
+    assert problems[0].startswith(build.SHORT) and "only" in problems[0]
+
+
+def _stored_row(name: str, im: np.ndarray) -> dict:
+    """A 64 x 64 photo row as preprocess stores it (an elliptic object mask), for the synthesis chunk workers."""
     from dirl.data.images import encode_jpeg, encode_png
 
-    im = np.ascontiguousarray(cv2.resize(data.coffee(), (64, 64), interpolation=cv2.INTER_AREA))
+    im = np.ascontiguousarray(cv2.resize(im, (64, 64), interpolation=cv2.INTER_AREA))
     m = np.zeros((64, 64), np.uint8)
     cv2.ellipse(m, (32, 30), (18, 14), 0, 0, 360, 1, -1)
-    row = {
-        "id": "coffee",
+    return {
+        "id": name,
         "subset": "sample",
         "split": "train",
         "image": encode_jpeg(im),
@@ -454,9 +449,3 @@ def test_a_photo_short_of_composites_is_noted_not_bad():
         "width": 64,
         "fg_ratio": float(m.mean()),
     }
-    build._init_synth(build._references([row], seed=0))
-    res = build._synth_chunk(([row], 200, tuple(METHODS), 1, 0, 0, 0.0))  # 200 asked, one try each: a shortfall
-    made = [r for r, p in res if r is not None]
-    problems = [p for r, p in res if p]
-    assert 0 < len(made) < 200 and len(problems) == 1
-    assert problems[0].startswith(build.SHORT) and "only" in problems[0]

@@ -515,6 +515,24 @@ def pick_reference(
     return pool[int(rng.integers(len(pool)))]
 
 
+def _transfer(
+    image: np.ndarray, mask: np.ndarray, method: str, pool: Sequence, category: str | None, rng: np.random.Generator
+) -> tuple[np.ndarray, dict, Any, int]:
+    """One recolouring of ``image``'s region by ``method``, with a reference from ``pool`` for the transfer methods:
+    ``(composite, params, reference or None, seed)``; the seed of the method's own generator is drawn from ``rng``."""
+    ref = pick_reference(pool, category, rng) if method in TRANSFER_METHODS else None
+    seed = int(rng.integers(2**63 - 1))
+    comp, params = synthesize_with_params(
+        image,
+        mask,
+        method,
+        np.random.default_rng(seed),
+        None if ref is None else ref.image,
+        None if ref is None else ref.mask,
+    )
+    return comp, params, ref, seed
+
+
 def make_composites(
     image: np.ndarray,
     mask: np.ndarray,
@@ -548,16 +566,7 @@ def make_composites(
     while len(out) < n and tries < n * max_tries:
         tries += 1
         method = methods[int(rng.integers(len(methods)))]
-        ref = pick_reference(pool, category, rng) if method in TRANSFER_METHODS else None
-        seed = int(rng.integers(2**63 - 1))
-        comp, params = synthesize_with_params(
-            image,
-            mask,
-            method,
-            np.random.default_rng(seed),
-            None if ref is None else ref.image,
-            None if ref is None else ref.mask,
-        )
+        comp, params, ref, seed = _transfer(image, mask, method, pool, category, rng)
         ok, reason = quality_check(image, comp, mask, min_change, max_clipped)
         if not ok:
             rejected[f"{method}: {reason.split(':')[0]}"] += 1
@@ -745,16 +754,7 @@ def _imitation_try(
         return None
     if recolour > 0 and rng.random() < recolour:
         base = recolour_image(base, rng)
-    ref = pick_reference(pool, key, rng) if method in TRANSFER_METHODS else None
-    seed = int(rng.integers(2**63 - 1))
-    comp, params = synthesize_with_params(
-        base,
-        region,
-        method,
-        np.random.default_rng(seed),
-        None if ref is None else ref.image,
-        None if ref is None else ref.mask,
-    )
+    comp, params, ref, seed = _transfer(base, region, method, pool, key, rng)
     ok, reason = quality_check(base, comp, region, min_change, max_clipped)
     if ok:
         ok, reason = realism_check(base, comp, region, opts.shift, opts.ring_de)
