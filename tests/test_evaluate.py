@@ -16,23 +16,12 @@ import pytest
 from dirl.data.images import encode_jpeg, resize_mask
 from dirl.lifecycle.evaluate import compare, evaluate_stage
 from dirl.metrics import baseline_metrics
-from helpers.lifecycle import composite, make_cfg, make_training_run, make_weights, make_workspace
+from helpers.lifecycle import composite, make_cfg, make_ihd, make_training_run, make_weights, make_workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- builders
-
-
-def make_ihd(root: Path, n: int = 3) -> Path:
-    """An iHarmony4-layout folder (HFlickr) of ``n`` non-square composites with masks."""
-    for sub in ("composite_images", "masks"):
-        (root / "HFlickr" / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img, mask = composite(500 + i, 40, 56)
-        cv2.imwrite(str(root / "HFlickr" / "composite_images" / f"f{i}_1_1.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(root / "HFlickr" / "masks" / f"f{i}_1.png"), mask * 255)
-    return root
 
 
 @pytest.fixture

@@ -515,6 +515,20 @@ def pick_reference(
     return pool[int(rng.integers(len(pool)))]
 
 
+def _log_shortfall(where: str, image_id: str | None, got: int, n: int, tries: int, rejected: Counter) -> None:
+    """A photo that gave fewer composites than asked: to the log (the stage's issues.json names each such photo;
+    the console gets their count only)."""
+    log.info(
+        "%s(%s): %d of %d composites after %d tries; rejections: %s",
+        where,
+        image_id or "image",
+        got,
+        n,
+        tries,
+        dict(rejected),
+    )
+
+
 def _transfer(
     image: np.ndarray, mask: np.ndarray, method: str, pool: Sequence, category: str | None, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict, Any, int]:
@@ -574,14 +588,7 @@ def make_composites(
         params["seed"] = seed
         out.append(Composite(comp, method, None if ref is None else ref.id, params))
     if len(out) < n:
-        log.info(  # the stage's issues.json names each short photo; the console gets its count only
-            "make_composites(%s): %d of %d composites after %d tries; rejections: %s",
-            image_id or "image",
-            len(out),
-            n,
-            tries,
-            dict(rejected),
-        )
+        _log_shortfall("make_composites", image_id, len(out), n, tries, rejected)
     return out
 
 
@@ -811,12 +818,5 @@ def imitate_iharmony4(
                 out.append(made)
                 break
     if len(out) < n:
-        log.info(  # the stage's issues.json names each short photo; the console gets its count only
-            "imitate_iharmony4(%s): %d of %d composites after %d tries; rejections: %s",
-            image_id or "image",
-            len(out),
-            n,
-            tries,
-            dict(rejected),
-        )
+        _log_shortfall("imitate_iharmony4", image_id, len(out), n, tries, rejected)
     return out
