@@ -80,7 +80,8 @@ clean:  ## remove every pipeline output and run store (keeps .venv, the DVC cach
 	rm -rf results data/raw data/shards data/synth data/.raw-downloads data/.raw.* data/.shards.* data/.synth.* \
 	  ray_results mlflow.db mlartifacts dvc_plots
 
-# ---- team stack (pipeline/team.py): PostgreSQL + S3 server (moto) + mlflow server on 127.0.0.1, state in .team/
+# ---- team stack (pipeline/team.py): PostgreSQL + S3 server (moto) + mlflow server on 127.0.0.1, state in .team/;
+# PostgreSQL under pg_ctl, the two servers under honcho (pipeline/team.Procfile)
 TEAM_STAMP := $(VENV)/.installed-team
 
 $(TEAM_STAMP): pyproject.toml $(STAMP)
@@ -91,7 +92,7 @@ team-up: $(TEAM_STAMP)  ## start the team stack (PostgreSQL, S3 server, mlflow s
 	$(PY) pipeline/team.py up
 	@echo "team stack up: source .team/team.env, then make profile PROFILE=team (or dirl config --profile team --write)"
 
-team-down:  ## stop the team stack started by team-up (by pid); the database stays in .team/
+team-down:  ## stop the team stack started by team-up (honcho, then pg_ctl stop); the database stays in .team/
 	$(PY) pipeline/team.py down
 
 test-team: $(TEAM_STAMP)  ## the team stack end to end: dvc repro on it, push/pull, predict, racing promotions

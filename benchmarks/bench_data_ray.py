@@ -2,8 +2,8 @@
 
 One workspace (COCO-sized photos: ``../shared/data/photos/coco128`` repeated ``--repeat`` times under distinct
 names, so the work resembles HCOCO), ingested once. Then each configuration runs ``dirl data preprocess`` and
-``dirl data synthesize`` (the stage functions of ``dirl.data.build``) in a fresh child process that prints its
-figures; the child is the driver, so its CPU time is the driver's (receiving results, writing the shards):
+``dirl data synthesize`` (``run`` of ``dirl.stages.<stage>``) in a fresh child process that prints its figures;
+the child is the driver, so its CPU time is the driver's (receiving results, writing the shards):
 
     local x1       cluster.data_engine local, 1 process (in the driver): the per-core reference
     local x<cores> local pool on every core: the baseline the ratios are taken against
@@ -41,13 +41,14 @@ LOCAL_SH = ROOT / "pipeline" / "cluster" / "local.sh"
 PHOTOS = ROOT.parent / "shared" / "data" / "photos" / "coco128"
 
 CHILD = """
-import json, os, resource, sys, time
+import importlib, json, os, resource, sys, time
 from dirl.config import load_config
-from dirl.data import build, engine
+from dirl.data import engine
 stage, overrides = sys.argv[1], json.loads(sys.argv[2])
 cfg = load_config("params.yaml", overrides=overrides)
+run = importlib.import_module(f"dirl.stages.{stage}").run
 ru0, c0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), time.perf_counter()
-summary = getattr(build, stage)(cfg)
+summary = run(cfg)
 wall, driver_cpu = time.perf_counter() - t0, time.process_time() - c0
 ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
 st = engine.LAST_STATS

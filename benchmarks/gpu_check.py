@@ -126,7 +126,7 @@ def reference_epoch(work: Path, shards: Path, cuda: bool, p: dict) -> dict:
     """One short epoch of iharmony4-reference through the pipeline's train() on Ray, then its evaluation."""
     import ray
 
-    from dirl.lifecycle.evaluate import evaluate_stage
+    from dirl.stages import evaluate as evaluate_stage
     from dirl.stages.train import run as train
 
     weights = ROOT / "data" / "weights" / "resnet34-b627a593.pth"
@@ -157,7 +157,7 @@ def reference_epoch(work: Path, shards: Path, cuda: bool, p: dict) -> dict:
         ray.shutdown()
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    scores = evaluate_stage(
+    scores = evaluate_stage.run(
         cfg,
         model_ref=str(work / "train" / "model.pt"),
         out_dir=work / "evaluate",
@@ -179,7 +179,7 @@ def reference_epoch(work: Path, shards: Path, cuda: bool, p: dict) -> dict:
 
 
 def _test_scores(scores: dict) -> dict:
-    """The test set's model and prior figures from evaluate_stage's return value, whatever its nesting."""
+    """The test set's model and prior figures from the evaluate stage's return value, whatever its nesting."""
     test = scores.get("test", scores) if isinstance(scores, dict) else {}
     keep = {}
     for key in ("model", "centre_prior"):

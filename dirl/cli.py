@@ -70,7 +70,11 @@ def load_cfg(args):
 def stage_cfg(args, stage):
     """The config a stage module receives (only its PARAMS and the machine sections readable), as dvc.yaml's
     ``python -m dirl.stages.<name>`` gives it."""
-    return stage_config(load_cfg(args), stage.PARAMS, stage.__name__.rsplit(".", 1)[-1])
+    from dirl.config import params_source
+
+    check = getattr(stage, "check", None)  # the stage's own check of its params (the tune stage's search space)
+    name = stage.__name__.rsplit(".", 1)[-1]
+    return stage_config(load_cfg(args), stage.PARAMS, name, check, params_source(args.params, args.profile))
 
 
 def _outcome(args, outcome, line: str) -> None:
@@ -87,11 +91,14 @@ def _outcome(args, outcome, line: str) -> None:
 def cmd_config(args):
     import yaml
 
-    from dirl.config import write_profile
+    from dirl.config import params_source, write_profile
+    from dirl.train.search_space import check_search_space
 
+    if args.write and not args.profile:
+        raise SystemExit("dirl config --write needs --profile NAME (the profile to apply to --params)")
+    cfg = load_cfg(args)
+    check_search_space(cfg.tune.search_space, params_source(args.params, args.profile))  # the tune stage's check
     if args.write:
-        if not args.profile:
-            raise SystemExit("dirl config --write needs --profile NAME (the profile to apply to --params)")
         changed = write_profile(args.params, args.profile)
         for key, (old, new) in changed.items():
             print(f"  {key}: {old!r} -> {new!r}")
@@ -101,7 +108,6 @@ def cmd_config(args):
             file=sys.stderr,
         )
         return
-    cfg = load_cfg(args)
     if args.recipe:
         from dirl.summary import recipe_sentence
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dirl.data.compare import compare, ks_distance, lab, measure, region_stats, ring_mask, set_kind
+from dirl.data.compare import compare, ks_distance, lab, measure, prior_iou, region_stats, ring_mask, set_kind
 
 H = W = 128
 GREY, TINT = (120, 120, 120), (150, 110, 90)
@@ -52,6 +52,18 @@ def test_off_centre_region_and_contrast_ratio():
     want = abs(_lab_of((160,) * 3)[0] - _lab_of((80,) * 3)[0]) / abs(_lab_of((130,) * 3)[0] - _lab_of((110,) * 3)[0])
     assert s["contrast"] == pytest.approx(want, rel=0.03)
     assert np.isnan(s["shift"])  # no real image
+
+
+def test_border_and_prior_tell_an_object_from_a_band_of_sky():
+    img = np.full((H, W, 3), GREY, np.uint8)
+    obj = _square(48)  # a centred object, inside the frame
+    sky = np.zeros((H, W), np.uint8)
+    sky[:36] = 1  # the same area's order, along the top
+    s_obj, s_sky = region_stats(img, obj), region_stats(img, sky)
+    assert s_obj["border"] == 0.0
+    assert s_sky["border"] == pytest.approx((W + 2 * 35) / (2 * W + 2 * (H - 2)))  # the top row and the sides' tops
+    assert s_obj["prior"] > 0.3 > 0.05 > s_sky["prior"]  # the centred prior finds the object, not the sky
+    assert prior_iou(np.ones((H, W), bool)) < prior_iou(obj.astype(bool))
 
 
 def test_ring_is_around_the_region_only():

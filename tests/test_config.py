@@ -42,6 +42,7 @@ def test_moved_key_names_its_new_place(params_path, tmp_path):
         ({"data": {"iharmony4": {"split": "half"}}}, "data.iharmony4.split", "'le50'"),
         ({"train": {"channels_last": "yes"}}, "train.channels_last", "true/false"),
         ({"model": {"input_size": 100}}, "model.input_size", "multiple of 16"),
+        ({"tune": {"search_space": ["lr"]}}, "tune.search_space", "expected mapping"),
     ],
 )
 def test_errors_name_the_key(data, key, words):
@@ -115,16 +116,24 @@ def test_write_profile_keeps_comments_and_matches_load(params_path, tmp_path):
 
 
 # ----------------------------------------------------------------------------- hostile params files
-# Each case turns the real params.yaml into a malformed one; `dirl config` (load_config) must refuse it with a
-# message naming the key. The cases live in tests/helpers/hostile.py; tests/test_hostile_config.py runs them
+# Each case turns the real params.yaml into a malformed one; `dirl config` (load_config, then the tune search-space
+# check) must refuse it with a message naming the key. The cases live in tests/helpers/hostile.py; tests/test_hostile_config.py runs them
 # through the CLI.
+
+
+def load_and_check(p):
+    """What `dirl config` runs: load_config, then the tune stage's check of tune.search_space (which the config
+    checks only as a mapping)."""
+    from dirl.train.search_space import check_search_space
+
+    check_search_space(load_config(p).tune.search_space, str(p))
 
 
 @pytest.mark.parametrize("make, key, words", [c[1:] for c in HOSTILE_CONFIGS], ids=[c[0] for c in HOSTILE_CONFIGS])
 def test_hostile_params_file_is_refused_naming_the_key(tmp_path, make, key, words):
     p = hostile_file(tmp_path, make)
     with pytest.raises(ConfigError) as e:
-        load_config(p)
+        load_and_check(p)
     msg = str(e.value)
     assert key in msg and words in msg and str(p) in msg, msg
     assert "\n" not in msg  # one line
@@ -164,8 +173,14 @@ def test_in_code_dicts_may_stay_partial_and_good_values_pass():
         config_from_dict({"train": {"lr": float("nan")}})
 
 
-def test_tune_imports_the_search_space_validation_from_config():
-    import dirl.config
-    import dirl.train.search
+def test_tune_stage_and_dirl_config_share_the_search_space_check():
+    """One check of tune.search_space (dirl/train/search_space.py): the tune stage's plan, its pre-run check and
+    `dirl config` all call it."""
+    import inspect
 
-    assert dirl.train.search.parse_search_space is dirl.config.parse_search_space
+    import dirl.cli
+    import dirl.train.search
+    import dirl.train.search_space
+
+    assert dirl.train.search.check_search_space is dirl.train.search_space.check_search_space
+    assert "check_search_space(cfg.tune.search_space" in inspect.getsource(dirl.cli.cmd_config)

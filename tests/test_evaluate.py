@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from dirl.data.images import encode_jpeg, resize_mask
-from dirl.lifecycle.evaluate import compare, evaluate_stage
+from dirl.lifecycle.evaluate import compare
 from dirl.metrics import baseline_metrics
+from dirl.stages import evaluate as evaluate_stage
 from helpers.lifecycle import composite, make_cfg, make_ihd, make_training_run, make_weights, make_workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,7 +50,7 @@ def test_evaluate_stage_outputs_beside_centre_prior_and_logged(workspace):
     make_weights(train / "model.pt", "dirl_lite", 64, seed=1)
     run_id = make_training_run(cfg, train)
 
-    metrics = evaluate_stage(cfg, model_ref=str(train / "model.pt"), out_dir="results/evaluate")
+    metrics = evaluate_stage.run(cfg, model_ref=str(train / "model.pt"), out_dir="results/evaluate")
     out = workspace / "results" / "evaluate"
     assert json.loads((out / "scores.json").read_text()) == metrics
     # what `dvc metrics show` reads: the model and the prior in two small files with the same keys
@@ -110,7 +111,7 @@ def test_evaluate_stage_outputs_beside_centre_prior_and_logged(workspace):
 def test_model_without_attention_maps_gets_note_figure_and_no_run(workspace):
     cfg = make_cfg(workspace)
     make_weights(workspace / "w" / "unet.pt")
-    metrics = evaluate_stage(cfg, model_ref=str(workspace / "w" / "unet.pt"), out_dir="out")
+    metrics = evaluate_stage.run(cfg, model_ref=str(workspace / "w" / "unet.pt"), out_dir="out")
     info = json.loads((workspace / "out" / "info.json").read_text())
     assert any("no attention maps" in n for n in info["notes"]) and info["mlflow"]["train_run_id"] is None
     assert cv2.imread(str(workspace / "out" / "mda.png")) is not None
@@ -137,7 +138,7 @@ def test_no_composites_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_weights(tmp_path / "m.pt")
     with pytest.raises(EvaluationError, match="no 'test' composites in data/synth, data/shards"):
-        evaluate_stage(make_cfg(tmp_path), model_ref=str(tmp_path / "m.pt"), out_dir="out")
+        evaluate_stage.run(make_cfg(tmp_path), model_ref=str(tmp_path / "m.pt"), out_dir="out")
 
 
 def test_compare_table_has_every_model_and_the_prior(workspace):
@@ -227,7 +228,7 @@ def test_tiny_test_foreground_is_scored_like_the_reference(tmp_path, monkeypatch
     preprocessed_originals(tmp_path)
     cfg = make_cfg(tmp_path, size=32)
     make_weights(tmp_path / "w" / "unet.pt")
-    metrics = evaluate_stage(cfg, model_ref=str(tmp_path / "w" / "unet.pt"), out_dir="out", log_mlflow=False)
+    metrics = evaluate_stage.run(cfg, model_ref=str(tmp_path / "w" / "unet.pt"), out_dir="out", log_mlflow=False)
     assert metrics["test"]["model"]["n"] == metrics["test"]["centre_prior"]["n"] == 2  # nothing dropped
     rows = {r["id"]: r for r in read_csv(tmp_path / "out" / "per_image.csv")}
     assert set(rows) == {"c1_1_1", "c2_1_1"}

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from dirl.cli import main
-from dirl.lifecycle.release import register_stage
+from dirl.stages import register as register_stage
 from helpers.lifecycle import make_cfg, make_ihd, make_logged_training, make_workspace
 from helpers.paths import PARAMS
 
@@ -79,7 +79,7 @@ def test_later_evaluations_leave_the_registered_run_as_it_was(tmp_path, monkeypa
 
     # the pipeline: evaluate (results/evaluate), then register the model training logged
     evaluate_cli(tmp_path, "results/evaluate")
-    info = register_stage(
+    info = register_stage.run(
         cfg,
         out_dir=tmp_path / "results" / "register",
         weights=train / "model.pt",

@@ -54,8 +54,8 @@ def browse(url: str, shot: Path | None = None) -> str:
 def ui(tmp_path_factory):
     if CHROMIUM is None:
         pytest.skip("no chromium in PATH (apt-get install -y chromium)")
-    from dirl.lifecycle.evaluate import evaluate_stage
-    from dirl.lifecycle.release import register_stage
+    from dirl.stages import evaluate as evaluate_stage
+    from dirl.stages import register as register_stage
 
     ws = tmp_path_factory.mktemp("ui")
     cwd = os.getcwd()
@@ -64,8 +64,8 @@ def ui(tmp_path_factory):
         dirs = [str(d) for d in make_workspace(ws)]
         cfg = make_cfg(ws, **{"mlflow.experiment": "dirl"})
         run = make_logged_training(cfg, ws / "results" / "train", epochs=4)
-        evaluate_stage(cfg, "results/train/model.pt", "results/evaluate")
-        reg = register_stage(
+        evaluate_stage.run(cfg, "results/train/model.pt", "results/evaluate")
+        reg = register_stage.run(
             cfg,
             out_dir=ws / "results" / "register",
             weights=ws / "results/train/model.pt",

@@ -21,10 +21,10 @@ from dirl.lifecycle.release import (
     PromotionRefused,
     RegistryError,
     promote,
-    register_stage,
     rollback,
 )
 from dirl.lifecycle.resolve import ModelRefError, load_model_ref
+from dirl.stages import register as register_stage
 from dirl.tracking import TrackingError
 from dirl.weights import WeightsError
 from helpers.lifecycle import make_cfg, make_training_run, make_weights, make_workspace
@@ -75,7 +75,7 @@ def register(store, weights: Path, name: str | None = None) -> dict:
     target = store["train"] / "model.pt"
     target.unlink(missing_ok=True)
     os.link(weights, target)
-    return register_stage(
+    return register_stage.run(
         cfg,
         out_dir=store["root"] / "results" / "register",
         weights=target,

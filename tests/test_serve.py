@@ -94,7 +94,8 @@ def mlflow_server(tmp_path: Path, env: dict, request) -> str:
 def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
     from dirl.lifecycle.predict import predict_maps
     from dirl.lifecycle.pyfunc import decode_maps, rest_payload
-    from dirl.lifecycle.release import promote, register_stage
+    from dirl.lifecycle.release import promote
+    from dirl.stages import register as register_stage
     from dirl.weights import load_weights
 
     env = {
@@ -127,7 +128,7 @@ def test_register_promote_and_serve_champion(tmp_path, monkeypatch, request):
     for weights, version in ((flat, "1"), (good, "2")):
         (train / "model.pt").unlink(missing_ok=True)
         os.link(weights, train / "model.pt")
-        assert register_stage(cfg, shard_dirs=dirs)["version"] == version
+        assert register_stage.run(cfg, shard_dirs=dirs)["version"] == version
         res = promote(cfg, shard_dirs=dirs)  # v1: no champion yet; v2: beats the flat v1 (tag lock on a server)
         assert res["champion"] == version
     client_aliases = __import__("mlflow").MlflowClient(uri).get_registered_model("dirl-test").aliases

@@ -329,6 +329,40 @@ def test_target_crop_matches_area_and_centre():
     assert all(0.03 <= a <= 0.5 for a, _, _ in got)
 
 
+def _edge_share(region: np.ndarray) -> float:
+    return float(np.concatenate([region[0], region[-1], region[1:-1, 0], region[1:-1, -1]]).mean())
+
+
+def test_target_crop_keeps_the_region_off_the_frame_edge():
+    sky = np.zeros((256, 256), np.uint8)
+    sky[:70] = 1  # a band along the top: every crop that holds some of it has it on its edge
+    car = np.zeros((256, 256), np.uint8)
+    cv2.ellipse(car, (200, 60), (40, 30), 0, 0, 360, 1, -1)  # an object inside the frame, up right
+    strict = synth.Imitation(max_border=0.05, max_zoom=4.0)
+    assert synth.fits_frame(car, synth.Imitation())  # max_border 1: any region fits
+    assert synth.fits_frame(sky, synth.Imitation()) and not synth.fits_frame(sky, strict)
+    assert synth.target_crop(sky, np.random.default_rng(0), max_border=0.05) is None
+    assert synth.fits_frame(car, strict)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        window = synth.target_crop(car, rng, max_zoom=4.0, max_border=0.05)
+        assert window is not None
+        _, region = synth.apply_crop(np.zeros((256, 256, 3), np.uint8), car, window)
+        assert _edge_share(region) <= 0.06  # the bound, measured after the crop's resize
+    # without the bound the same draws may put the region on the edge: the bound is what holds it inside
+    loose = [synth.target_crop(car, np.random.default_rng(k), max_zoom=4.0) for k in range(20)]
+    assert any(_edge_share(synth.apply_crop(np.zeros((256, 256, 3), np.uint8), car, w)[1]) > 0.06 for w in loose)
+
+
+def test_imitation_with_max_border_keeps_regions_inside_the_frame(photos):
+    img, m = photos["chelsea"]
+    opts = synth.Imitation(max_border=0.05, max_zoom=4.0, retouch_share=1.0)
+    if not synth.fits_frame(m, opts):
+        pytest.skip("the photo's region touches the frame at every crop")
+    made = synth.imitate_iharmony4(img, m, 3, np.random.default_rng(0), opts=opts)
+    assert made and all(_edge_share(region) <= 0.06 for _, region, _ in made)
+
+
 def test_realism_filter_rejects_invisible_and_extreme_shifts(photos):
     img, m = photos["chelsea"]
     fg = m.astype(bool)
@@ -376,7 +410,7 @@ def test_default_recipe_rows_unchanged():
         _stored_row(name, im)
         for name, im in (("coffee", data.coffee()), ("chelsea", data.chelsea()), ("astronaut", data.astronaut()))
     ]
-    build._init_synth(build._references(rows, seed=0))
+    build._init_synth(build.reference_rows(rows, seed=0))
     res = build._synth_chunk((rows, 2, tuple(METHODS), 20, 0, 1, 0.8))
     h = hashlib.sha256()
     for row, problem in res:
@@ -421,7 +455,7 @@ def test_a_photo_short_of_composites_is_noted_not_bad():
     from dirl.data import build
 
     row = _stored_row("coffee", data.coffee())
-    build._init_synth(build._references([row], seed=0))
+    build._init_synth(build.reference_rows([row], seed=0))
     res = build._synth_chunk(([row], 200, tuple(METHODS), 1, 0, 0, 0.0))  # 200 asked, one try each: a shortfall
     made = [r for r, p in res if r is not None]
     problems = [p for r, p in res if p]

@@ -10,9 +10,13 @@ applied, and then:
 - two processes promoting at once against the server store leave the aliases consistent (the tag lock of
   dirl/lifecycle/release.py), and the lock's critical sections never overlap;
 - an archive in the bucket is fetched through the s3:// branch of the ingest downloader;
-- `team.py down` stops every process it started, by pid.
+- a second `team.py up` changes nothing, and after a crash (mlflow's server and PostgreSQL's postmaster killed) `up`
+  brings the stack back with the runs still there;
+- `team.py down` leaves no process of the stack running and the ports closed; `down --purge` removes the state.
 
-Marker `team` (excluded from `make test`; `make test-team`). About 3-4 minutes on 2 cores (3 min 12 s and 3 min 37 s measured).
+Only what a user of pipeline/team.py sees is checked: its output, `status --json`, `env --json`, the endpoints and the
+processes on the machine; none of its files but the state dir itself. Marker `team` (excluded from `make test`;
+`make test-team`). About 3-6 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ import glob
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psutil
 import pytest
 import yaml
 
@@ -47,6 +55,45 @@ if not (shutil.which("postgres") or glob.glob("/usr/lib/postgresql/*/bin/postgre
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def team(stack, *args: str, timeout: float = 400) -> str:
+    return sh(*TEAM, "--state-dir", stack["state"], *args, cwd=ROOT, timeout=timeout)
+
+
+def status(stack) -> dict:
+    return json.loads(team(stack, "status", "--json", timeout=60))
+
+
+def port(url: str) -> int:
+    return urlsplit(url).port
+
+
+def ports(stack) -> list[int]:
+    e = stack["env"]
+    return [port(e["DIRL_TEAM_BACKEND_STORE_URI"]), port(e["AWS_ENDPOINT_URL"]), port(e["MLFLOW_TRACKING_URI"])]
+
+
+def listening(port: int) -> list[psutil.Process]:
+    """The processes listening on 127.0.0.1:``port``."""
+    conns = psutil.net_connections("tcp")
+    return [psutil.Process(pid) for pid in {c.pid for c in conns if c.status == "LISTEN" and c.laddr.port == port}]
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def still_running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:  # a zombie waits for its parent: gone
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -74,13 +121,9 @@ def stack(tmp_path_factory):
         )
         TIMES["team up"] = time.monotonic() - t0
         env = json.loads(sh(*TEAM, "--state-dir", state, "env", "--json", cwd=ROOT))
-        conf = json.loads((state / "team.json").read_text())
-        pids = {s: json.loads((state / "pids" / f"{s}.json").read_text()) for s in ("postgres", "s3", "mlflow")}
-        yield {"state": state, "env": env, "conf": conf, "pids": pids, "up_log": out}
+        yield {"state": state, "env": env, "bucket": env["DIRL_TEAM_BUCKET"], "up_log": out}
     finally:
-        t1 = time.monotonic()
         subprocess.run([*TEAM, "--state-dir", str(state), "down", "--purge"], cwd=ROOT, timeout=120)
-        TIMES["team down"] = time.monotonic() - t1
         print("\nteam stack timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMES.items()))
 
 
@@ -129,7 +172,7 @@ def repo(stack, client_env, tmp_path_factory):
     overlay.write_text(yaml.safe_dump(team, sort_keys=False))
     write_profile(work / "params.yaml", overlay)
     dvc = str(BIN / "dvc")
-    bucket = stack["conf"]["bucket"]
+    bucket = stack["bucket"]
     sh("git", "init", "-q", "-b", "main", cwd=work)
     sh(dvc, "remote", "add", "-f", "-d", "team", f"s3://{bucket}/dvc", cwd=work)
     sh(dvc, "remote", "modify", "team", "endpointurl", stack["env"]["AWS_ENDPOINT_URL"], cwd=work)
@@ -144,15 +187,9 @@ def repo(stack, client_env, tmp_path_factory):
 def pg_rows(stack, sql: str, args: tuple = ()) -> list[tuple]:
     import psycopg2
 
-    c = stack["conf"]
-    conn = psycopg2.connect(
-        host="127.0.0.1",
-        port=c["postgres_port"],
-        user=c["db_user"],
-        password=c["db_password"],
-        dbname=c["db_name"],
-        connect_timeout=5,
-    )
+    # the database MLflow's server uses, as `team.py env` gives it (SQLAlchemy's URL: the driver named)
+    dsn = stack["env"]["DIRL_TEAM_BACKEND_STORE_URI"].replace("postgresql+psycopg2://", "postgresql://")
+    conn = psycopg2.connect(dsn, connect_timeout=5)
     try:
         with conn.cursor() as cur:
             cur.execute(sql, args)
@@ -164,10 +201,16 @@ def pg_rows(stack, sql: str, args: tuple = ()) -> list[tuple]:
 # ----------------------------------------------------------------------------- tests
 
 
-def test_stack_is_up_and_profile_applied(stack, repo):
+def test_stack_is_up_and_profile_applied(stack, repo, s3):
     assert "healthy" in stack["up_log"] and "export MLFLOW_TRACKING_URI=http://127.0.0.1:" in stack["up_log"]
-    status = json.loads(sh(*TEAM, "--state-dir", stack["state"], "status", "--json", cwd=ROOT))
-    assert status["healthy"] and all(s["healthy"] for s in status["services"].values()), status
+    st = status(stack)
+    assert st["healthy"] and all(s["healthy"] for s in st["services"].values()), st
+    assert [s["port"] for s in st["services"].values()] == ports(stack)  # status and env agree
+    # the three endpoints answer, each in its own protocol
+    with urllib.request.urlopen(stack["env"]["MLFLOW_TRACKING_URI"] + "/health", timeout=10) as r:
+        assert r.status == 200
+    s3.head_bucket(Bucket=stack["bucket"])
+    assert pg_rows(stack, "SELECT current_database()") == [("mlflow",)]
     params = yaml.safe_load((repo["work"] / "params.yaml").read_text())
     assert params["mlflow"]["tracking_uri"] == stack["env"]["MLFLOW_TRACKING_URI"]
     assert params["cluster"]["storage_path"] == f"s3://{repo['bucket']}/ray_results"
@@ -399,7 +442,7 @@ def test_raw_archive_is_fetched_from_the_bucket(stack, s3, tmp_path, monkeypatch
         info = tarfile.TarInfo("HTest/composite_images/a_1_1.jpg")
         info.size = len(data)
         tf.addfile(info, io.BytesIO(data))
-    bucket = stack["conf"]["bucket"]
+    bucket = stack["bucket"]
     s3.put_object(Bucket=bucket, Key="raw/HTest.tar.gz", Body=buf.getvalue())
     for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(k, stack["env"][k])
@@ -407,17 +450,56 @@ def test_raw_archive_is_fetched_from_the_bucket(stack, s3, tmp_path, monkeypatch
     assert got.read_bytes() == buf.getvalue()
 
 
-def test_down_stops_every_process_by_pid(stack):
-    from importlib import util
+def test_up_again_changes_nothing_and_brings_back_a_killed_stack(stack, repo, s3):
+    import mlflow
 
-    spec = util.spec_from_file_location("team", ROOT / "pipeline" / "team.py")
-    team = util.module_from_spec(spec)
-    spec.loader.exec_module(team)
-    for rec in stack["pids"].values():
-        assert team._start_time(rec["pid"]) == rec["start_time"], f"{rec['cmd'][0]} died early"
-    sh(*TEAM, "--state-dir", stack["state"], "down", cwd=ROOT, timeout=120)
-    for service, rec in stack["pids"].items():
-        assert team._start_time(rec["pid"]) is None, f"{service} (pid {rec['pid']}) still runs"
-        assert not team._group_members(rec["pid"]), f"{service}: processes of its group still run"
-    status = subprocess.run([*TEAM, "--state-dir", str(stack["state"]), "status"], capture_output=True, text=True)
-    assert status.returncode == 1 and status.stdout.count("DOWN") == 3, status.stdout
+    before = status(stack)
+    assert before["healthy"], before
+    again = team(stack, "up")
+    assert "postgres: already running" in again and "s3, mlflow: already running" in again, again
+    assert status(stack)["pids"] == before["pids"], "a second `up` replaced running processes"
+
+    # a crash: mlflow's serving process, then PostgreSQL's postmaster, SIGKILLed
+    pg_port, s3_port, mlflow_port = ports(stack)
+    (server,) = listening(mlflow_port)
+    server.kill()
+    assert not still_running(psutil.wait_procs([server], timeout=30)[1])  # its database connections are closed
+    (postmaster,) = listening(pg_port)
+    backends = postmaster.children()
+    postmaster.kill()
+    assert not still_running(psutil.wait_procs([postmaster, *backends], timeout=60)[1]), "PostgreSQL's processes live"
+    down = subprocess.run([*TEAM, "--state-dir", str(stack["state"]), "status"], capture_output=True, text=True)
+    assert down.returncode == 1 and "DOWN" in down.stdout, down.stdout
+
+    t0 = time.monotonic()
+    out = team(stack, "up")
+    TIMES["team up after a crash"] = time.monotonic() - t0
+    after = status(stack)
+    assert after["healthy"], (after, out)
+    assert after["pids"]["postgres"] != before["pids"]["postgres"] and after["pids"]["honcho"], after
+    # the runs survived in PostgreSQL and the new mlflow server serves them; the (empty) bucket is there again
+    run = json.loads((repo["work"] / "results/train/run.json").read_text())
+    assert mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"]).get_run(run["run_id"]).info.status == "FINISHED"
+    s3.head_bucket(Bucket=stack["bucket"])
+
+
+def test_down_stops_every_process_and_purge_removes_the_state(stack):
+    st = status(stack)
+    assert st["healthy"], st
+    # the processes of the stack: the two `status` names (honcho, the postmaster), all they started, and whatever
+    # listens on the three ports
+    procs = [psutil.Process(pid) for pid in st["pids"].values()]
+    procs += [c for p in list(procs) for c in p.children(recursive=True)]
+    procs += [p for port_ in ports(stack) for p in listening(port_)]
+    assert len(procs) >= 5, procs  # honcho, its two servers, the postmaster and its workers at least
+    t0 = time.monotonic()
+    team(stack, "down", timeout=120)
+    TIMES["team down"] = time.monotonic() - t0
+    assert not still_running(procs), f"still running after down: {still_running(procs)}"
+    assert all(refused(p) for p in ports(stack)), "a port of the stack still accepts connections"
+    assert not (Path(st["pg_data"]) / "postmaster.pid").exists(), "PostgreSQL was not shut down cleanly"
+    down = subprocess.run([*TEAM, "--state-dir", str(stack["state"]), "status"], capture_output=True, text=True)
+    assert down.returncode == 1 and down.stdout.count("DOWN") == 3, down.stdout
+
+    team(stack, "down", "--purge", timeout=120)
+    assert not stack["state"].exists() and not Path(st["pg_data"]).exists()

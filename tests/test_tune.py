@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,9 +19,10 @@ import pytest
 import yaml
 
 from dirl.cluster import plan_trials
-from dirl.config import ConfigError, canonical_key, load_config, parse_search_space
+from dirl.config import ConfigError, load_config
 from dirl.stages.tune import run as tune
 from dirl.train.search import make_scheduler, plan_search, trial_config
+from dirl.train.search_space import canonical_key, check_search_space, parse_search_space
 from helpers.paths import PARAMS, ROOT
 from helpers.training import tiny_train_cfg
 
@@ -350,14 +352,39 @@ def test_plan_search_skips_keys_set_explicitly(tmp_path, capsys, monkeypatch):
     [{"model.input_size": {"grid": [64, 128]}}, {"batch_size": {"choice": [2, 4]}}, {"lrr": {"choice": [1e-4]}}],
 )
 def test_only_tuned_keys_can_be_searched(space):
-    from dirl.config import config_from_dict
-
     with pytest.raises(
         ConfigError,
         match=r"params\.yaml: tune\.search_space\..* cannot be searched: the "
         r"searchable keys are train\.lr, train\.weight_decay",
     ):
-        config_from_dict({"tune": {"search_space": space}}, "params.yaml")
+        check_search_space(space, "params.yaml")
+    with pytest.raises(ConfigError, match=r"tune\.search_space\..* cannot be searched"):  # the tune stage's plan too
+        plan_search(load_config(PARAMS, overrides={"tune.search_space": space}))
+
+
+def test_a_bad_search_space_stops_the_tune_stage_before_any_work(tmp_path, capsys, monkeypatch):
+    """The config checks only that tune.search_space is a mapping; the tune stage checks its entries before
+    running (``dirl tune`` here; ``python -m dirl.stages.tune`` passes the same check to contract.main), and fails
+    in one line naming the params file and the dotted key."""
+    from dirl import cli
+    from dirl.stages import tune as tune_stage
+
+    data = yaml.safe_load(PARAMS.read_text())
+    data["tune"]["search_space"] = {"lr": {"loguniform": [0.01, 0.001]}}
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(data, sort_keys=False))
+    load_config(bad)  # a mapping: the config takes it
+
+    def never(*args, **kwargs):
+        raise AssertionError("the tune stage ran on a bad search space")
+
+    monkeypatch.setattr(tune_stage, "run", never)
+    assert cli.main(["tune", "--params", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"{bad}: tune.search_space.lr" in err and "lower bound" in err, err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: tune\.search_space\.lr"):
+        tune_stage.check(load_config(bad), str(bad))
 
 
 def test_dvc_yaml_declares_the_tuned_values_as_train_params(tmp_path):

@@ -1,14 +1,12 @@
-"""The data stages of ``dvc.yaml``: ingest -> preprocess -> synthesize, plus verify and show.
+"""Synthesis, the mechanisms of the synthesize stage (:mod:`dirl.stages.synthesize`), plus verify and show.
 
-    ingest      data.source -> data/raw/            (sample photos, a photo folder, or iHarmony4 archives)
-    preprocess  data/raw    -> data/shards/         (Arrow shards: photos or real composites, split assigned)
-    synthesize  data/shards -> data/synth/          (new composites from real photos + masks)
+    synth_sources      the real rows of data/shards to synthesize from
+    reference_rows     the colour-transfer references, per split
+    write_composites   chunks of photos through the data engine into shard writers, in input order
+    write_empty_synth  data/synth with zero rows (iHarmony4 without synth.augment_iharmony4)
+    verify, show       ``dirl data verify`` and ``dirl data show``
 
-Each stage writes ``results/<stage>/metrics.json`` (DVC metrics: items in, rows out, bad items),
-``results/<stage>/summary.json`` (all figures) and ``results/<stage>/issues.json`` (every bad item with its file and
-reason) and prints a one-screen summary. A stage fails only when the bad fraction
-exceeds ``data.max_bad_fraction``. Outputs are built in a temporary sibling and swapped in, so a failed or
-killed stage leaves the previous output intact.
+A photo that gave fewer composites than ``synth.per_image`` (but some) is noted; one that gave none is a bad item.
 """
 
 from __future__ import annotations
@@ -25,14 +23,15 @@ from dirl.config import Config
 from dirl.data.engine import ordered_map
 from dirl.data.ihd import unit_hash
 from dirl.data.images import decode_image, decode_mask, encode_jpeg, encode_png
-from dirl.data.issues import StageReport, finish_stage
-from dirl.data.shards import ShardWriter, iter_rows, verify_shards, write_manifest
+from dirl.data.issues import IssueLog
+from dirl.data.shards import ShardInfo, ShardWriter, iter_rows, verify_shards, write_manifest
 from dirl.data.show import show_sheet
 from dirl.data.synth import (
     TRANSFER_METHODS,
     Imitation,
     Reference,
     category_key,
+    fits_frame,
     free_form_mask,
     imitate_iharmony4,
     make_composites,
@@ -41,12 +40,6 @@ from dirl.data.synth import (
 from dirl.io import staging_dir, swap_in, write_json_atomic
 from dirl.progress import bar as progress_bar
 from dirl.workspace import RESULTS, SHARDS, SYNTH
-
-# ----------------------------------------------------------------------------- ingest
-
-
-# ----------------------------------------------------------------------------- preprocess
-
 
 # ----------------------------------------------------------------------------- synthesize
 
@@ -62,7 +55,7 @@ SYNTH_CHUNK = 8  # photos per task
 
 
 def _init_synth(refs: list[dict]) -> None:
-    """Worker set-up: decode the reference rows (:func:`_references`) once into ``_REFS``.
+    """Worker set-up: decode the reference rows (:func:`reference_rows`) once into ``_REFS``.
 
     The rows travel encoded (~12x smaller than decoded: one copy per worker process, or per Ray node) and are
     decoded here, identically in every process; a row that does not decode is skipped, in every process alike.
@@ -130,6 +123,11 @@ def _synth_chunk(args: tuple) -> list[tuple[dict | None, str | None]]:
                     got += 1
             return got
 
+        if imitation is not None and not fits_frame(mask, imitation):  # by design, not a bad photo: noted
+            out.append(
+                (None, f"{SHORT}{row['id']}: skipped: no crop keeps its region within synth.max_border of the frame")
+            )
+            continue
         if imitation is not None:
             for k, (c, region, base) in enumerate(
                 imitate_iharmony4(
@@ -182,7 +180,7 @@ def _synth_chunk(args: tuple) -> list[tuple[dict | None, str | None]]:
     return out
 
 
-def _synth_sources(cfg: Config) -> list[dict]:
+def synth_sources(cfg: Config) -> list[dict]:
     """Rows to synthesize from: real photos (every split: the sample's and a photo folder's val and test sets are
     synthesized), plus, when ``synth.augment_iharmony4`` is set, the real image + mask behind each iHarmony4
     *training* composite. iHarmony4's validation and test sets stay its own genuine composites: a synthesized row
@@ -213,6 +211,7 @@ def _recipe(cfg: Config) -> tuple:
             area_range=(s.area_range[0], s.area_range[1]),
             centre=(s.target_centre[0], s.target_centre[1], s.target_centre[2]),
             max_zoom=s.max_zoom,
+            max_border=s.max_border,
             retouch_share=s.retouch_share,
             shift=(s.realism_shift[0], s.realism_shift[1]),
             ring_de=(s.realism_ring[0], s.realism_ring[1]),
@@ -222,7 +221,9 @@ def _recipe(cfg: Config) -> tuple:
     )
 
 
-def _references(rows: list[dict], limit_per_split: int = 256, seed: int = 0, by_category: bool = False) -> list[dict]:
+def reference_rows(
+    rows: list[dict], limit_per_split: int = 256, seed: int = 0, by_category: bool = False
+) -> list[dict]:
     """A deterministic subset of real objects per split, used as colour-transfer references: their rows, still
     encoded (``id``, ``image``, ``mask``, ``subset``, ``split``); :func:`_init_synth` decodes them in each worker.
     ``by_category``: the subset is spread over the categories (:func:`dirl.data.synth.category_key` of ``subset``),
@@ -247,93 +248,67 @@ def _references(rows: list[dict], limit_per_split: int = 256, seed: int = 0, by_
     return refs
 
 
-def synthesize(cfg: Config) -> dict:
-    """Make ``synth.per_image`` new composites per real image into ``data/synth`` (Arrow shards).
+def write_composites(
+    cfg: Config, sources: list[dict], refs: list[dict], out: Path, issues: IssueLog
+) -> tuple[list[ShardInfo], dict[str, int]]:
+    """Make ``synth.per_image`` composites per row of ``sources`` into shards under ``out``, one writer per split;
+    returns the shards written and the composites per method. A photo with none is added to ``issues`` as bad, a
+    photo short of ``synth.per_image`` noted. On a failure the writers' shards are removed.
 
     Chunks of ``SYNTH_CHUNK`` photos run on the data engine (``cluster.data_engine``, :mod:`dirl.data.engine`):
-    local processes, or Ray tasks across the cluster's nodes with the references shipped once; either way this
-    process writes the rows in input order, so the output is the same byte for byte. On Ray, ``data/synth`` is
-    written by this process: the workspace must be on storage the nodes share.
+    local processes, or Ray tasks across the cluster's nodes with the references (``refs``, :func:`reference_rows`)
+    shipped once; either way this process writes the rows in input order, so the output is the same byte for byte.
+    On Ray, ``out`` is written by this process: the workspace must be on storage the nodes share.
     """
-
-    t0 = time.time()
-    sources = _synth_sources(cfg)
-    if not sources and not _synthesizes(cfg):  # iHarmony4 trains on its own composites: an empty set, said once
-        return _empty_synth(cfg, t0)
-    if not sources:
-        raise ValueError(
-            f"{SHARDS} has no real photos to synthesize from (data.source={cfg.data.source}); "
-            "use source sample/photos, or set synth.augment_iharmony4: true for iHarmony4"
+    args = [
+        (
+            sources[i : i + SYNTH_CHUNK],
+            cfg.synth.per_image,
+            tuple(cfg.synth.methods),
+            cfg.synth.max_tries,
+            cfg.synth.seed,
+            cfg.synth.free_form,
+            cfg.synth.recolour,
         )
-    refs = _references(sources, seed=cfg.synth.seed, by_category=cfg.synth.recipe == "iharmony4-like")
-    with StageReport("synthesize") as issues:  # the full report, on success and on failure
-        args = [
-            (
-                sources[i : i + SYNTH_CHUNK],
-                cfg.synth.per_image,
-                tuple(cfg.synth.methods),
-                cfg.synth.max_tries,
-                cfg.synth.seed,
-                cfg.synth.free_form,
-                cfg.synth.recolour,
-            )
-            + _recipe(cfg)
-            for i in range(0, len(sources), SYNTH_CHUNK)
-        ]
-        tmp = staging_dir(SYNTH)
-        writers: dict[str, ShardWriter] = {}
-        methods: dict[str, int] = {}
-        try:
-            workers = min(data_workers(cfg), len(args))
-            chunks = ordered_map(
-                _synth_chunk, args, cfg, workers=workers, initializer=_init_synth, initargs=(refs,), desc="synthesize"
-            )
-            with closing(chunks), progress_bar(total=len(sources), unit="img", desc="synthesize") as bar:
-                for chunk, results in chunks:
-                    bar.update(len(chunk[0]))
-                    for row, problem in results:
-                        if problem and problem.startswith(SHORT):
-                            problem = problem[len(SHORT) :]
-                            issues.note(problem.split(":")[0], problem)
-                            continue
-                        if problem:
-                            issues.add(problem.split(":")[0], problem)
-                            continue
-                        methods[row["synth_method"]] = methods.get(row["synth_method"], 0) + 1
-                        if row["split"] not in writers:
-                            writers[row["split"]] = ShardWriter(tmp, row["split"])
-                        writers[row["split"]].write(row)
-            shards = [info for w in writers.values() for info in w.close()]
-            issues.check(len(sources), cfg.data.max_bad_fraction)
-            manifest = write_manifest(
-                tmp, shards, {"per_image": cfg.synth.per_image, "methods": methods, "seed": cfg.synth.seed}
-            )
-            swap_in(tmp, SYNTH.absolute())
-        except BaseException:
-            for w in writers.values():
-                w.abort()
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    seconds = time.time() - t0
-    summary = {
-        "real_images": len(sources),
-        "composites": manifest["rows"],
-        "bad": len(issues),
-        "methods": methods,
-        "splits": manifest.get("splits", {}),
-        "seconds": round(seconds, 2),
-        "composites_per_s": round(manifest["rows"] / max(seconds, 1e-9), 1),
-    }
-    return finish_stage("synthesize", summary, issues, len(sources))
+        + _recipe(cfg)
+        for i in range(0, len(sources), SYNTH_CHUNK)
+    ]
+    writers: dict[str, ShardWriter] = {}
+    methods: dict[str, int] = {}
+    try:
+        workers = min(data_workers(cfg), len(args))
+        chunks = ordered_map(
+            _synth_chunk, args, cfg, workers=workers, initializer=_init_synth, initargs=(refs,), desc="synthesize"
+        )
+        with closing(chunks), progress_bar(total=len(sources), unit="img", desc="synthesize") as bar:
+            for chunk, results in chunks:
+                bar.update(len(chunk[0]))
+                for row, problem in results:
+                    if problem and problem.startswith(SHORT):
+                        problem = problem[len(SHORT) :]
+                        issues.note(problem.split(":")[0], problem)
+                        continue
+                    if problem:
+                        issues.add(problem.split(":")[0], problem)
+                        continue
+                    methods[row["synth_method"]] = methods.get(row["synth_method"], 0) + 1
+                    if row["split"] not in writers:
+                        writers[row["split"]] = ShardWriter(out, row["split"])
+                    writers[row["split"]].write(row)
+        return [info for w in writers.values() for info in w.close()], methods
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
 
 
-def _synthesizes(cfg: Config) -> bool:
+def synthesizes(cfg: Config) -> bool:
     """False when the configured source gives synthesis nothing to do by design: iHarmony4 composites without
     ``synth.augment_iharmony4``."""
     return cfg.data.source != "iharmony4" or cfg.synth.augment_iharmony4
 
 
-def _empty_synth(cfg: Config, t0: float) -> dict:
+def write_empty_synth(cfg: Config, t0: float) -> dict:
     """``data/synth`` as a valid shard folder with zero rows, so that every later stage runs unchanged."""
     RESULTS.joinpath("synthesize", "issues.json").unlink(missing_ok=True)
     tmp = staging_dir(SYNTH)

@@ -4,7 +4,11 @@ For every composite (a shard folder's rows: ``data/shards``, ``data/synth``; or 
 ``../shared/data/ihd_dev``) :func:`region_stats` measures, at a working size of at most ``WORK_SIDE`` pixels:
 
 - ``area``: the foreground's fraction of the image; ``cx``, ``cy``: its centre of mass, as fractions of the width
-  and height (0.5, 0.5 = the image centre);
+  and height (0.5, 0.5 = the image centre); ``border``: the fraction of the image's edge pixels inside the region
+  (an object within the frame: ~0; sky, road, a wall: large);
+- ``prior``: the IoU of the centred prior (:func:`dirl.metrics.centre_prior`, thresholded as the evaluation does)
+  with the region, at ``PRIOR_SIDE`` pixels: area, centre and shape in one figure, and the baseline every model of
+  such a set is scored beside;
 - the region's shift against a ring of background around it (the mask dilated by ``RING`` x sqrt(H * W) pixels,
   minus the mask), in CIE Lab (L in [0, 100]): ``dL``, ``da``, ``db`` = mean over the region - mean over the ring,
   ``dE`` = |(dL, da, db)|, and ``contrast`` = std(L) over the region / std(L) over the ring;
@@ -32,14 +36,18 @@ from dirl.data.ihd import find_subsets, scan
 from dirl.data.images import decode_image, decode_mask
 from dirl.data.issues import IssueLog
 from dirl.data.shards import read_table
+from dirl.metrics import centre_prior, per_image_metrics
 
 WORK_SIDE = 256  # statistics are taken at most at this side (larger images shrink with an area filter)
 RING = 0.06  # ring width, as a fraction of sqrt(H * W): ~15 px at 256 x 256
-STATS = ("area", "cx", "cy", "dL", "da", "db", "dE", "contrast", "shift")
+PRIOR_SIDE = 96  # the side at which the centred prior's IoU is taken (the CPU profiles' input size)
+STATS = ("area", "cx", "cy", "border", "prior", "dL", "da", "db", "dE", "contrast", "shift")
 LABELS = {
     "area": "foreground area (fraction of the image)",
     "cx": "region centre x (fraction of the width)",
     "cy": "region centre y (fraction of the height)",
+    "border": "image edge inside the region (fraction)",
+    "prior": "centred prior's IoU with the region",
     "dL": "ΔL region - ring (Lab L, 0-100)",
     "da": "Δa region - ring (Lab a)",
     "db": "Δb region - ring (Lab b)",
@@ -63,6 +71,13 @@ def ring_mask(mask: np.ndarray, ring: float = RING) -> np.ndarray:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     m = mask.astype(np.uint8)
     return (cv2.dilate(m, kernel) > 0) & (m == 0)
+
+
+def prior_iou(mask: np.ndarray, side: int = PRIOR_SIDE) -> float:
+    """IoU of the centred prior with ``mask`` ((H, W) bool), both at ``side`` x ``side`` as the evaluation sees them."""
+    m = cv2.resize(mask.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) > 0.5  # (side, side)
+    prior = centre_prior(side, side)[None]  # (1, side, side)
+    return float(per_image_metrics(prior, m[None].astype(np.float32))["iou"][0])
 
 
 def _shrink(image: np.ndarray, mask: np.ndarray, real: np.ndarray | None, side: int):
@@ -97,6 +112,8 @@ def region_stats(
     out["area"] = float(m.mean())
     out["cx"] = float((xs.mean() + 0.5) / w)
     out["cy"] = float((ys.mean() + 0.5) / h)
+    out["border"] = float(np.concatenate([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]]).mean())
+    out["prior"] = prior_iou(m)
     c = lab(image)
     fg = c[m]
     rg = ring_mask(m, ring)
@@ -246,7 +263,18 @@ def _summary(v: np.ndarray) -> dict:
     return {"n": int(len(v)), "median": float(med), "q25": float(q25), "q75": float(q75), "mean": float(v.mean())}
 
 
-GAP_STATS = ("area", "cx", "cy", "dL", "da", "db", "dE", "contrast")  # the mean KS over these is the "gap"
+GAP_STATS = (
+    "area",
+    "cx",
+    "cy",
+    "border",
+    "prior",
+    "dL",
+    "da",
+    "db",
+    "dE",
+    "contrast",
+)  # the mean KS over these is the "gap"
 
 
 def table(a: SetStats, b: SetStats) -> dict:
@@ -297,8 +325,8 @@ def markdown(t: dict) -> str:
         lines.append(f"| {s}{' (log2)' if s == 'contrast' else ''} | {cells[0]} | {cells[1]} | {_fmt(row['ks'])} |")
     lines += [
         "",
-        "| set | group | n | area | cx | cy | dL | da | db | dE | contrast (log2) | shift |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| set | group | n | " + " | ".join("contrast (log2)" if s == "contrast" else s for s in STATS) + " |",
+        "|---|---|---|" + "---|" * len(STATS),
     ]
     for k in ("a", "b"):
         for g, r in t["groups"][k].items():
@@ -313,7 +341,9 @@ def figure(a: SetStats, b: SetStats, t: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 3, figsize=(13, 10))
+    fig, axes = plt.subplots(3, 4, figsize=(17, 10))
+    for ax in axes.flat[len(STATS) :]:
+        ax.set_visible(False)
     for ax, s in zip(axes.flat, STATS):
         va, vb = a.column(s), b.column(s)
         both = np.concatenate([va, vb])

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from dirl.data.images import decode_mask
 from dirl.data.issues import IssueLog
 
 SUBSETS = ("HCOCO", "HAdobe5k", "HFlickr", "Hday2night")
@@ -124,8 +125,6 @@ def foreground_ratio(mask_path: Path) -> float:
     Raises ``BadImage`` (a ``ValueError`` naming the file and why) for a mask that cannot be decoded; the
     decoder's own messages go into that reason, not to stderr.
     """
-    from dirl.data.images import decode_mask
-
     mask, _ = decode_mask(mask_path)  # (H, W) {0, 1}
     return float(np.count_nonzero(mask)) / mask.size
 

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from dirl.data.images import decode_image, decode_mask
+from dirl.data.shards import read_table
 from dirl.io import atomic_path
 
 TILE = 192  # side of an image cell, pixels
@@ -110,8 +111,6 @@ def sample_rows(folder: str | os.PathLike, split: str | None, n: int, seed: int 
     the memory-mapped table (no image of another row is copied). Rows come back in pick order: one per photo
     before any photo repeats.
     """
-    from dirl.data.shards import read_table
-
     meta = read_table(folder, None, [*SHOW_COLUMNS, "split"])
     where = (
         np.arange(meta.num_rows)

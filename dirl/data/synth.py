@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from dirl.data.compare import lab, ring_mask
 from dirl.data.regions import FREE_FORM_AREA, free_form_mask  # noqa: F401 - also imported from here
 
 log = logging.getLogger(__name__)
@@ -601,7 +602,8 @@ class Imitation:
 
     area: (median, sigma of ln) of the foreground's area fraction (log-normal), kept within ``area_range``;
     centre: (mean x, mean y, sd) of the region's centre of mass, as fractions of the width and height;
-    max_zoom: a crop keeps at least ``1 / max_zoom`` of the image's side; retouch_share: the share of composites
+    max_zoom: a crop keeps at least ``1 / max_zoom`` of the image's side; max_border: the largest fraction of a
+    crop's edge the region may cover (an object inside the frame, not sky or road); retouch_share: the share of composites
     made by :func:`_retouch` (the others by a colour-transfer method); shift: (min, max) |Delta E| in Lab between
     the region's mean colour before and after; ring_de: (min, max) |Delta E| between the composite's region and its
     surrounding ring (:func:`dirl.data.compare.ring_mask`); same_category: references of the region's category
@@ -612,6 +614,7 @@ class Imitation:
     area_range: tuple[float, float] = (0.03, 0.5)
     centre: tuple[float, float, float] = (0.5, 0.52, 0.1)
     max_zoom: float = 2.5
+    max_border: float = 1.0
     retouch_share: float = 0.3
     shift: tuple[float, float] = (5.0, 20.0)
     ring_de: tuple[float, float] = (8.0, 50.0)
@@ -647,11 +650,23 @@ AREA_WEIGHT = 3.0  # target_crop: the area is matched this many times more tight
 
 
 def crop_tables(mask: np.ndarray) -> list[np.ndarray]:
-    """Summed-area tables of the mask, of mask * (x + 0.5) and of mask * (y + 0.5), each (H + 1, W + 1)."""
+    """Summed-area tables of the mask, of mask * (x + 0.5) and of mask * (y + 0.5), each (H + 1, W + 1); then the
+    mask's running sums along each row (H, W + 1) and along each column (H + 1, W), for a window's edges."""
     m = mask.astype(np.float64)
     h, w = m.shape
     yy, xx = np.mgrid[0:h, 0:w]
-    return [np.pad(np.cumsum(np.cumsum(v, 0), 1), ((1, 0), (1, 0))) for v in (m, m * (xx + 0.5), m * (yy + 0.5))]
+    sats = [np.pad(np.cumsum(np.cumsum(v, 0), 1), ((1, 0), (1, 0))) for v in (m, m * (xx + 0.5), m * (yy + 0.5))]
+    return sats + [np.pad(np.cumsum(m, 1), ((0, 0), (1, 0))), np.pad(np.cumsum(m, 0), ((1, 0), (0, 0)))]
+
+
+def _edge_fraction(rows: np.ndarray, cols: np.ndarray, y0, x0, ch: int, cw: int) -> np.ndarray:
+    """The fraction of each window's edge pixels inside the mask (``rows``/``cols``: :func:`crop_tables`' last two)."""
+    y1, x1 = y0 + ch - 1, x0 + cw - 1
+    top = rows[y0, x0 + cw] - rows[y0, x0]
+    bottom = rows[y1, x0 + cw] - rows[y1, x0]
+    left = cols[y0 + ch, x0] - cols[y0, x0]
+    right = cols[y0 + ch, x1] - cols[y0, x1]
+    return (top + bottom + left + right) / (2 * cw + 2 * ch)
 
 
 def target_crop(
@@ -664,7 +679,8 @@ def target_crop(
     steps: int = 12,
     tables: list[np.ndarray] | None = None,
     area_weight: float = AREA_WEIGHT,
-) -> tuple[int, int, int, int]:
+    max_border: float = Imitation.max_border,
+) -> tuple[int, int, int, int] | None:
     """A crop window ``(y0, x0, h, w)`` of the image (same aspect) in which the region's area and centre come
     closest to a target drawn from the target distribution.
 
@@ -672,9 +688,10 @@ def target_crop(
     [0.1, 0.9]. Candidates: ``steps`` window scales from ``1 / max_zoom`` to 1 times ``steps`` x ``steps`` positions;
     each one's visible area and centre come from summed-area tables. The chosen window minimises
     ``(area_weight ln(a / a*) / sigma)^2 + ((cx - cx*) / sd)^2 + ((cy - cy*) / sd)^2`` among windows whose visible
-    area is within ``area_range`` (the whole image when none is): the area comes first (a region at the frame's edge
-    cannot be centred without zooming in on it), the centre as close as that area allows. ``tables``: :func:`crop_tables` of ``mask``, when
-    several crops of one mask are drawn.
+    area is within ``area_range`` and whose edge the region covers at most ``max_border`` of (the whole image when none
+    is and ``max_border`` is 1; None when ``max_border`` < 1 and no window keeps the region inside the frame): the area
+    comes first (a region at the frame's edge cannot be centred without zooming in on it), the centre as close as that
+    area allows. ``tables``: :func:`crop_tables` of ``mask``, when several crops of one mask are drawn.
     """
     h, w = mask.shape
     med, sigma = area
@@ -682,7 +699,8 @@ def target_crop(
     a_t = float(np.clip(np.exp(rng.normal(np.log(med), sigma)), *area_range))
     cx_t, cy_t = (float(np.clip(rng.normal(c, sd), 0.1, 0.9)) for c in (mx, my))
     sats = crop_tables(mask) if tables is None else tables
-    best, best_score = (0, 0, h, w), np.inf
+    best: tuple[int, int, int, int] | None = (0, 0, h, w) if max_border >= 1.0 else None
+    best_score = np.inf
     for z in np.linspace(1.0 / max(max_zoom, 1.0), 1.0, steps):
         ch, cw = max(1, int(round(z * h))), max(1, int(round(z * w)))
         ys = np.unique(np.linspace(0, h - ch, steps).round().astype(int))
@@ -697,11 +715,29 @@ def target_crop(
             cx = (_box_sums(sats[1], y0, x0, y0 + ch, x0 + cw) / cnt - x0) / cw
             cy = (_box_sums(sats[2], y0, x0, y0 + ch, x0 + cw) / cnt - y0) / ch
             score = (area_weight * np.log(frac / a_t) / sigma) ** 2 + ((cx - cx_t) / sd) ** 2 + ((cy - cy_t) / sd) ** 2
-        score[~ok | (frac < area_range[0]) | (frac > area_range[1])] = np.inf
+        bad = ~ok | (frac < area_range[0]) | (frac > area_range[1])
+        if max_border < 1.0:
+            bad |= _edge_fraction(sats[3], sats[4], y0, x0, ch, cw) > max_border
+        score[bad] = np.inf
         i = int(np.argmin(score))
         if score[i] < best_score:
             best_score, best = score[i], (int(y0[i]), int(x0[i]), ch, cw)
     return best
+
+
+def fits_frame(mask: np.ndarray, opts: Imitation, tables: list[np.ndarray] | None = None) -> bool:
+    """Whether some crop (``opts.max_zoom``, ``opts.area_range``) keeps the region within ``opts.max_border`` of its
+    edge: a sky or a road that fills the frame's top or bottom at every zoom does not (the answer does not depend on
+    the drawn target, so one call decides for every composite of the photo)."""
+    if opts.max_border >= 1.0:
+        return True
+    rng = np.random.default_rng(0)
+    return (
+        target_crop(
+            mask, rng, opts.area, opts.area_range, opts.centre, opts.max_zoom, tables=tables, max_border=opts.max_border
+        )
+        is not None
+    )
 
 
 def apply_crop(image: np.ndarray, mask: np.ndarray, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -732,8 +768,6 @@ def realism_check(
     composite's region and the ring of background around it (:func:`dirl.data.compare.ring_mask`) must lie in
     ``ring_de``. Returns ``(ok, reason)``.
     """
-    from dirl.data.compare import lab, ring_mask
-
     m = mask.astype(bool)
     c = lab(composite)
     fg = c[m].mean(axis=0)
@@ -754,7 +788,12 @@ def _imitation_try(
     image, mask, tables, method, rng, pool, key, opts, recolour, min_change, max_clipped, rejected
 ) -> tuple[Composite, np.ndarray, np.ndarray] | None:
     """One try of :func:`imitate_iharmony4`: the composite, its region and base image, or None (reason counted)."""
-    window = target_crop(mask, rng, opts.area, opts.area_range, opts.centre, opts.max_zoom, tables=tables)
+    window = target_crop(
+        mask, rng, opts.area, opts.area_range, opts.centre, opts.max_zoom, tables=tables, max_border=opts.max_border
+    )
+    if window is None:
+        rejected["crop: region on the frame's edge"] += 1
+        return None
     base, region = apply_crop(image, mask, window)
     if not region.any():
         rejected["crop: empty region"] += 1

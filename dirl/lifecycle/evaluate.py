@@ -1,6 +1,7 @@
 """Evaluation: AP / F1 / IoU of a model next to the centred-prior baseline, figures, MLflow logging, comparison.
 
-    metrics = evaluate_stage(cfg, model_ref="results/train/model.pt", out_dir="results/evaluate")
+    sets, notes = eval_sets(cfg)                        # the test split and the extra sets
+    metrics, per_image, pr_rows = score_sets(model, sets, size, batch_size)
     table = compare(cfg, ["models:/dirl@champion", "models:/dirl@challenger", "unet.pt"], out_dir="results/compare")
 
 Sets: ``test`` = the ``evaluate.split`` rows of ``data/synth`` and ``data/shards`` whose ``source`` is
@@ -10,20 +11,7 @@ Every image is evaluated at the model's input size, one at a time as the referen
 normalisation, AP, F1 and IoU at 0.5; see ``dirl.metrics``), and every figure stands beside the centred
 Gaussian prior evaluated on the same masks.
 
-Outputs of :func:`evaluate_stage` in ``out_dir``:
-    scores.json      {"<set>": {"model": {n, AP, F1, IoU, subsets}, "centre_prior": {...}}, ...}
-    metrics.json     {"<set>": {n, AP, F1, IoU}} of the model      } what `dvc metrics show` lists: one row each,
-    prior.json       {"<set>": {n, AP, F1, IoU}} of the prior      } in the same columns
-    pr_curve.csv     threshold, precision, recall of the model on the test set (pixel level, 101 thresholds)
-    pr_prior.csv     the same for the centred prior on the same images (the PR plot's baseline)
-    pr_curves.csv    set, method, threshold, precision, recall for every set, model and centre prior
-    per_image.csv    set, id, subset, ap, f1, iou, prior_ap, prior_f1, prior_iou (fractions in [0, 1])
-    grid.png         rows = test items at quantiles of per-image model IoU (best .. worst); composite + ground
-                     truth | model | centre prior, the set's scores of both in the title
-    pr_curve.png     the two PR curves above as a picture (recall, precision; the prior in its own colour)
-    mda.png          image | ground truth | A0..A4 | final (a note figure for models without attention maps)
-    config.yaml      the resolved configuration
-    info.json        the model reference, its header, the sets' sizes, notes and the MLflow runs (train, evaluation)
+The evaluate stage (:mod:`dirl.stages.evaluate`) runs these steps in order and lists the files it writes.
 Every evaluation is an MLflow run of its own (:func:`log_evaluation`), in the experiment of the model's training
 run and tagged with it and with the logged model: metrics ``<set>/IoU``, ``<set>/AP``, ``<set>/F1``,
 ``<set>/prior_*`` (each linked to its set's dataset; the sets' sizes are params) and the files under the artifact folder ``evaluate/``. The
@@ -320,7 +308,7 @@ def _resize_map(m: np.ndarray, size: int) -> np.ndarray:
     return m if m.shape == (size, size) else cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def _figures(
+def write_figures(
     model: torch.nn.Module,
     info: dict,
     evalset: EvalSet,
@@ -383,7 +371,7 @@ def _figures(
     return notes
 
 
-def _pr_picture(out: Path, rows: Sequence[dict], scores: dict, info: dict, set_name: str) -> Path:
+def write_pr_picture(out: Path, rows: Sequence[dict], scores: dict, info: dict, set_name: str) -> Path:
     """pr_curve.png: the PR curves of pr_curve.csv and pr_prior.csv as a picture (MLflow, the logged model)."""
     label = info.get("label") or info.get("model", "model")
     return figures.pr_figure(
@@ -400,7 +388,7 @@ def _pr_picture(out: Path, rows: Sequence[dict], scores: dict, info: dict, set_n
 # ----------------------------------------------------------------------------- MLflow
 
 
-def _run_for(model_ref: str, info: dict, cfg: Config) -> tuple[str | None, str | None, str | None]:
+def train_run_of(model_ref: str, info: dict, cfg: Config) -> tuple[str | None, str | None, str | None]:
     """(train run id, tracking URI, logged model id) of the model; (None, None, None) when unknown.
 
     The model id comes from ``run.json`` beside a weights file, the registered version (``models:/``), or the
@@ -604,36 +592,24 @@ def log_evaluation(
     return eval_id
 
 
-# ----------------------------------------------------------------------------- stages
+# ----------------------------------------------------------------------------- the evaluate stage's steps
 
 
-def evaluate_stage(
-    cfg: Config,
-    model_ref: str = "results/train/model.pt",
-    out_dir: str | os.PathLike = "results/evaluate",
-    shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS,
-    log_mlflow: bool = True,
-    pipeline: bool | None = None,
-) -> dict:
-    """Evaluate one model on the test split and the extra sets; write everything and record it as an evaluation
-    run of its own (:func:`log_evaluation`; ``pipeline`` defaults to whether ``out_dir`` is the workspace's
-    ``results/evaluate``)."""
+def score_sets(
+    model: torch.nn.Module, sets: Sequence[EvalSet], size: int, batch_size: int
+) -> tuple[dict[str, Any], list[dict], list[dict]]:
+    """Model and centred prior on every set (:func:`evaluate_set`), each set's figures logged in one line.
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sets, notes = eval_sets(cfg, shard_dirs)
-    model, info = load_model_ref(model_ref, cfg)
-    model.to(default_device()).eval()
-    size = int(info.get("input_size") or cfg.model.input_size)
+    Returns ``(metrics, per_image, pr_rows)``: ``{"<set>": {"model", "centre_prior"}}`` (what scores.json holds),
+    the rows of per_image.csv, and the rows of pr_curves.csv (``set``, ``method``, threshold, precision, recall)."""
     metrics: dict[str, Any] = {}
     per_image, pr_rows = [], []
     for s in sets:
-        res = evaluate_set(model, s, size, cfg.evaluate.batch_size)
+        res = evaluate_set(model, s, size, batch_size)
         metrics[s.name] = {"model": res["model"], METHOD_PRIOR: res[METHOD_PRIOR]}
         per_image += res["per_image"]
         pr_rows += [{"set": s.name, "method": "model", **r} for r in res["pr_model"]]
         pr_rows += [{"set": s.name, "method": METHOD_PRIOR, **r} for r in res["pr_prior"]]
-        notes += s.notes
         log.info(
             "%s: model AP %.2f F1 %.4f IoU %.2f | centre prior AP %.2f F1 %.4f IoU %.2f",
             s.name,
@@ -644,8 +620,12 @@ def evaluate_stage(
             res[METHOD_PRIOR]["F1"],
             res[METHOD_PRIOR]["IoU"],
         )
-    write_scores(out, metrics)
-    test = sets[0].name
+    return metrics, per_image, pr_rows
+
+
+def write_pr_curves(out: Path, pr_rows: Sequence[dict], test: str) -> None:
+    """pr_curve.csv and pr_prior.csv (the model and the centred prior on the ``test`` set: DVC's PR plot, two
+    lines) and pr_curves.csv (every set and method)."""
     for method, name in (("model", "pr_curve.csv"), (METHOD_PRIOR, "pr_prior.csv")):  # DVC's PR plot: two lines
         _write_csv(
             out / name,
@@ -653,28 +633,37 @@ def evaluate_stage(
             ["threshold", "precision", "recall"],
         )
     _write_csv(out / "pr_curves.csv", pr_rows, ["set", "method", "threshold", "precision", "recall"])
+
+
+def write_per_image(out: Path, per_image: Sequence[dict]) -> None:
+    """per_image.csv: set, id, subset, ap, f1, iou and the centred prior's, per image."""
     _write_csv(
         out / "per_image.csv",
         per_image,
         ["set", "id", "subset", "ap", "f1", "iou", "prior_ap", "prior_f1", "prior_iou"],
     )
-    notes += _figures(
-        model,
-        info,
-        sets[0],
-        size,
-        cfg.evaluate.grid_items,
-        out,
-        per_image=[r for r in per_image if r["set"] == test],
-        scores=metrics[test],
-    )
-    _pr_picture(out, [r for r in pr_rows if r["set"] == test], metrics[test], info, test)
-    save_resolved(cfg, out)
-    run_id, uri, model_id = _run_for(model_ref, info, cfg) if log_mlflow else (None, None, None)
-    if pipeline is None:  # the DVC stage's output folder: the pipeline's own evaluation of this model
-        pipeline = out.resolve() == (workspace.root() / workspace.results("evaluate")).resolve()
+
+
+def is_pipeline_output(out: Path) -> bool:
+    """Whether ``out`` is the DVC stage's output folder (the workspace's ``results/evaluate``): an evaluation
+    written there is the pipeline's own evaluation of the model."""
+    return out.resolve() == (workspace.root() / workspace.results("evaluate")).resolve()
+
+
+def evaluation_record(
+    info: dict,
+    size: int,
+    sets: Sequence[EvalSet],
+    notes: list[str],
+    run_id: str | None,
+    model_id: str | None,
+    uri: str | None,
+    pipeline: bool,
+) -> dict[str, Any]:
+    """What info.json holds: the model's header, the input size, the sets' sizes, the notes and the MLflow runs
+    (``mlflow.evaluation_run_id`` None until the evaluation run exists)."""
     header = {k: v for k, v in info.items() if k not in ("metrics",)}
-    record = {
+    return {
         "model": header,
         "input_size": size,
         "sets": {s.name: len(s) for s in sets},
@@ -687,28 +676,6 @@ def evaluate_stage(
             "pipeline": bool(pipeline),
         },
     }
-
-    def write_info(eval_id: str | None) -> None:
-        record["mlflow"]["evaluation_run_id"] = eval_id  # type: ignore[index]
-        write_json_atomic(out / "info.json", record)
-
-    write_info(None)
-    if run_id and uri:
-        log_evaluation(
-            run_id,
-            uri,
-            metrics,
-            out,
-            sets,
-            cfg,
-            model_id=model_id,
-            model_ref=str(model_ref),
-            pipeline=bool(pipeline),
-            before_files=write_info,
-        )
-    else:
-        log.warning("no MLflow run for %s (no run.json beside it): results written to %s only", model_ref, out)
-    return metrics
 
 
 def _markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:

@@ -1,12 +1,12 @@
 """The MLflow model registry: register a trained model, promote it to champion, roll back.
 
-    info = register_stage(cfg)             # new version of register.model_name, alias @challenger
+    info = register.run(cfg)               # dirl.stages.register: new version of register.model_name, @challenger
     promote(cfg)                           # @champion <- @challenger if better by promote.margin
     promote(cfg, force=True, reason="...")  # promote anyway; recorded as tags on the version
     rollback(cfg)                          # @champion <- @previous
 
 Aliases (MLflow's replacement for stages):
-- ``@challenger`` (``register.alias``): the version ``register_stage`` made last;
+- ``@challenger`` (``register.alias``): the version the register stage (:mod:`dirl.stages.register`) made last;
 - ``@champion``: the version to serve (``models:/<name>@champion``);
 - ``@previous``: the champion before the last promotion or rollback.
 
@@ -50,12 +50,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from dirl.config import Config
-from dirl.io import sha256_file, write_json_atomic
+from dirl.io import sha256_file
 from dirl.lifecycle.evaluate import evaluate_set, flat_metrics, shard_set
 from dirl.lifecycle.pyfunc import log_pyfunc
 from dirl.lifecycle.resolve import ModelRefError, client_for, load_model_ref
 from dirl.speed import default_device
-from dirl.tracking import TrackingError, provenance_tags, setup, tracking_uri
+from dirl.tracking import TrackingError, provenance_tags, tracking_uri
 from dirl.weights import read_weights
 from dirl.workspace import SHARD_DIRS
 
@@ -201,50 +201,58 @@ def _read_json(path: Path, what: str) -> dict:
 # ----------------------------------------------------------------------------- register
 
 
-def register_stage(
-    cfg: Config,
-    out_dir: str | os.PathLike = "results/register",
-    weights: str | os.PathLike = "results/train/model.pt",
-    run_json: str | os.PathLike = "results/train/run.json",
-    metrics_path: str | os.PathLike = "results/evaluate/scores.json",
-    shard_dirs: Sequence[str | os.PathLike] = SHARD_DIRS,
-) -> dict:
-    """Log the weights as a pyfunc model into the training run, register a version, set ``register.alias``.
+def weights_header(weights: Path) -> dict:
+    """The weights file's header (model, input size, epoch, ...) without the tensors; WeightsError if corrupt."""
+    return {k: v for k, v in read_weights(weights).items() if k != "state_dict"}
 
-    The version is tagged with the evaluation metrics (``metric.test/IoU`` ...), the git commit, the DVC and
-    shard hashes and the weights' sha256. Writes ``<out_dir>/model.json`` {name, version, alias, run_id,
-    model_uri, logged_model_uri, tracking_uri} and returns it.
-    """
-    import mlflow
 
-    weights, run_json = Path(weights), Path(run_json)
-    header = {k: v for k, v in read_weights(weights).items() if k != "state_dict"}  # WeightsError if corrupt
+def read_train_run(run_json: Path) -> dict:
+    """The train stage's ``run.json`` (run id, tracking URI, logged model id); RegistryError without a run id."""
     run = _read_json(run_json, "run `dirl train` (or `dvc repro train`) first")
     if not run.get("run_id"):
         raise RegistryError(f"{run_json}: no run_id; re-run training")
-    metrics = _read_json(Path(metrics_path), "run `dirl evaluate` first") if Path(metrics_path).is_file() else {}
+    return run
+
+
+def read_scores(metrics_path: Path) -> dict:
+    """The evaluation's ``scores.json``; ``{}`` (and a warning: no metric tags) when it is absent."""
+    metrics = _read_json(metrics_path, "run `dirl evaluate` first") if metrics_path.is_file() else {}
     if not metrics:
         log.warning("%s absent: the version is registered without metric tags", metrics_path)
-    setup(cfg)  # tracking URI + reachability (TrackingError names a server that is down)
-    uri = tracking_uri(cfg)
-    client = mlflow.MlflowClient(uri)
-    run_id = run["run_id"]
+    return metrics
+
+
+def check_train_run(client, run: dict, run_json: Path, uri: str) -> None:
+    """TrackingError unless the training run of ``run.json`` is in the configured store ``uri``."""
+    import mlflow
+
     try:
-        client.get_run(run_id)
+        client.get_run(run["run_id"])
     except mlflow.exceptions.MlflowException:
         raise TrackingError(
-            f"training run {run_id} (from {run_json}, tracking URI {run.get('tracking_uri')!r}) is "
+            f"training run {run['run_id']} (from {run_json}, tracking URI {run.get('tracking_uri')!r}) is "
             f"not in the configured store {uri}; set mlflow.tracking_uri to the store it was "
             "trained against"
         ) from None
-    name = cfg.register.model_name
-    evaluation: dict = {}  # the pipeline's evaluation run of this model (results/evaluate/info.json)
-    if Path(metrics_path).with_name("info.json").is_file():
-        try:
-            evaluation = json.loads(Path(metrics_path).with_name("info.json").read_text()).get("mlflow") or {}
-        except ValueError:
-            evaluation = {}
-    tags = {
+
+
+def pipeline_evaluation(metrics_path: Path) -> dict:
+    """The MLflow section of the pipeline's evaluation (``info.json`` beside ``scores.json``); ``{}`` without it."""
+    info = metrics_path.with_name("info.json")
+    if not info.is_file():
+        return {}
+    try:
+        return json.loads(info.read_text()).get("mlflow") or {}
+    except ValueError:
+        return {}
+
+
+def version_tags(
+    header: dict, metrics: dict, weights: Path, shard_dirs: Sequence[str | os.PathLike], evaluation: dict
+) -> dict[str, str]:
+    """The new version's tags: the evaluation run, the evaluation metrics (``metric.test/IoU`` ...), the git
+    commit, the DVC and shard hashes, the weights' sha256 and header, who registered it and when."""
+    return {
         **({"evaluation_run_id": evaluation["evaluation_run_id"]} if evaluation.get("evaluation_run_id") else {}),
         **{f"metric.{k}": f"{v:.6g}" for k, v in flat_metrics(metrics, counts=True).items()},
         **provenance_tags(data_dirs=shard_dirs),
@@ -255,34 +263,34 @@ def register_stage(
         "registered_by": _who(),
         "registered_at": _now(),
     }
+
+
+def model_to_register(client, run: dict, weights: Path) -> str:
+    """The URI of the model the train stage logged (``run.json``) when it holds these weights; else the weights
+    (trained elsewhere) are logged as the training run's model now, and that model's URI is returned."""
+    import mlflow
+
     model_uri = _logged_model(client, run, weights)
     if model_uri is None:  # weights trained elsewhere: log them as this run's model now
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run["run_id"]):
             model_uri = log_pyfunc(weights, name="model").model_uri
-    mv = mlflow.register_model(model_uri, name, tags=tags)  # evaluate linked its figures to this model already
-    client.set_registered_model_alias(name, cfg.register.alias, mv.version)
+    return model_uri
+
+
+def describe_version(client, name: str, version: str, header: dict, metrics: dict) -> None:
+    """The version's description: the model, its input size and the evaluated split's IoU beside the centred
+    prior's (none without metrics)."""
     first = next(iter(metrics), None) if metrics else None  # the evaluated split's set comes first
     test = metrics[first] if first else {}
     if test:
         client.update_model_version(
             name,
-            mv.version,
+            version,
             description=(
                 f"{header.get('model')} at {header.get('input_size')} px: {first} IoU "
                 f"{test['model']['IoU']:.2f} (centre prior {test['centre_prior']['IoU']:.2f})"
             ),
         )
-    result = {
-        "name": name,
-        "version": str(mv.version),
-        "alias": cfg.register.alias,
-        "run_id": run_id,
-        "model_uri": f"models:/{name}/{mv.version}",
-        "logged_model_uri": model_uri,
-        "tracking_uri": uri,
-    }
-    write_json_atomic(Path(out_dir) / "model.json", result)
-    return result
 
 
 def _logged_model(client, run: dict, weights: Path) -> str | None:

@@ -16,11 +16,17 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dirl.config import Config, ConfigError, load_config, parse_override, restrict
+from dirl.config import Config, ConfigError, load_config, params_source, parse_override, restrict
 
 
-def stage_config(cfg: Config, params: Sequence[str], name: str) -> Config:
-    """``cfg`` as stage ``name`` receives it: only ``params`` and the machine sections readable."""
+def stage_config(
+    cfg: Config, params: Sequence[str], name: str, check: Callable[[Config, str], Any] | None = None, src: str = ""
+) -> Config:
+    """``cfg`` as stage ``name`` receives it: only ``params`` and the machine sections readable. ``check``: the
+    stage's own check of its params beyond their types and ranges (the tune stage's of ``tune.search_space``), run
+    first on the whole config; its ConfigError names ``src``, the params file (``dirl.config.params_source``)."""
+    if check is not None:
+        check(cfg, src)
     return restrict(cfg, params, name)
 
 
@@ -46,8 +52,14 @@ def one_line_errors(fn: Callable[[], Any]) -> int:
     return 0
 
 
-def main(run: Callable[..., dict], params: Sequence[str], name: str, argv: Sequence[str] | None = None) -> int:
-    """The ``python -m dirl.stages.<name>`` entry point (what dvc.yaml runs)."""
+def main(
+    run: Callable[..., dict],
+    params: Sequence[str],
+    name: str,
+    argv: Sequence[str] | None = None,
+    check: Callable[[Config, str], Any] | None = None,
+) -> int:
+    """The ``python -m dirl.stages.<name>`` entry point (what dvc.yaml runs); ``check``: see :func:`stage_config`."""
     ap = argparse.ArgumentParser(prog=f"python -m dirl.stages.{name}", description=(run.__doc__ or "").split("\n")[0])
     ap.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
     ap.add_argument("--profile", default=None, metavar="NAME", help="apply params/NAME.yaml on top of --params")
@@ -66,6 +78,6 @@ def main(run: Callable[..., dict], params: Sequence[str], name: str, argv: Seque
 
     def go() -> None:
         cfg = load_config(args.params, overrides=dict(parse_override(o) for o in args.overrides), profile=args.profile)
-        run(stage_config(cfg, params, name))
+        run(stage_config(cfg, params, name, check, params_source(args.params, args.profile)))
 
     return one_line_errors(go)

@@ -18,6 +18,8 @@ A key is ``train.<field>`` or a bare train field. Only the tuned keys of ``dirl.
 null, which means "use the tune stage's value": a key set to a number (in params.yaml or by ``dvc exp run -S``)
 wins, so it is not searched (:func:`dirl.train.search.plan_search` prints a note), and when no key is left to
 search the stage behaves as with ``tune.enabled: false``. To make another key searchable, add it to ``TUNED_DEFAULTS``.
+:func:`check` (``dirl.train.search_space.check_search_space``) refuses a bad search space before any work, in one
+line naming the params file and the dotted key; ``dirl config`` runs the same check.
 
 How a search runs (the Ray Train V2 pattern: a TorchTrainer cannot be handed to a Tuner):
 
@@ -80,6 +82,7 @@ from dirl.train.search import (
     run_trial,
     trial_lines,
 )
+from dirl.train.search_space import check_search_space
 
 log = logging.getLogger("dirl.tune")
 
@@ -95,6 +98,13 @@ def split_sizes(dirs: Sequence[str | os.PathLike], cfg: Config) -> dict[str, int
 
 
 PARAMS = ("model", "train", "tune")
+
+
+def check(cfg: Config, src: str = "") -> None:
+    """The stage's own check of its params, run on the loaded config before any work (``python -m dirl.stages.tune``
+    and ``dirl tune`` alike, see :func:`dirl.stages.contract.stage_config`): ``tune.search_space``, which the config
+    checks only as a mapping. A ConfigError names ``src`` (the params file) and the dotted key."""
+    check_search_space(cfg.tune.search_space, src)
 
 
 def run(
@@ -216,4 +226,4 @@ def run(
 
 
 if __name__ == "__main__":
-    sys.exit(main(run, PARAMS, "tune"))
+    sys.exit(main(run, PARAMS, "tune", check=check))

@@ -22,8 +22,9 @@ import yaml
 
 from dirl import tracking
 from dirl.cluster import plan_workers
-from dirl.config import TUNED_DEFAULTS, Config, ConfigError, config_from_dict, parse_search_space
+from dirl.config import Config, ConfigError, config_from_dict
 from dirl.train.best_yaml import current_values, resolve_tuned
+from dirl.train.search_space import check_search_space
 from dirl.train.worker import build_trainer
 
 log = logging.getLogger("dirl.tune")
@@ -39,17 +40,13 @@ def plan_search(cfg: Config) -> tuple[dict[str, tuple[str, list]], list[str]]:
 
     A key is searched only where ``cfg`` leaves it null ("use the tune stage's value"); a key set to a number
     (params.yaml, ``dvc exp run -S``) is used as set by the train stage, so it is not searched and a note says
-    so. Raises :class:`ConfigError` for a key that is not a tuned key (``TUNED_DEFAULTS``).
+    so. Raises :class:`ConfigError` for a bad search space (:func:`check_search_space`: a key that is not a tuned
+    key, ``TUNED_DEFAULTS``, a malformed entry, a value its key does not take).
     """
-    parsed = parse_search_space(cfg.tune.search_space)
+    parsed = check_search_space(cfg.tune.search_space)
     search: dict[str, tuple[str, list]] = {}
     notes: list[str] = []
     for key, spec in parsed.items():
-        if key not in TUNED_DEFAULTS:
-            raise ConfigError(
-                f"tune.search_space: {key} cannot be searched: the searchable keys are "
-                f"{', '.join(TUNED_DEFAULTS)} (see TUNED_DEFAULTS in dirl/config.py)"
-            )
         value = current_values(cfg, [key])[key]
         if value is None:
             search[key] = spec

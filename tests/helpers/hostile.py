@@ -1,4 +1,5 @@
-"""Malformed params.yaml cases: tests/test_config.py feeds them to ``load_config``, tests/test_hostile_config.py to
+"""Malformed params.yaml cases: tests/test_config.py feeds them to ``load_config`` (and the search-space cases on to
+``dirl.train.search_space.check_search_space``, as ``dirl config`` does), tests/test_hostile_config.py to
 ``dirl config``; each must be refused with a message naming the key."""
 
 from __future__ import annotations
