@@ -463,6 +463,26 @@ def test_a_photo_short_of_composites_is_noted_not_bad():
     assert problems[0].startswith(build.SHORT) and "only" in problems[0]
 
 
+def test_a_photo_whose_region_always_touches_the_frame_is_skipped_and_noted_not_bad():
+    """Under synth.max_border a photo whose region covers the frame's edge at every crop (a band of sky) gives no
+    composite by design: it is noted, not a bad item; a photo with an object inside the frame gives its composites."""
+    from dirl.data import build
+    from dirl.data.images import encode_png
+
+    sky = _stored_row("coffee", data.coffee())
+    band = np.zeros((64, 64), np.uint8)
+    band[:20] = 1
+    sky["mask"] = encode_png(band)
+    obj = _stored_row("chelsea", data.chelsea())
+    build._init_synth(build.reference_rows([sky, obj], seed=0))
+    opts = synth.Imitation(max_border=0.05, max_zoom=4.0, retouch_share=1.0)
+    res = build._synth_chunk(([sky, obj], 2, tuple(METHODS), 20, 0, 0, 0.0, opts))
+    problems = [p for r, p in res if p]
+    assert [r["id"].split("_")[0] for r, _ in res if r is not None] == ["chelsea", "chelsea"]
+    assert len(problems) == 1 and problems[0].startswith(build.SHORT) and "coffee" in problems[0]
+    assert "synth.max_border" in problems[0]
+
+
 def _stored_row(name: str, im: np.ndarray) -> dict:
     """A 64 x 64 photo row as preprocess stores it (an elliptic object mask), for the synthesis chunk workers."""
     from dirl.data.images import encode_jpeg, encode_png
