@@ -15,17 +15,13 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-import pyarrow.ipc as ipc
+from dirl.data.shards import read_table
 
 
 def synth_methods(synth: Path) -> dict[str, str]:
-    """``{row id: synth_method}`` of every row in the shard folder ``synth`` (empty when it has no shards)."""
-    out: dict[str, str] = {}
-    for shard in sorted(synth.glob("**/*.arrow")):
-        with ipc.open_file(shard) as f:
-            table = f.read_all().select(["id", "synth_method"])
-        out.update(zip(table["id"].to_pylist(), table["synth_method"].to_pylist()))
-    return out
+    """``{row id: synth_method}`` of the test rows in the shard folder ``synth``."""
+    table = read_table(synth, "test", ["id", "synth_method"])
+    return dict(zip(table["id"].to_pylist(), table["synth_method"].to_pylist()))
 
 
 def report(workspace: Path) -> str:

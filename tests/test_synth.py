@@ -10,6 +10,7 @@ import pytest
 from skimage import data
 
 from dirl.data import synth
+from dirl.data.compare import edge_share
 from dirl.data.synth import (
     METHODS,
     Composite,
@@ -329,10 +330,6 @@ def test_target_crop_matches_area_and_centre():
     assert all(0.03 <= a <= 0.5 for a, _, _ in got)
 
 
-def _edge_share(region: np.ndarray) -> float:
-    return float(np.concatenate([region[0], region[-1], region[1:-1, 0], region[1:-1, -1]]).mean())
-
-
 def test_target_crop_keeps_the_region_off_the_frame_edge():
     sky = np.zeros((256, 256), np.uint8)
     sky[:70] = 1  # a band along the top: every crop that holds some of it has it on its edge
@@ -348,10 +345,10 @@ def test_target_crop_keeps_the_region_off_the_frame_edge():
         window = synth.target_crop(car, rng, max_zoom=4.0, max_border=0.05)
         assert window is not None
         _, region = synth.apply_crop(np.zeros((256, 256, 3), np.uint8), car, window)
-        assert _edge_share(region) <= 0.06  # the bound, measured after the crop's resize
+        assert edge_share(region) <= 0.06  # the bound, measured after the crop's resize
     # without the bound the same draws may put the region on the edge: the bound is what holds it inside
     loose = [synth.target_crop(car, np.random.default_rng(k), max_zoom=4.0) for k in range(20)]
-    assert any(_edge_share(synth.apply_crop(np.zeros((256, 256, 3), np.uint8), car, w)[1]) > 0.06 for w in loose)
+    assert any(edge_share(synth.apply_crop(np.zeros((256, 256, 3), np.uint8), car, w)[1]) > 0.06 for w in loose)
 
 
 def test_imitation_with_max_border_keeps_regions_inside_the_frame(photos):
@@ -360,7 +357,7 @@ def test_imitation_with_max_border_keeps_regions_inside_the_frame(photos):
     if not synth.fits_frame(m, opts):
         pytest.skip("the photo's region touches the frame at every crop")
     made = synth.imitate_iharmony4(img, m, 3, np.random.default_rng(0), opts=opts)
-    assert made and all(_edge_share(region) <= 0.06 for _, region, _ in made)
+    assert made and all(edge_share(region) <= 0.06 for _, region, _ in made)
 
 
 def test_realism_filter_rejects_invisible_and_extreme_shifts(photos):

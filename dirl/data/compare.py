@@ -73,6 +73,12 @@ def ring_mask(mask: np.ndarray, ring: float = RING) -> np.ndarray:
     return (cv2.dilate(m, kernel) > 0) & (m == 0)
 
 
+def edge_share(mask: np.ndarray) -> float:
+    """The fraction of the image's edge pixels inside ``mask`` ((H, W) bool or {0, 1})."""
+    m = mask.astype(bool)
+    return float(np.concatenate([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]]).mean())
+
+
 def prior_iou(mask: np.ndarray, side: int = PRIOR_SIDE) -> float:
     """IoU of the centred prior with ``mask`` ((H, W) bool), both at ``side`` x ``side`` as the evaluation sees them."""
     m = cv2.resize(mask.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) > 0.5  # (side, side)
@@ -112,7 +118,7 @@ def region_stats(
     out["area"] = float(m.mean())
     out["cx"] = float((xs.mean() + 0.5) / w)
     out["cy"] = float((ys.mean() + 0.5) / h)
-    out["border"] = float(np.concatenate([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]]).mean())
+    out["border"] = edge_share(m)
     out["prior"] = prior_iou(m)
     c = lab(image)
     fg = c[m]
