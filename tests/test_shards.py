@@ -176,6 +176,9 @@ def test_shard_dataset_batches(tmp_path):
     write_split_dataset(tmp_path)
     ds = ShardDataset(tmp_path, "train", 24, train=True, seed=3)
     assert len(ds) == 23
+    jittered = ShardDataset(tmp_path, "train", 24, train=True, seed=3, jitter=0.2)  # train.jitter
+    plain, changed = ds[4], jittered[4]
+    assert np.array_equal(plain["mask"], changed["mask"]) and not np.array_equal(plain["image"], changed["image"])
     batches = list(ds.iter_batches(8, shuffle=True))
     assert [len(b["id"]) for b in batches] == [8, 8, 7]
     b = batches[0]

@@ -5,7 +5,16 @@ import numpy as np
 import torch
 
 from dirl.data.images import resize_mask
-from dirl.data.transforms import MEAN, STD, crop_params, denormalize, eval_transform, normalize, train_transform
+from dirl.data.transforms import (
+    MEAN,
+    STD,
+    crop_params,
+    denormalize,
+    eval_transform,
+    normalize,
+    photometric_jitter,
+    train_transform,
+)
 
 
 def scene(h=96, w=128, box=(10, 20, 30, 20)):
@@ -42,6 +51,26 @@ def test_train_transform_shapes_normalisation_and_determinism():
     x3, _ = train_transform(img, mask, 64, np.random.default_rng(2))
     x4, _ = train_transform(img, mask, 64, np.random.default_rng(3))
     assert not (np.array_equal(x, x3) and np.array_equal(x, x4))
+
+
+def test_jitter_changes_the_whole_image_alike_and_leaves_the_crop_and_mask_alone():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    img[10:20, 10:30] = (200, 60, 40)  # a region of one colour ...
+    img[30:35, 0:10] = (200, 60, 40)  # ... and the same colour elsewhere
+    out = photometric_jitter(img, 0.3, np.random.default_rng(1))
+    assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img)
+    same = {tuple(v) for v in out[10:20, 10:30].reshape(-1, 3)} | {tuple(v) for v in out[30:35, 0:10].reshape(-1, 3)}
+    assert len(same) == 1  # one colour in, one colour out, wherever it is
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, 2)  # (256, 1, 3): every value once
+    for seed in range(20):  # one increasing curve per channel: the order of values (and so every edge) is kept
+        curve = photometric_jitter(ramp, 0.3, np.random.default_rng(seed))[:, 0].astype(int)  # (256, 3)
+        assert (np.diff(curve, axis=0) >= 0).all()
+    img, mask = scene()
+    x0, m0 = train_transform(img, mask, 64, np.random.default_rng(4))
+    xj, mj = train_transform(img, mask, 64, np.random.default_rng(4), jitter=0.3)
+    assert np.array_equal(m0, mj) and not np.array_equal(x0, xj)  # same crop and flip, other colours
+    assert np.array_equal(x0, train_transform(img, mask, 64, np.random.default_rng(4), jitter=0.0)[0])
 
 
 def test_train_transform_flips_image_and_mask_together():

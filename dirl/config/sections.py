@@ -218,6 +218,13 @@ class TrainConfig:
         TUNED_DEFAULTS["train.lam"], ge=0.0, doc="weight of the attention-map losses; null = the tune stage's value"
     )
     seed: int = _f(42, ge=0, le=MAX_SEED)
+    jitter: float = _f(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        doc="global photometric jitter of train crops (0 = none, the reference): gamma, contrast, brightness and "
+        "per-channel gain, each up to this log-strength, applied to the whole image so the region's mismatch stays",
+    )
     sync_bn: str = _f(
         "auto",
         choices=("auto", "on", "off"),

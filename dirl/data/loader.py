@@ -26,7 +26,7 @@ COLUMNS = ("id", "image", "mask")
 
 
 def decode_row(
-    row: Mapping[str, Any], size: int, train: bool, rng: np.random.Generator | None = None
+    row: Mapping[str, Any], size: int, train: bool, rng: np.random.Generator | None = None, jitter: float = 0.0
 ) -> dict[str, Any]:
     """Stored row ``{id, image: JPEG bytes, mask: PNG bytes, ...}`` -> ``{id, image (3,S,S), mask (1,S,S)}``.
 
@@ -39,7 +39,7 @@ def decode_row(
     if train:
         if rng is None:
             raise ValueError("decode_row(train=True) needs an rng (numpy Generator)")
-        x, m = train_transform(img, mask, size, rng)
+        x, m = train_transform(img, mask, size, rng, jitter)
     else:
         x, m = eval_transform(img, mask, size)
     return {"id": name, "image": x, "mask": m}  # (3, S, S), (1, S, S) float32
@@ -109,9 +109,10 @@ class ShardDataset(torch.utils.data.Dataset):
         train: bool,
         seed: int = 0,
         sources: Sequence[str] | None = TRAIN_SOURCES,
+        jitter: float = 0.0,
     ):
         self.dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
-        self.split, self.size, self.train, self.seed = split, size, train, seed
+        self.split, self.size, self.train, self.seed, self.jitter = split, size, train, seed, jitter
         self.sources = tuple(sources) if sources is not None else None
         self.epoch = 0
         self._open()
@@ -151,7 +152,7 @@ class ShardDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} rows of split {self.split!r}")
         i %= len(self)
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
-        return decode_row(self.row(i), self.size, self.train, rng)
+        return decode_row(self.row(i), self.size, self.train, rng, self.jitter)
 
     def collate(self, idx: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """Rows ``idx`` as ``{image: (B,3,S,S) float32, mask: (B,1,S,S) float32, id: list[str]}`` tensors."""

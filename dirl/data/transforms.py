@@ -6,7 +6,9 @@ and serving (``dirl.lifecycle.predict``, the MLflow pyfunc) all go through :func
 
 Train: random resized crop to ``size`` (scale (0.9, 1.0), ratio (3/4, 4/3), bilinear), redrawn until the mask keeps
 more than 10 foreground pixels (an emptier crop is accepted with probability 0.05), then a horizontal flip with
-p = 0.5. No colour or photometric augmentation: the colour mismatch is the signal.
+p = 0.5. No colour augmentation by default: the colour mismatch is the signal. ``jitter`` > 0 (``train.jitter``) adds
+one global photometric change of the whole crop (:func:`photometric_jitter`), which leaves the region's mismatch with
+its surroundings in place and keeps a model from learning a photo's own colours.
 Eval: plain resize to ``size``.
 Both return an ImageNet-normalised ``(3, H, W)`` float32 image and a ``(1, H, W)`` float32 {0, 1} mask.
 Masks are resized like images and binarised at 0.5 (``images.resize_mask``).
@@ -83,13 +85,29 @@ def _mask_tensor(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.float32)[None]  # (H, W) -> (1, H, W)
 
 
+def photometric_jitter(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """One global change of a ``(H, W, 3)`` uint8 image, the same for every pixel: ``y_c = clip(((x / 255) ** g * k_c
+    - 0.5) * c + 0.5 + b)`` with gamma ``g``, contrast ``c`` = exp(U(-s, s)), per-channel gain ``k_c`` =
+    exp(U(-s/2, s/2)) and brightness ``b`` = U(-s/4, s/4), as one 256-entry look-up table per channel."""
+    s = float(strength)
+    gamma, contrast = np.exp(rng.uniform(-s, s, 2))
+    gains = np.exp(rng.uniform(-s / 2, s / 2, 3))  # (3,)
+    bright = rng.uniform(-s / 4, s / 4)
+    x = (np.arange(256, dtype=np.float64) / 255.0) ** gamma  # (256,)
+    lut = ((x[:, None] * gains[None] - 0.5) * contrast + 0.5 + bright) * 255.0  # (256, 3)
+    lut = np.clip(np.rint(lut), 0, 255).astype(np.uint8)[:, None, :]  # (256, 1, 3)
+    return cv2.LUT(np.ascontiguousarray(img), lut)
+
+
 def train_transform(
-    img: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
+    img: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator, jitter: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference train augmentation; deterministic given ``rng``. Returns ``(x (3,S,S), m (1,S,S))`` float32.
 
     The crop is redrawn until the resized mask keeps > ``MIN_FG_PIXELS`` foreground pixels, or accepted anyway
     with probability ``ACCEPT_EMPTY_P``; after ``MAX_REDRAWS`` rejections the whole image is resized instead.
+    ``jitter`` > 0 then applies :func:`photometric_jitter` (drawn after the crop and flip, so ``jitter`` = 0 draws
+    exactly the reference's crops).
     """
     h, w = mask.shape
     for _ in range(MAX_REDRAWS):
@@ -102,6 +120,8 @@ def train_transform(
         x, m = resize_image(img, size), resize_mask(mask, size)
     if rng.random() < 0.5:
         x, m = cv2.flip(x, 1), cv2.flip(m, 1)  # horizontal; contiguous, unlike x[:, ::-1]
+    if jitter > 0:
+        x = photometric_jitter(x, jitter, rng)  # (S, S, 3) uint8, the whole crop changed alike
     return normalize(x), _mask_tensor(m)
 
 

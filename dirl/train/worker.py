@@ -166,7 +166,7 @@ def train_loop_per_worker(config: dict) -> dict:
     from dirl.data.loader import ShardDataset
 
     size = cfg.model.input_size
-    train_ds = ShardDataset(config["data_dirs"], "train", size, train=True, seed=tc.seed)
+    train_ds = ShardDataset(config["data_dirs"], "train", size, train=True, seed=tc.seed, jitter=tc.jitter)
     batch = local_batch_size(tc.batch_size, world)
     sync, note = use_sync_bn(tc.sync_bn, world, batch, device.type)
     if sync:
