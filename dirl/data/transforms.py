@@ -88,7 +88,9 @@ def _mask_tensor(mask: np.ndarray) -> np.ndarray:
 def photometric_jitter(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
     """One global change of a ``(H, W, 3)`` uint8 image, the same for every pixel: ``y_c = clip(((x / 255) ** g * k_c
     - 0.5) * c + 0.5 + b)`` with gamma ``g``, contrast ``c`` = exp(U(-s, s)), per-channel gain ``k_c`` =
-    exp(U(-s/2, s/2)) and brightness ``b`` = U(-s/4, s/4), as one 256-entry look-up table per channel."""
+    exp(U(-s/2, s/2)) and brightness ``b`` = U(-s/4, s/4), as one 256-entry look-up table per channel. The train-time
+    counterpart of ``synth.recolour`` (:func:`dirl.data.synth.recolour_image`, drawn once per stored composite):
+    redrawn for every crop of every epoch."""
     s = float(strength)
     gamma, contrast = np.exp(rng.uniform(-s, s, 2))
     gains = np.exp(rng.uniform(-s / 2, s / 2, 3))  # (3,)
