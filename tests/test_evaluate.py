@@ -238,3 +238,44 @@ def test_tiny_test_foreground_is_scored_like_the_reference(tmp_path, monkeypatch
     assert tiny == {"ap": 0.0, "f1": 0.0, "iou": 0.0, "prior_ap": 0.0, "prior_f1": 0.0, "prior_iou": 0.0}
     other = float(rows["c1_1_1"]["ap"])
     assert metrics["test"]["model"]["AP"] == pytest.approx((other + 0.0) / 2 * 100, abs=1e-3)  # the 0 is averaged in
+
+
+def test_mismatch_probe_scores_the_composite_and_its_unaltered_photo(tmp_path):
+    """benchmarks/mismatch_probe.py: rows without a real photo are left out; a row whose real photo is the composite
+    itself scores the same on both lines, one whose region was changed scores differently."""
+    import importlib.util
+
+    from dirl.data.images import encode_png
+    from dirl.data.shards import ShardWriter, write_manifest
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mismatch_probe.py"
+    spec = importlib.util.spec_from_file_location("mismatch_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    def table(real_is_composite: bool) -> dict[str, list[float]]:
+        synth = tmp_path / ("same" if real_is_composite else "changed")
+        with ShardWriter(synth, "test") as w:
+            for i in range(6):
+                img, mask = composite(i, 48, 48)
+                shifted = np.where(mask[..., None] == 1, 255 - img, img).astype(np.uint8)
+                w.write(
+                    {
+                        "id": f"s{i}", "subset": "unit", "split": "test",
+                        "image": encode_jpeg(img if real_is_composite else shifted), "mask": encode_png(mask),
+                        "real": encode_jpeg(img) if i < 4 else None,
+                        "orig_h": 48, "orig_w": 48, "height": 48, "width": 48, "fg_ratio": float(mask.mean()),
+                        "source": "synthesized", "synth_method": "reinhard", "ref_id": None,
+                    }
+                )  # fmt: skip
+        write_manifest(synth, w.shards, {})
+        out = probe.probe(str(weights), synth, make_cfg(tmp_path, size=48))
+        rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+        return {r[0].strip(): [float(v) for v in r[1:] if v.strip()] for r in rows[1:]}
+
+    weights = make_weights(tmp_path / "model.pt", "unet", 48, seed=2)
+    same, changed = table(True), table(False)
+    assert same["composite"][0] == same["unaltered photo"][0] == same["centred prior"][0] == 4  # n: rows with a photo
+    assert same["composite"][1:] == same["unaltered photo"][1:]  # the same input: the same IoU and probabilities
+    assert changed["composite"][1:] != changed["unaltered photo"][1:]
+    assert changed["centred prior"] == same["centred prior"]  # the prior sees only the masks
