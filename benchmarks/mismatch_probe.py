@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from dirl.config import Config, load_config
-from dirl.data.images import decode_image, decode_mask
+from dirl.data.loader import decode_row
 from dirl.data.shards import read_table
-from dirl.data.transforms import eval_transform
 from dirl.lifecycle.resolve import load_model_ref
 from dirl.metrics import baseline_metrics, per_image_metrics
 
@@ -32,8 +31,7 @@ def predict(model: torch.nn.Module, xs: list[np.ndarray]) -> np.ndarray:
     out = []
     with torch.no_grad():
         for s in range(0, len(xs), BATCH):
-            y = model(torch.from_numpy(np.stack(xs[s : s + BATCH])))  # (B, 3, S, S) -> maps
-            y = y[0] if isinstance(y, (list, tuple)) else y  # the final map: (B, 1, S, S)
+            y = model(torch.from_numpy(np.stack(xs[s : s + BATCH])))[0]  # (B, 3, S, S) -> final map (B, 1, S, S)
             out.append(y.float().squeeze(1).numpy())
     return np.concatenate(out)
 
@@ -49,14 +47,17 @@ def probe(model_ref: str, synth: Path, cfg: Config, limit: int = 0) -> str:
         keep = keep[:: max(1, len(keep) // limit)][:limit]
     comp, real, gts, ids = [], [], [], []
     for i in keep:
-        name = table["id"][i].as_py()
-        mask, _ = decode_mask(table["mask"][i].as_buffer(), f"{name}/mask")  # (H, W) {0, 1}
-        x, g = eval_transform(decode_image(table["image"][i].as_buffer(), f"{name}/image"), mask, size)
-        y, _ = eval_transform(decode_image(table["real"][i].as_buffer(), f"{name}/real"), mask, size)
-        comp.append(x)  # (3, S, S)
-        real.append(y)  # (3, S, S): the same photo, region unchanged
-        gts.append(g[0])  # (S, S)
-        ids.append(name)
+        row = {
+            "id": table["id"][i].as_py(),
+            "image": table["image"][i].as_buffer(),
+            "mask": table["mask"][i].as_buffer(),
+        }
+        x = decode_row(row, size, train=False)  # the evaluation's plain resize
+        y = decode_row({**row, "image": table["real"][i].as_buffer()}, size, train=False)
+        comp.append(x["image"])  # (3, S, S)
+        real.append(y["image"])  # (3, S, S): the same photo, region unchanged
+        gts.append(x["mask"][0])  # (S, S)
+        ids.append(row["id"])
     gt = np.stack(gts)  # (N, S, S)
     inside = gt > 0.5
     lines = [
