@@ -1,12 +1,13 @@
 """Does a model find the mismatch, or the object? Its IoU on each synthesized test composite beside its IoU on the
 same photo before the region was changed (the row's ``real`` image, the same plain resize), with the centred prior.
 
-    python benchmarks/mismatch_probe.py [--model results/train/model.pt] [--synth data/synth] [--limit 0]
+    python benchmarks/mismatch_probe.py [--model results/train/model.pt] [--synth data/synth] [--split test] [--limit 0]
 
 A model that scores the unaltered photos almost as well as the composites segments the photo's object (a saliency
 model) and gains little from the mismatch; one that finds the mismatch scores them near zero. Prints one markdown
 table: n, IoU on the composites, IoU on the unaltered photos, the prior, and the mean predicted probability inside
-and outside the region on each.
+and outside the region on each; with ``synth.foreign_shapes``, the composites on the photo's own object and those on
+another photo's outline (ids ``_x<k>``, :data:`dirl.data.build.FOREIGN_ID`) also each on their own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from dirl.config import Config, load_config
+from dirl.data.build import FOREIGN_ID as FOREIGN
 from dirl.data.loader import decode_row
 from dirl.data.shards import read_table
 from dirl.lifecycle.resolve import load_model_ref
@@ -36,12 +38,12 @@ def predict(model: torch.nn.Module, xs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def probe(model_ref: str, synth: Path, cfg: Config, limit: int = 0) -> str:
-    """The table for the test rows of ``synth`` that hold their unaltered photo (``limit`` > 0: that many)."""
+def probe(model_ref: str, synth: Path, cfg: Config, limit: int = 0, split: str = "test") -> str:
+    """The table for the ``split`` rows of ``synth`` that hold their unaltered photo (``limit`` > 0: that many)."""
     model, info = load_model_ref(model_ref, cfg)
     model.eval()
     size = int(info.get("input_size") or cfg.model.input_size)
-    table = read_table(synth, "test", ["id", "image", "mask", "real"])
+    table = read_table(synth, split, ["id", "image", "mask", "real"])
     keep = [i for i, r in enumerate(table["real"].is_valid().to_pylist()) if r]
     if limit:
         keep = keep[:: max(1, len(keep) // limit)][:limit]
@@ -61,17 +63,25 @@ def probe(model_ref: str, synth: Path, cfg: Config, limit: int = 0) -> str:
     gt = np.stack(gts)  # (N, S, S)
     inside = gt > 0.5
     lines = [
-        f"model `{model_ref}` ({info.get('model')}, {size} px) on {len(ids)} test rows of `{synth}` with their photo",
+        f"model `{model_ref}` ({info.get('model')}, {size} px) on {len(ids)} {split} rows of `{synth}` with their photo",
         "",
-        "| input | n | IoU | p inside | p outside |",
-        "|---|---|---|---|---|",
+        "| regions | input | n | IoU | p inside | p outside |",
+        "|---|---|---|---|---|---|",
     ]
-    for label, xs in (("composite", comp), ("unaltered photo", real)):
-        p = predict(model, xs)  # (N, S, S)
-        iou = 100 * per_image_metrics(p, gt)["iou"].mean()
-        lines.append(f"| {label} | {len(ids)} | {iou:.2f} | {p[inside].mean():.2f} | {p[~inside].mean():.2f} |")
-    prior = baseline_metrics(gt[:, None], ids)["IoU"]
-    lines.append(f"| centred prior | {len(ids)} | {prior:.2f} | | |")
+    foreign = np.array([bool(FOREIGN.search(i)) for i in ids])
+    groups = [("all", np.ones(len(ids), bool))]
+    if foreign.any():
+        groups += [("the photo's object", ~foreign), ("foreign outlines", foreign)]
+    probs = {label: predict(model, xs) for label, xs in (("composite", comp), ("unaltered photo", real))}  # (N, S, S)
+    for name, sel in groups:
+        if not sel.any():
+            continue
+        for label, p in probs.items():
+            iou = 100 * per_image_metrics(p[sel], gt[sel])["iou"].mean()
+            pi, po = p[sel][inside[sel]].mean(), p[sel][~inside[sel]].mean()
+            lines.append(f"| {name} | {label} | {int(sel.sum())} | {iou:.2f} | {pi:.2f} | {po:.2f} |")
+        prior = baseline_metrics(gt[sel][:, None], [i for i, s in zip(ids, sel) if s])["IoU"]
+        lines.append(f"| {name} | centred prior | {int(sel.sum())} | {prior:.2f} | | |")
     return "\n".join(lines)
 
 
@@ -80,6 +90,7 @@ if __name__ == "__main__":
     ap.add_argument("--model", default="results/train/model.pt")
     ap.add_argument("--synth", type=Path, default=Path("data/synth"))
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--limit", type=int, default=0, help="at most this many test rows, evenly spread; 0 = all")
+    ap.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ap.add_argument("--limit", type=int, default=0, help="at most this many rows, evenly spread; 0 = all")
     a = ap.parse_args()
-    print(probe(a.model, a.synth, load_config(a.params), a.limit))
+    print(probe(a.model, a.synth, load_config(a.params), a.limit, a.split))

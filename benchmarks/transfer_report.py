@@ -5,7 +5,9 @@
 Reads ``results/evaluate/per_image.csv`` (every evaluated composite, model and prior) and the ``synth_method`` of
 each synthesized test row in ``data/synth``; prints one markdown table: per set, per group (the synthesis method
 for the synthesized test split, the iHarmony4 subset for an extra set such as ``ihd_dev``), n, model IoU, prior IoU
-and the margin, with each set's total first.
+and the margin, with each set's total first. With ``synth.foreign_shapes``, the synthesized split's composites on the
+photo's own object (ids ``<photo>_i<k>``) and on another photo's outline (``<photo>_x<k>``) get a total each, and a
+foreign composite's method reads ``<method> (foreign)``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+from dirl.data.build import FOREIGN_ID as FOREIGN
 from dirl.data.shards import read_table
 
 
@@ -32,10 +35,15 @@ def report(workspace: Path) -> str:
         group = methods.get(r["id"], r["subset"]) if r["set"] == "test" else r["subset"]
         pair = (float(r["iou"]), float(r["prior_iou"]))
         groups[(r["set"], "all")].append(pair)
+        if r["set"] == "test" and r["id"] in methods and FOREIGN.search(r["id"]):
+            group += " (foreign)"
+            groups[(r["set"], "all on foreign outlines")].append(pair)
+        elif r["set"] == "test" and r["id"] in methods:
+            groups[(r["set"], "all on the photo's object")].append(pair)
         groups[(r["set"], group)].append(pair)
     lines = ["| set | group | n | model IoU | prior IoU | margin |", "|---|---|---|---|---|---|"]
     for (name, group), pairs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0] != "test", kv[0][0], kv[0][1] != "all", kv[0][1])
+        groups.items(), key=lambda kv: (kv[0][0] != "test", kv[0][0], not kv[0][1].startswith("all"), kv[0][1])
     ):
         model = 100 * sum(p[0] for p in pairs) / len(pairs)
         prior = 100 * sum(p[1] for p in pairs) / len(pairs)

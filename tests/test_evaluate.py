@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dirl.data.images import encode_jpeg, resize_mask
+from dirl.data.images import encode_jpeg, encode_png, resize_mask
 from dirl.lifecycle.evaluate import compare
 from dirl.metrics import baseline_metrics
 from dirl.stages import evaluate as evaluate_stage
@@ -242,10 +242,10 @@ def test_tiny_test_foreground_is_scored_like_the_reference(tmp_path, monkeypatch
 
 def test_mismatch_probe_scores_the_composite_and_its_unaltered_photo(tmp_path):
     """benchmarks/mismatch_probe.py: rows without a real photo are left out; a row whose real photo is the composite
-    itself scores the same on both lines, one whose region was changed scores differently."""
+    itself scores the same on both lines, one whose region was changed scores differently; composites on a foreign
+    outline (ids ``_x<k>``) and on the photo's own object get lines of their own."""
     import importlib.util
 
-    from dirl.data.images import encode_png
     from dirl.data.shards import ShardWriter, write_manifest
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "mismatch_probe.py"
@@ -261,7 +261,7 @@ def test_mismatch_probe_scores_the_composite_and_its_unaltered_photo(tmp_path):
                 shifted = np.where(mask[..., None] == 1, 255 - img, img).astype(np.uint8)
                 w.write(
                     {
-                        "id": f"s{i}", "subset": "unit", "split": "test",
+                        "id": f"p{i}_x0" if i % 2 else f"p{i}_i0", "subset": "unit", "split": "test",
                         "image": encode_jpeg(img if real_is_composite else shifted), "mask": encode_png(mask),
                         "real": encode_jpeg(img) if i < 4 else None,
                         "orig_h": 48, "orig_w": 48, "height": 48, "width": 48, "fg_ratio": float(mask.mean()),
@@ -271,11 +271,54 @@ def test_mismatch_probe_scores_the_composite_and_its_unaltered_photo(tmp_path):
         write_manifest(synth, w.shards, {})
         out = probe.probe(str(weights), synth, make_cfg(tmp_path, size=48))
         rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
-        return {r[0].strip(): [float(v) for v in r[1:] if v.strip()] for r in rows[1:]}
+        return {(r[0].strip(), r[1].strip()): [float(v) for v in r[2:] if v.strip()] for r in rows[1:]}
 
     weights = make_weights(tmp_path / "model.pt", "unet", 48, seed=2)
-    same, changed = table(True), table(False)
+    by_group = table(True), table(False)
+    same, changed = ({k[1]: v for k, v in t.items() if k[0] == "all"} for t in by_group)
     assert same["composite"][0] == same["unaltered photo"][0] == same["centred prior"][0] == 4  # n: rows with a photo
+    assert by_group[0][("foreign outlines", "composite")][0] == by_group[0][("the photo's object", "composite")][0] == 2
     assert same["composite"][1:] == same["unaltered photo"][1:]  # the same input: the same IoU and probabilities
     assert changed["composite"][1:] != changed["unaltered photo"][1:]
     assert changed["centred prior"] == same["centred prior"]  # the prior sees only the masks
+
+
+def test_transfer_report_groups_by_method_kind_and_subset(tmp_path):
+    """benchmarks/transfer_report.py: the synthesized split per method, with the composites on the photo's own object
+    and on a foreign outline (ids ``_x<k>``) each totalled, and an extra set per subset; every figure the mean of
+    per_image.csv's rows beside the prior's."""
+    import importlib.util
+
+    from dirl.data.shards import ShardWriter, write_manifest
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer_report.py"
+    spec = importlib.util.spec_from_file_location("transfer_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+
+    ids = {"p1_i0": "reinhard", "p1_x0": "reinhard", "p2_i0": "retouch", "p2_x1": "retouch"}
+    with ShardWriter(tmp_path / "data/synth", "test") as w:
+        for i, (cid, method) in enumerate(ids.items()):
+            img, mask = composite(i, 16, 16)
+            w.write(
+                {
+                    "id": cid, "subset": "unit", "split": "test", "image": encode_jpeg(img), "mask": encode_png(mask),
+                    "real": None, "orig_h": 16, "orig_w": 16, "height": 16, "width": 16, "fg_ratio": 0.2,
+                    "source": "synthesized", "synth_method": method, "ref_id": None,
+                }
+            )  # fmt: skip
+    write_manifest(tmp_path / "data/synth", w.shards, {})
+    (tmp_path / "results/evaluate").mkdir(parents=True)
+    with (tmp_path / "results/evaluate/per_image.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["set", "id", "subset", "iou", "prior_iou"])
+        for k, cid in enumerate(ids):
+            out.writerow(["test", cid, "unit", 0.1 * (k + 1), 0.1])  # 0.1, 0.2, 0.3, 0.4
+        out.writerow(["ihd_dev", "c1", "HCOCO", 0.5, 0.3])
+    rows = [line.strip("|").split("|") for line in report.report(tmp_path).splitlines()[2:]]
+    got = {(r[0].strip(), r[1].strip()): (int(r[2]), float(r[3]), float(r[4])) for r in rows}
+    assert got[("test", "all")] == (4, 25.0, 10.0)
+    assert got[("test", "all on the photo's object")] == (2, 20.0, 10.0)  # p1_i0, p2_i0
+    assert got[("test", "all on foreign outlines")] == (2, 30.0, 10.0)  # p1_x0, p2_x1
+    assert got[("test", "reinhard (foreign)")] == (1, 20.0, 10.0) and got[("test", "retouch")] == (1, 30.0, 10.0)
+    assert got[("ihd_dev", "HCOCO")] == (1, 50.0, 30.0)

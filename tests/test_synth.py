@@ -480,6 +480,82 @@ def test_a_photo_whose_region_always_touches_the_frame_is_skipped_and_noted_not_
     assert "synth.max_border" in problems[0]
 
 
+def test_foreign_region_is_the_outline_scaled_and_placed_by_the_target():
+    """A foreign region keeps the other object's outline (a wide ellipse stays wide), lies inside the frame, and its
+    area and centre follow the target distribution (median area 0.22, centre near (0.5, 0.52))."""
+    shape = np.zeros((90, 200), np.uint8)
+    cv2.ellipse(shape, (120, 45), (60, 20), 0, 0, 360, 1, -1)  # 3:1 wide, off-centre in its photo
+    rng = np.random.default_rng(0)
+    areas, cx, cy = [], [], []
+    for _ in range(300):
+        r = synth.foreign_region(shape, 100, 120, rng)
+        assert r.shape == (100, 120) and r.dtype == np.uint8 and r.any()
+        ys, xs = np.nonzero(r)
+        assert 2.0 < (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1) < 4.0  # the outline's aspect kept
+        areas.append(r.mean())
+        cx.append(xs.mean() / 120)
+        cy.append(ys.mean() / 100)
+    assert 0.18 < np.median(areas) < 0.26 and min(areas) >= 0.02 and max(areas) <= 0.55
+    assert abs(np.median(cx) - 0.5) < 0.05 and abs(np.median(cy) - 0.52) < 0.05
+    with pytest.raises(ValueError, match="empty"):
+        synth.foreign_region(np.zeros((8, 8), np.uint8), 10, 10, rng)
+
+
+def test_imitate_foreign_composites_recolour_another_photos_outline(photos):
+    """Each foreign composite changes only its region, passes the realism filter, and takes its outline from another
+    photo, never from the photo itself; the same seed makes the same composites."""
+    img, m = photos["coffee"]
+    refs = [Reference(n, *photos[n], None) for n in ("coffee", "chelsea", "astronaut")]
+    opts = synth.Imitation(retouch_share=0.5, foreign=4)
+
+    def make():
+        return synth.imitate_foreign(
+            img, 4, np.random.default_rng(3), shapes=refs, refs=refs, image_id="coffee", opts=opts
+        )
+
+    made = make()
+    assert len(made) == 4
+    for c, region, base in made:
+        assert region.shape == m.shape and not np.array_equal(region, m)
+        assert np.array_equal(c.image[region == 0], base[region == 0])  # background untouched
+        assert synth.realism_check(base, c.image, region)[0]
+        assert c.params["shape"] in ("chelsea", "astronaut") and c.ref_id != "coffee"
+    assert all(np.array_equal(a[0].image, b[0].image) for a, b in zip(made, make()))
+    assert synth.imitate_foreign(img, 2, np.random.default_rng(3), shapes=refs[:1], refs=refs, image_id="coffee") == []
+
+
+def test_foreign_shapes_add_composites_without_changing_the_object_ones():
+    """synth.foreign_shapes adds composites on other photos' outlines (ids ``_x<k>``) after a photo's object
+    composites, which stay byte for byte what they were; a photo skipped by max_border still gets its foreign ones."""
+    from dirl.data import build
+    from dirl.data.images import decode_mask, encode_png
+
+    def decode_png(b: bytes) -> np.ndarray:
+        return decode_mask(b)[0]
+
+    sky = _stored_row("coffee", data.coffee())
+    band = np.zeros((64, 64), np.uint8)
+    band[:20] = 1
+    sky["mask"] = encode_png(band)
+    rows = [sky, _stored_row("chelsea", data.chelsea()), _stored_row("astronaut", data.astronaut())]
+    build._init_synth(build.reference_rows(rows, seed=0))
+    base = synth.Imitation(max_border=0.05, max_zoom=4.0)
+    without = build._synth_chunk((rows, 2, tuple(METHODS), 20, 0, 0, 0.0, base))
+    with_ = build._synth_chunk(
+        (rows, 2, tuple(METHODS), 20, 0, 0, 0.0, synth.Imitation(**{**base.__dict__, "foreign": 2}))
+    )
+    own = {r["id"]: r["image"] for r, _ in without if r}
+    assert own and all(k.split("_")[1].startswith("i") for k in own)
+    extra = {r["id"]: r for r, _ in with_ if r and r["id"] not in own}
+    assert {r["id"]: r["image"] for r, _ in with_ if r and r["id"] in own} == own
+    assert sorted(extra) == [f"{p}_x{k}" for p in ("astronaut", "chelsea", "coffee") for k in range(2)]
+    for r in extra.values():  # the region is another photo's ellipse or band, never this photo's own mask
+        region = decode_png(r["mask"])
+        stored = decode_png(next(x for x in rows if x["id"] == r["id"].split("_")[0])["mask"])
+        assert region.any() and not np.array_equal(region > 0, stored > 0)
+    assert [p for _, p in with_ if p] == [p for _, p in without if p]  # the skip note unchanged
+
+
 def _stored_row(name: str, im: np.ndarray) -> dict:
     """A 64 x 64 photo row as preprocess stores it (an elliptic object mask), for the synthesis chunk workers."""
     from dirl.data.images import encode_jpeg, encode_png

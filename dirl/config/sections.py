@@ -149,6 +149,14 @@ class SynthConfig:
         "colour before and after; reference: ihd_dev's composites with a real image, "
         "6.9-13.1 (n=6): at most ~1.5x the largest",
     )
+    foreign_shapes: int = _f(
+        0,
+        ge=0,
+        le=1000,
+        doc="iharmony4-like: extra composites per photo whose region is another photo's object outline, scaled to "
+        "target_area and placed at target_centre: no object of the photo, only its mismatch marks it (0 = none; "
+        "photos skipped by max_border get them too)",
+    )
     realism_ring: list[float] = _f(
         [8.0, 50.0],
         ge=0.0,

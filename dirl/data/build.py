@@ -11,6 +11,7 @@ A photo that gave fewer composites than ``synth.per_image`` (but some) is noted;
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from contextlib import closing
@@ -33,6 +34,7 @@ from dirl.data.synth import (
     category_key,
     fits_frame,
     free_form_mask,
+    imitate_foreign,
     imitate_iharmony4,
     make_composites,
     recolour_image,
@@ -40,6 +42,10 @@ from dirl.data.synth import (
 from dirl.io import staging_dir, swap_in, write_json_atomic
 from dirl.progress import bar as progress_bar
 from dirl.workspace import RESULTS, SHARDS, SYNTH
+
+# a synthesized row's id: <photo>_s<k> (mixed recipe), <photo>_i<k> (iharmony4-like, on the photo's own object),
+# <photo>_x<k> (synth.foreign_shapes: on another photo's outline), <photo>_f<k>_0 (synth.free_form)
+FOREIGN_ID = re.compile(r"_x\d+$")
 
 # ----------------------------------------------------------------------------- synthesize
 
@@ -123,12 +129,12 @@ def _synth_chunk(args: tuple) -> list[tuple[dict | None, str | None]]:
                     got += 1
             return got
 
-        if imitation is not None and not fits_frame(mask, imitation):  # by design, not a bad photo: noted
+        fits = imitation is None or fits_frame(mask, imitation)
+        if not fits:  # by design, not a bad photo: noted; its foreign-outline composites are still made
             out.append(
                 (None, f"{SHORT}{row['id']}: skipped: no crop keeps its region within synth.max_border of the frame")
             )
-            continue
-        if imitation is not None:
+        elif imitation is not None:
             for k, (c, region, base) in enumerate(
                 imitate_iharmony4(
                     image,
@@ -144,13 +150,28 @@ def _synth_chunk(args: tuple) -> list[tuple[dict | None, str | None]]:
                 )
             ):
                 made.append((f"{row['id']}_i{k}", c, encode_png(region), float(region.mean()), base))
-            got = len(made)
         else:
-            got = compose(mask, per_image, "s", row["mask"], row["fg_ratio"])
-        if got == 0:  # nothing from this photo: a bad item
+            compose(mask, per_image, "s", row["mask"], row["fg_ratio"])
+        got = len(made)
+        if fits and got == 0:  # nothing from this photo: a bad item
             out.append((None, f"{row['id']}: none of {per_image} composites passed the quality check"))
-        elif got < per_image:  # some: the photo is used, the shortfall noted (SHORT), not counted as bad
+        elif fits and got < per_image:  # some: the photo is used, the shortfall noted (SHORT), not counted as bad
             out.append((None, f"{SHORT}{row['id']}: only {got} of {per_image} composites passed the quality check"))
+        if imitation is not None and imitation.foreign:  # extra composites on another photo's object outline
+            for k, (c, region, base) in enumerate(
+                imitate_foreign(
+                    image,
+                    imitation.foreign,
+                    rng,
+                    shapes=refs,
+                    refs=refs,
+                    image_id=row["id"],
+                    opts=imitation,
+                    max_tries=max_tries,
+                    recolour=recolour,
+                )
+            ):
+                made.append((f"{row['id']}_x{k}", c, encode_png(region), float(region.mean()), base))
         for k in range(free_form):  # extra composites whose region is a random free-form blob
             ff = free_form_mask(mask.shape[0], mask.shape[1], rng)
             compose(ff, 1, f"f{k}_", encode_png(ff), float(ff.mean()))
@@ -217,6 +238,7 @@ def _recipe(cfg: Config) -> tuple:
             ring_de=(s.realism_ring[0], s.realism_ring[1]),
             same_category=s.same_category,
             methods=tuple(m for m in s.methods if m in TRANSFER_METHODS) or TRANSFER_METHODS,
+            foreign=s.foreign_shapes,
         ),
     )
 

@@ -607,7 +607,8 @@ class Imitation:
     made by :func:`_retouch` (the others by a colour-transfer method); shift: (min, max) |Delta E| in Lab between
     the region's mean colour before and after; ring_de: (min, max) |Delta E| between the composite's region and its
     surrounding ring (:func:`dirl.data.compare.ring_mask`); same_category: references of the region's category
-    (:func:`category_key`) when any exists.
+    (:func:`category_key`) when any exists; foreign: extra composites per photo on another photo's object outline
+    (:func:`imitate_foreign`).
     """
 
     area: tuple[float, float] = (0.22, 0.62)
@@ -620,6 +621,7 @@ class Imitation:
     ring_de: tuple[float, float] = (8.0, 50.0)
     same_category: bool = True
     methods: tuple[str, ...] = TRANSFER_METHODS
+    foreign: int = 0
 
 
 _VIEW_WORDS = {"left", "right", "side", "back", "front", "rear", "view", "occluded", "part", "crop", "whole"}
@@ -784,6 +786,22 @@ def realism_check(
     return True, "ok"
 
 
+def _checked_composite(
+    base, region, method, rng, pool, key, opts, min_change, max_clipped, rejected
+) -> tuple[Composite, dict] | None:
+    """Recolour ``region`` of ``base`` by ``method`` and apply both filters (:func:`quality_check`,
+    :func:`realism_check`): the composite and its parameters, or None (the reason counted in ``rejected``)."""
+    comp, params, ref, seed = _transfer(base, region, method, pool, key, rng)
+    ok, reason = quality_check(base, comp, region, min_change, max_clipped)
+    if ok:
+        ok, reason = realism_check(base, comp, region, opts.shift, opts.ring_de)
+    if not ok:
+        rejected[f"{method}: {reason.split(':')[0]}"] += 1
+        return None
+    params.update(seed=seed, same_category=ref is not None and key is not None and ref.category == key)
+    return Composite(comp, method, None if ref is None else ref.id, params), params
+
+
 def _imitation_try(
     image, mask, tables, method, rng, pool, key, opts, recolour, min_change, max_clipped, rejected
 ) -> tuple[Composite, np.ndarray, np.ndarray] | None:
@@ -800,17 +818,11 @@ def _imitation_try(
         return None
     if recolour > 0 and rng.random() < recolour:
         base = recolour_image(base, rng)
-    comp, params, ref, seed = _transfer(base, region, method, pool, key, rng)
-    ok, reason = quality_check(base, comp, region, min_change, max_clipped)
-    if ok:
-        ok, reason = realism_check(base, comp, region, opts.shift, opts.ring_de)
-    if not ok:
-        rejected[f"{method}: {reason.split(':')[0]}"] += 1
+    made = _checked_composite(base, region, method, rng, pool, key, opts, min_change, max_clipped, rejected)
+    if made is None:
         return None
-    params.update(
-        seed=seed, crop=list(window), same_category=ref is not None and key is not None and ref.category == key
-    )
-    return Composite(comp, method, None if ref is None else ref.id, params), region, base
+    made[1]["crop"] = list(window)
+    return made[0], region, base
 
 
 def imitate_iharmony4(
@@ -858,4 +870,76 @@ def imitate_iharmony4(
                 break
     if len(out) < n:
         _log_shortfall("imitate_iharmony4", image_id, len(out), n, tries, rejected)
+    return out
+
+
+def foreign_region(
+    shape: np.ndarray, h: int, w: int, rng: np.random.Generator, opts: Imitation = Imitation()
+) -> np.ndarray:
+    """Another photo's object mask ``shape`` as a region of an ``h`` x ``w`` frame: cut to its bounding box,
+    mirrored with probability 1/2, scaled (aspect kept) to an area drawn as :func:`target_crop` draws it
+    (``opts.area`` within ``opts.area_range``), its box centred on a point drawn from ``opts.centre`` and moved to lie
+    inside the frame. The region is an object's outline but no object of this photo: only its changed colour marks
+    it, so a model trained on it cannot find it by looking for an object. uint8 {0, 1}, (h, w)."""
+    ys, xs = np.nonzero(shape)
+    if ys.size == 0:
+        raise ValueError("foreign_region: the shape mask is empty")
+    box = shape[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32)  # (bh, bw)
+    if rng.random() < 0.5:
+        box = box[:, ::-1]
+    med, sigma = opts.area
+    a_t = float(np.clip(np.exp(rng.normal(np.log(med), sigma)), *opts.area_range))
+    scale = np.sqrt(a_t * h * w / (float(box.mean()) * box.size))  # object pixels = a_t * h * w
+    scale = min(scale, h / box.shape[0], w / box.shape[1])  # the whole box inside the frame
+    bh, bw = max(1, round(box.shape[0] * scale)), max(1, round(box.shape[1] * scale))
+    cx, cy = (float(np.clip(rng.normal(c, opts.centre[2]), 0.1, 0.9)) for c in opts.centre[:2])
+    x0 = int(np.clip(round(cx * w - bw / 2), 0, w - bw))
+    y0 = int(np.clip(round(cy * h - bh / 2), 0, h - bh))
+    region = np.zeros((h, w), np.uint8)
+    region[y0 : y0 + bh, x0 : x0 + bw] = (
+        cv2.resize(np.ascontiguousarray(box), (bw, bh), interpolation=cv2.INTER_LINEAR) > 0.5
+    )
+    return region
+
+
+def imitate_foreign(
+    image: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    shapes: Sequence[Reference],
+    refs: Sequence[Reference] = (),
+    image_id: str | None = None,
+    opts: Imitation = Imitation(),
+    max_tries: int = 20,
+    recolour: float = 0.0,
+    min_change: float = MIN_CHANGE,
+    max_clipped: float = MAX_CLIPPED,
+) -> list[tuple[Composite, np.ndarray, np.ndarray]]:
+    """``n`` composites of ``image`` whose region is another photo's object outline (:func:`foreign_region`, the
+    outline drawn from ``shapes``, never this photo's own), each as ``(composite, region mask, base image)``.
+
+    As :func:`imitate_iharmony4` otherwise: the base globally recoloured with probability ``recolour``, retouch with
+    probability ``opts.retouch_share`` else a colour-transfer method of ``opts.methods`` with a reference of any
+    category (the region is of no category), both filters, up to ``max_tries`` tries per composite.
+    """
+    shapes = [s for s in shapes if (image_id is None or s.id != image_id) and s.mask.any()]
+    pool = [r for r in refs if image_id is None or r.id != image_id]
+    h, w = image.shape[:2]
+    out: list[tuple[Composite, np.ndarray, np.ndarray]] = []
+    rejected: Counter[str] = Counter()
+    tries = 0
+    for _ in range(n if shapes else 0):
+        method = "retouch" if rng.random() < opts.retouch_share else opts.methods[int(rng.integers(len(opts.methods)))]
+        for _ in range(max_tries):
+            tries += 1
+            shape = shapes[int(rng.integers(len(shapes)))]
+            region = foreign_region(shape.mask, h, w, rng, opts)
+            base = recolour_image(image, rng) if recolour > 0 and rng.random() < recolour else image
+            made = _checked_composite(base, region, method, rng, pool, None, opts, min_change, max_clipped, rejected)
+            if made is not None:
+                made[1]["shape"] = shape.id
+                out.append((made[0], region, base))
+                break
+    if len(out) < n:
+        _log_shortfall("imitate_foreign", image_id, len(out), n, tries, rejected)
     return out
