@@ -853,23 +853,38 @@ def imitate_iharmony4(
     key = category_key(category) if opts.same_category else None
     if opts.same_category:
         pool = [Reference(r.id, r.image, r.mask, category_key(r.category)) for r in pool]
-    out: list[tuple[Composite, np.ndarray, np.ndarray]] = []
-    rejected: Counter[str] = Counter()
     tables = crop_tables(mask)
+    return _fill_slots(
+        n,
+        rng,
+        opts,
+        max_tries,
+        lambda method, rejected: _imitation_try(
+            image, mask, tables, method, rng, pool, key, opts, recolour, min_change, max_clipped, rejected
+        ),
+        "imitate_iharmony4",
+        image_id,
+    )
+
+
+def _fill_slots(n, rng, opts, max_tries, attempt, where, image_id) -> list:
+    """``n`` slots, each filled by up to ``max_tries`` calls of ``attempt(method, rejected)`` (None = rejected, the
+    reason counted in ``rejected``); the method is drawn once per slot (``retouch`` with probability
+    ``opts.retouch_share``, else one of ``opts.methods``), so that the filters do not change the methods' shares.
+    A shortfall is logged under ``where``."""
+    out: list = []
+    rejected: Counter[str] = Counter()
     tries = 0
-    for _ in range(n):  # one slot per composite, each with up to max_tries tries
-        # the method is drawn once per composite, so that the filter does not change the methods' shares
+    for _ in range(n):
         method = "retouch" if rng.random() < opts.retouch_share else opts.methods[int(rng.integers(len(opts.methods)))]
         for _ in range(max_tries):
             tries += 1
-            made = _imitation_try(
-                image, mask, tables, method, rng, pool, key, opts, recolour, min_change, max_clipped, rejected
-            )
+            made = attempt(method, rejected)
             if made is not None:
                 out.append(made)
                 break
     if len(out) < n:
-        _log_shortfall("imitate_iharmony4", image_id, len(out), n, tries, rejected)
+        _log_shortfall(where, image_id, len(out), n, tries, rejected)
     return out
 
 
@@ -925,21 +940,15 @@ def imitate_foreign(
     shapes = [s for s in shapes if (image_id is None or s.id != image_id) and s.mask.any()]
     pool = [r for r in refs if image_id is None or r.id != image_id]
     h, w = image.shape[:2]
-    out: list[tuple[Composite, np.ndarray, np.ndarray]] = []
-    rejected: Counter[str] = Counter()
-    tries = 0
-    for _ in range(n if shapes else 0):
-        method = "retouch" if rng.random() < opts.retouch_share else opts.methods[int(rng.integers(len(opts.methods)))]
-        for _ in range(max_tries):
-            tries += 1
-            shape = shapes[int(rng.integers(len(shapes)))]
-            region = foreign_region(shape.mask, h, w, rng, opts)
-            base = recolour_image(image, rng) if recolour > 0 and rng.random() < recolour else image
-            made = _checked_composite(base, region, method, rng, pool, None, opts, min_change, max_clipped, rejected)
-            if made is not None:
-                made[1]["shape"] = shape.id
-                out.append((made[0], region, base))
-                break
-    if len(out) < n:
-        _log_shortfall("imitate_foreign", image_id, len(out), n, tries, rejected)
-    return out
+
+    def attempt(method: str, rejected: Counter[str]) -> tuple[Composite, np.ndarray, np.ndarray] | None:
+        shape = shapes[int(rng.integers(len(shapes)))]
+        region = foreign_region(shape.mask, h, w, rng, opts)
+        base = recolour_image(image, rng) if recolour > 0 and rng.random() < recolour else image
+        made = _checked_composite(base, region, method, rng, pool, None, opts, min_change, max_clipped, rejected)
+        if made is None:
+            return None
+        made[1]["shape"] = shape.id
+        return made[0], region, base
+
+    return _fill_slots(n if shapes else 0, rng, opts, max_tries, attempt, "imitate_foreign", image_id)
