@@ -45,7 +45,7 @@ run: $(STAMP)  ## dvc repro the whole pipeline on the built-in sample
 	$(PY) -m dirl.cli summary
 
 test: lint  ## lint, then the fast test suite (CPU, < 15 min on 2 cores)
-	$(PY) -m pytest -m "not slow and not team" -q --timeout=900
+	$(PY) -m pytest -m "not slow and not team" -q --timeout=900 --durations=20
 
 test-slow: $(STAMP)  ## slow tests: multi-node Ray cluster, mlflow server, fault injection
 	$(PY) -m pytest -m "slow and not team" -q --timeout=1800
