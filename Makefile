@@ -47,7 +47,7 @@ run: $(STAMP)  ## dvc repro the whole pipeline on the built-in sample
 test: lint  ## lint, then the fast test suite (CPU, < 15 min on 2 cores)
 	$(PY) -m pytest -m "not slow and not team" -q --timeout=900 --durations=20
 
-test-slow: $(STAMP)  ## slow tests: multi-node Ray cluster, mlflow server, fault injection
+test-slow: $(STAMP)  ## slow tests: multi-node Ray cluster, mlflow server, fault injection, notebooks
 	$(PY) -m pytest -m "slow and not team" -q --timeout=1800
 
 test-all: $(STAMP)  ## every test

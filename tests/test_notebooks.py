@@ -210,6 +210,7 @@ def _check_common(nb, values: dict, ws: Path) -> None:
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
 
 
+@pytest.mark.slow  # the lifecycle fixture runs a shrunk pipeline and the notebook 3 times: ~2 min on 2 cores
 def test_walkthrough_before_registration_loads_the_weights_file(lifecycle):
     ws = lifecycle["ws"]
     nb, values = lifecycle["phases"]["evaluated"]
@@ -218,6 +219,7 @@ def test_walkthrough_before_registration_loads_the_weights_file(lifecycle):
     assert values["registry"] == []
 
 
+@pytest.mark.slow  # the lifecycle fixture runs a shrunk pipeline and the notebook 3 times: ~2 min on 2 cores
 def test_walkthrough_loads_the_challenger_after_register(lifecycle):
     ws = lifecycle["ws"]
     nb, values = lifecycle["phases"]["registered"]
@@ -230,6 +232,7 @@ def test_walkthrough_loads_the_challenger_after_register(lifecycle):
     ]
 
 
+@pytest.mark.slow  # the lifecycle fixture runs a shrunk pipeline and the notebook 3 times: ~2 min on 2 cores
 def test_walkthrough_loads_the_champion_after_promote(lifecycle):
     ws = lifecycle["ws"]
     nb, values = lifecycle["phases"]["promoted"]
@@ -239,6 +242,7 @@ def test_walkthrough_loads_the_champion_after_promote(lifecycle):
     assert set(values["registry"][0]["aliases"].split()) == {"@champion", f"@{exp['alias']}"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_every_notebook_runs_headless(path, lifecycle):
     if path == WALKTHROUGH:

@@ -280,6 +280,7 @@ def test_search_logs_a_parent_run_with_one_child_run_per_trial(searched):
     assert spans[0][1] <= spans[1][0]
 
 
+@pytest.mark.slow  # fault injection: ~50 s on 2 cores
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(ray_local, shards, tmp_path, monkeypatch):
     """``train.weight_decay`` 1e300 passes the config check (a number >= 0) but overflows float32 in the first
     optimizer step: that trial's worker raises on the non-finite loss, the other one trains."""
