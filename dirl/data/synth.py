@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -506,6 +506,9 @@ class Composite:
     params: dict[str, Any] = field(default_factory=dict)  # includes "seed": rebuilds it with recolour_region()
 
 
+_Made = tuple[Composite, np.ndarray, np.ndarray]  # (composite, region mask (H, W) bool, base image (H, W, 3) uint8)
+
+
 def pick_reference(
     candidates: Sequence[ReferenceLike], category: str | None, rng: np.random.Generator
 ) -> ReferenceLike | None:
@@ -867,12 +870,20 @@ def imitate_iharmony4(
     )
 
 
-def _fill_slots(n, rng, opts, max_tries, attempt, where, image_id) -> list:
+def _fill_slots(
+    n: int,
+    rng: np.random.Generator,
+    opts: Imitation,
+    max_tries: int,
+    attempt: Callable[[str, Counter[str]], _Made | None],
+    where: str,
+    image_id: str | None,
+) -> list[_Made]:
     """``n`` slots, each filled by up to ``max_tries`` calls of ``attempt(method, rejected)`` (None = rejected, the
     reason counted in ``rejected``); the method is drawn once per slot (``retouch`` with probability
     ``opts.retouch_share``, else one of ``opts.methods``), so that the filters do not change the methods' shares.
     A shortfall is logged under ``where``."""
-    out: list = []
+    out: list[_Made] = []
     rejected: Counter[str] = Counter()
     tries = 0
     for _ in range(n):
@@ -941,7 +952,7 @@ def imitate_foreign(
     pool = [r for r in refs if image_id is None or r.id != image_id]
     h, w = image.shape[:2]
 
-    def attempt(method: str, rejected: Counter[str]) -> tuple[Composite, np.ndarray, np.ndarray] | None:
+    def attempt(method: str, rejected: Counter[str]) -> _Made | None:
         shape = shapes[int(rng.integers(len(shapes)))]
         region = foreign_region(shape.mask, h, w, rng, opts)
         base = recolour_image(image, rng) if recolour > 0 and rng.random() < recolour else image
