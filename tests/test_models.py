@@ -120,16 +120,28 @@ def weight_files(tmp_path_factory):
     return sd, root / "resnet34.pth", old, root / "old.pth"
 
 
-RESNET34_MODELS = [m for m in MODELS if m != "dirl_tiny"]  # dirl_tiny is narrower: no ImageNet weights fit
+TINY = {"dirl_tiny": 2_000_000, "dirl_tiny_deep": 3_000_000}  # narrower than ResNet-34: no ImageNet weights fit
+RESNET34_MODELS = [m for m in MODELS if m not in TINY]
 
 
-def test_dirl_tiny_refuses_imagenet_weights_and_is_small(weight_files):
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_dirls_refuse_imagenet_weights_and_are_small(name, weight_files):
     _, path, _, _ = weight_files
     with pytest.raises(ValueError, match="leave model.pretrained empty"):
-        create_model("dirl_tiny", pretrained=str(path))
-    tiny = create_model("dirl_tiny")
-    assert sum(p.numel() for p in tiny.parameters()) < 2_000_000
+        create_model(name, pretrained=str(path))
+    tiny = create_model(name)
+    assert sum(p.numel() for p in tiny.parameters()) < TINY[name]
     assert tiny.size_divisor == 32 and tiny(torch.randn(2, 3, 64, 64))[0].shape == (2, 1, 64, 64)
+
+
+def test_dirl_tiny_deep_adds_blocks_to_the_deep_stages_only():
+    tiny, deep = create_model("dirl_tiny"), create_model("dirl_tiny_deep")
+    n = {name: sum(p.numel() for p in m.parameters()) for name, m in (("tiny", tiny), ("deep", deep))}
+    assert n["deep"] > n["tiny"]
+    shapes = {k: v.shape for k, v in tiny.state_dict().items()}
+    assert all(deep.state_dict()[k].shape == s for k, s in shapes.items())  # dirl_tiny's tensors, same shapes
+    extra = {k.split(".")[1] for k in deep.state_dict() if k not in shapes and k.startswith("encoder.")}
+    assert extra == {"layer3", "layer4", "layer5"}, extra
 
 
 @pytest.mark.parametrize("name", RESNET34_MODELS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -374,6 +375,41 @@ def test_realism_filter_rejects_invisible_and_extreme_shifts(photos):
     moderate = img.copy()
     moderate[fg] = np.clip(img[fg].astype(int) * [1.15, 1.0, 0.85], 0, 255).astype(np.uint8)
     assert synth.realism_check(img, moderate, m) == (True, "ok")
+
+
+@pytest.mark.parametrize("method", synth.TRANSFER_METHODS)
+def test_predicted_shift_is_the_transfers_shift(photos, method):
+    """A colour transfer moves the region's mean Lab colour onto the reference's: the realism filter's shift is
+    known before the transfer is made."""
+    for name, other in (("coffee", "chelsea"), ("chelsea", "astronaut"), ("astronaut", "coffee")):
+        img, m = photos[name]
+        ref = Reference(other, *photos[other])
+        comp, _ = synthesize_with_params(img, m, method, np.random.default_rng(0), ref.image, ref.mask)
+        fg = m.astype(bool)
+        actual = float(np.linalg.norm(synth.lab(comp)[fg].mean(axis=0) - synth.lab(img)[fg].mean(axis=0)))
+        predicted = synth.predicted_shift(img, m, ref)
+        assert actual > 3 and abs(predicted - actual) <= 0.25 * actual, (name, other, predicted, actual)
+        assert predicted - actual < synth.SHIFT_SLACK  # what the filter's early rejection relies on
+
+
+def test_a_transfer_that_cannot_pass_the_realism_filter_is_not_made(photos, monkeypatch):
+    img, m = photos["coffee"]
+    far = np.zeros_like(img)
+    far[...] = (255, 0, 255)  # magenta: Delta E ~ 100 from any photo's region
+    refs = [Reference("magenta", far, np.ones_like(m), "cat")]
+    made_transfers = []
+    real_transfer = synth._transfer
+    monkeypatch.setattr(synth, "_transfer", lambda *a, **k: made_transfers.append(a[2]) or real_transfer(*a, **k))
+    opts = synth.Imitation(retouch_share=0.0, methods=("reinhard",))
+    rejected: Counter = Counter()
+    assert (
+        synth._checked_composite(img, m, "reinhard", np.random.default_rng(0), refs, None, opts, 3.0, 0.2, rejected)
+        is None
+    )
+    assert rejected == Counter({"reinhard: implausible": 1}) and made_transfers == []
+    near = [Reference("chelsea", *photos["chelsea"], "cat")]  # within the filter's reach: made, then checked
+    synth._checked_composite(img, m, "reinhard", np.random.default_rng(0), near, None, opts, 3.0, 0.2, rejected)
+    assert made_transfers == ["reinhard"]
 
 
 def test_imitate_iharmony4_composites(photos, caplog):

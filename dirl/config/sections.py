@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from dirl.config.fields import ConfigError, _f
 from dirl.config.restrict import UNDECLARED, Undeclared, undeclared_keys, undeclared_stage
 
-MODEL_NAMES = ("dirl", "dirl_lite", "dirl_tiny", "unet", "deeplabv3")
+MODEL_NAMES = ("dirl", "dirl_lite", "dirl_tiny", "dirl_tiny_deep", "unet", "deeplabv3")
 SYNTH_METHODS = ("reinhard", "xiao", "fecker", "idt", "lighting", "lut")
 
 
@@ -192,9 +192,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.input_size % 16:
             raise ConfigError(f"model.input_size = {self.input_size} must be a multiple of 16")
-        if self.name == "dirl_tiny" and self.input_size % 32:
+        if self.name in ("dirl_tiny", "dirl_tiny_deep") and self.input_size % 32:
             raise ConfigError(
-                f"model.input_size = {self.input_size} must be a multiple of 32 for dirl_tiny "
+                f"model.input_size = {self.input_size} must be a multiple of 32 for {self.name} "
                 f"(its fifth stage sits at 1/32 of the input)"
             )
 

@@ -342,3 +342,12 @@ def dirl_tiny(pretrained: str | None = None, pretrained_sha256: str | None = Non
     return DIRL(
         "half", pretrained, pretrained_sha256, widths=(16, 32, 64, 128, 128), blocks=(1, 1, 1, 1, 1), channels=16
     )
+
+
+@register_model("dirl_tiny_deep")
+def dirl_tiny_deep(pretrained: str | None = None, pretrained_sha256: str | None = None) -> DIRL:
+    """``dirl_tiny`` with two BasicBlocks in each of stages 3-5 (NOT the paper's model): 2.6 M parameters for ~7 %
+    more training time at 96 px, the deeper stages' extra capacity where the feature maps are small."""
+    return DIRL(
+        "half", pretrained, pretrained_sha256, widths=(16, 32, 64, 128, 128), blocks=(1, 1, 2, 2, 2), channels=16
+    )
