@@ -26,7 +26,7 @@ import numpy as np
 
 from dirl.config.load import load_config
 from dirl.data import build, synth
-from dirl.data.compare import lab, ring_mask
+from dirl.data.compare import ks_distance, lab, ring_mask
 from dirl.data.images import decode_image, decode_mask
 
 
@@ -41,15 +41,6 @@ def _stats(rows: list[dict]) -> dict[str, list[tuple[float, float]]]:
         de = float(np.linalg.norm(fg - c[ring].mean(axis=0))) if ring.any() else float("nan")
         out.setdefault(r["synth_method"], []).append((float(np.linalg.norm(fg - lab(base)[m].mean(axis=0))), de))
     return out
-
-
-def _ks(a: np.ndarray, b: np.ndarray) -> float:
-    grid = np.sort(np.concatenate([a, b]))
-    return float(
-        np.abs(
-            np.searchsorted(np.sort(a), grid, "right") / len(a) - np.searchsorted(np.sort(b), grid, "right") / len(b)
-        ).max()
-    )
 
 
 def _run(args: tuple, slack: float) -> tuple[list[dict], float]:
@@ -106,7 +97,7 @@ def main() -> None:
         b, e = np.array(sb.get(m, [(np.nan, np.nan)])), np.array(se.get(m, [(np.nan, np.nan)]))
         print(
             f"| {m} | {len(sb.get(m, []))} / {len(se.get(m, []))} | {np.median(b[:, 0]):.1f} / {np.median(e[:, 0]):.1f} | "
-            f"{_ks(b[:, 0], e[:, 0]):.3f} | {np.nanmedian(b[:, 1]):.1f} / {np.nanmedian(e[:, 1]):.1f} | {_ks(b[:, 1], e[:, 1]):.3f} |"
+            f"{ks_distance(b[:, 0], e[:, 0]):.3f} | {np.nanmedian(b[:, 1]):.1f} / {np.nanmedian(e[:, 1]):.1f} | {ks_distance(b[:, 1], e[:, 1]):.3f} |"
         )
 
     # audit: the baseline's transfers that the early rejection would skip, and whether they passed the filter
